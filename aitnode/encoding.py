@@ -1,0 +1,110 @@
+"""Canonical bytes and hashes.
+
+Consensus values are text, integers in [0, 2**64), booleans, lists and
+maps with text keys.  Their canonical bytes are CBOR core deterministic
+encoding (RFC 8949 section 4.2.1), which for this value space is exactly
+``cbor2.dumps(value, canonical=True)``.
+"""
+
+import hashlib
+
+import cbor2
+
+from aitnode.errors import AitError
+
+U64 = 2**64
+ZERO_HASH = "0" * 64
+_HEX = frozenset("0123456789abcdef")
+
+
+def canonical(value):
+    """The canonical CBOR bytes of a consensus value (checked first)."""
+    check_value(value)
+    return cbor2.dumps(value, canonical=True)
+
+
+def canonical_unchecked(value):
+    """Canonical bytes of a value already known to be well formed."""
+    return cbor2.dumps(value, canonical=True)
+
+
+def sha256(data):
+    return hashlib.sha256(data).digest()
+
+
+def sha256_hex(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def hash_value(value):
+    """sha256 of the canonical bytes, as 64 lowercase hex characters."""
+    return sha256_hex(canonical(value))
+
+
+def check_value(value, where="value"):
+    """Refuse anything outside the consensus value space."""
+    t = type(value)
+    if t is str:
+        return
+    if t is bool:
+        return
+    if t is int:
+        if not 0 <= value < U64:
+            raise AitError(
+                "number_out_of_range",
+                f"{where}: integers must lie in [0, 2**64), got {value}",
+            )
+        return
+    if t is list:
+        for i, item in enumerate(value):
+            check_value(item, f"{where}[{i}]")
+        return
+    if t is dict:
+        for k, v in value.items():
+            if type(k) is not str:
+                raise AitError("wrong_type", f"{where}: map keys must be text")
+            check_value(v, f"{where}.{k}")
+        return
+    if t is float:
+        raise AitError("float_not_allowed", f"{where}: floats are not allowed, use an integer")
+    if value is None:
+        raise AitError("null_not_allowed", f"{where}: null is not allowed")
+    raise AitError("wrong_type", f"{where}: {t.__name__} is not a consensus value")
+
+
+def is_hex(text, nbytes=None):
+    """True when text is lowercase hex (of exactly nbytes bytes, if given)."""
+    if type(text) is not str or len(text) % 2:
+        return False
+    if nbytes is not None and len(text) != 2 * nbytes:
+        return False
+    return _HEX.issuperset(text)
+
+
+def parse_hex(text, nbytes, field):
+    if type(text) is not str:
+        raise AitError("wrong_type", f"{field} must be a hex string")
+    if not is_hex(text, nbytes):
+        raise AitError(
+            "bad_hex",
+            f"{field} must be {2 * nbytes} lowercase hex characters",
+        )
+    return bytes.fromhex(text)
+
+
+def merkle_root(hashes_hex):
+    """Merkle root over 32-byte hashes given in hex, in order.
+
+    Leaves are sha256(0x00 || h) and inner nodes sha256(0x01 || l || r);
+    an odd node at the end of a level is carried up unchanged.  The root of
+    no leaves is 64 zeros.
+    """
+    if not hashes_hex:
+        return ZERO_HASH
+    level = [sha256(b"\x00" + bytes.fromhex(h)) for h in hashes_hex]
+    while len(level) > 1:
+        nxt = [sha256(b"\x01" + level[i] + level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level = nxt
+    return level[0].hex()

@@ -1,0 +1,241 @@
+"""The node: admission of transactions, block proposing, and queries.
+
+One Node per process ties the Chain (rules and storage), the Mempool and a
+signature verifier together.  RPC and the proposer call it; it calls no
+network code.  Every state change goes through a block it builds (as an
+authority) or one it imports.
+"""
+
+import time
+
+from twisted.logger import Logger
+
+from aitnode.chain import apply_tx
+from aitnode.errors import AitError
+from aitnode.params import min_fee
+from aitnode.tx import parse_tx, sign_tx
+
+
+class Node:
+    _log = Logger()
+
+    def __init__(self, chain, mempool, verifier, key=None, clock=None, observers=()):
+        self.chain = chain
+        self.store = chain.store
+        self.mempool = mempool
+        self.verifier = verifier
+        self.key = key if key is not None and chain.is_authority(key.address) else None
+        self.clock = clock
+        self.chain_id = chain.chain_id
+        self.block_listeners = list(observers)  # called with each committed block
+        self.tx_listeners = []  # called with each newly admitted transaction
+        self.stats = {"admitted": 0, "refused": 0, "blocks": 0}
+
+    @property
+    def is_proposer(self):
+        return self.key is not None
+
+    def now(self):
+        return int(self.clock.seconds()) if self.clock is not None else int(time.time())
+
+    # -- admission ------------------------------------------------------
+    def parse(self, obj):
+        return parse_tx(obj, self.chain_id)
+
+    def known(self, tx):
+        return tx.hash in self.mempool or self.store.has_tx(tx.hash)
+
+    def _admit(self, tx):
+        """Mempool rules against the head state; AitError if refused."""
+        view = self.chain.view()
+        balance, nonce = view.account(tx.sender)
+        params = view.params()
+        need = min_fee(params, tx.type, tx.payload_size)
+        if tx.fee < need:
+            raise AitError("fee_too_low", f"fee {tx.fee} is below the minimum {need}")
+        if tx.type in ("MINT", "PARAM_UPDATE"):
+            if not self.chain.is_authority(tx.sender):
+                raise AitError("not_authority", f"only an authority may send {tx.type}")
+            if tx.type == "MINT" and not params.get("faucet"):
+                raise AitError("faucet_disabled", "MINT is allowed only while genesis params.faucet is true")
+        self.precheck(tx, view)
+        self.mempool.add(tx, balance, nonce)
+        self.stats["admitted"] += 1
+        for listener in self.tx_listeners:
+            listener(tx)
+
+    def precheck(self, tx, view):
+        """Type-specific admission checks (receipts add theirs)."""
+
+    def submit(self, obj):
+        """Admit one wire transaction (signature checked here); its hash."""
+        try:
+            tx = self.parse(obj)
+            if self.known(tx):
+                return tx.hash
+            if not tx.verify_signature():
+                raise AitError("bad_signature", "sig is not a valid signature of this transaction by pubkey (signed for another chain_id?)")
+            self._admit(tx)
+        except AitError:
+            self.stats["refused"] += 1
+            raise
+        return tx.hash
+
+    async def submit_many(self, objs):
+        """Admit a list; one result per item, in order.
+
+        Each result is {"txHash"} or {"error": {"code", "message"}}.
+        Signatures are checked as one batch by the verifier (off the
+        reactor thread when it is a pool), then items are admitted in order.
+        """
+        results = [None] * len(objs)
+        todo = []
+        for i, obj in enumerate(objs):
+            try:
+                tx = self.parse(obj)
+            except AitError as e:
+                results[i] = e
+                continue
+            if self.known(tx):
+                results[i] = tx.hash
+            else:
+                todo.append((i, tx))
+        oks = await self.verifier.verify_many([(tx.pubkey, tx.sig, tx.sign_hash) for _, tx in todo])
+        for (i, tx), ok in zip(todo, oks):
+            try:
+                if not ok:
+                    raise AitError("bad_signature", "sig is not a valid signature of this transaction by pubkey")
+                if self.known(tx):
+                    results[i] = tx.hash
+                    continue
+                self._admit(tx)
+                results[i] = tx.hash
+            except AitError as e:
+                results[i] = e
+        out = []
+        for r in results:
+            if isinstance(r, AitError):
+                self.stats["refused"] += 1
+                out.append(r.as_json())
+            else:
+                out.append({"txHash": r})
+        return out
+
+    def submit_signed_by_node(self, ttype, payload):
+        """Sign and admit a transaction with the node's authority key."""
+        if self.key is None:
+            raise AitError("not_authority", "this node holds no authority key", status=403)
+        nonce = self.chain.view().account(self.key.address)[1]
+        run = self.mempool.by_sender.get(self.key.address)
+        nonce += 1 + (len(run) if run else 0)
+        tx = self.parse(sign_tx(self.key, self.chain_id, ttype, nonce, 0, payload).to_wire())
+        self._admit(tx)
+        return tx.hash
+
+    def estimate_fee(self, obj):
+        tx = parse_tx(obj, self.chain_id, require_sig=False)
+        return min_fee(self.chain.view().params(), tx.type, tx.payload_size)
+
+    # -- blocks ---------------------------------------------------------
+    def propose(self):
+        """Build, sign and commit one block from the mempool; return it."""
+        if self.key is None:
+            return None
+        started = time.perf_counter()
+        candidates = self.mempool.candidates()
+        block, records, view, failed = self.chain.build_block(candidates, self.key, self.now())
+        self.chain.commit(block, records, view)
+        self._after_commit(block, records, failed)
+        self._log.info(
+            "block proposed height={height} txs={txs} latency_ms={latency_ms}",
+            component="proposer", event="block_proposed", height=block["header"]["height"],
+            hash=block["hash"], txs=len(block["txs"]),
+            latency_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+        return block
+
+    def _after_commit(self, block, records, failed):
+        view = self.chain.view()
+        self.mempool.remove_committed(
+            [(h, rec["tx"]["sender"]) for h, rec in records], lambda s: view.account(s)[1]
+        )
+        dropped = {}
+        for tx, err in failed.values():
+            gone = self.mempool.drop(tx)
+            for d in gone:
+                e = err if d is tx else AitError("predecessor_failed", f"transaction {tx.hash} with an earlier nonce failed: {err.message}")
+                dropped[d.hash] = {"tx": d.to_wire(), "error": {"code": e.code, "message": e.message}}
+        self.store.record_failed(dropped)
+        self.stats["blocks"] += 1
+        for listener in self.block_listeners:
+            listener(block)
+
+    def import_block(self, block, txs):
+        """Verify a block built elsewhere on top of the head, and commit it."""
+        checked, records, view = self.chain.verify_block(block, txs)
+        self.chain.commit(checked, records, view)
+        self._after_commit(checked, records, {})
+        return checked
+
+    # -- mempool persistence -------------------------------------------
+    def save_mempool(self):
+        self.store.save_mempool([tx.to_wire() for tx in self.mempool.all()])
+
+    def restore_mempool(self):
+        """Re-admit the saved mempool (signatures were checked before)."""
+        restored = 0
+        for wire in self.store.load_mempool():
+            try:
+                tx = self.parse(wire)
+                if not self.known(tx):
+                    self._admit(tx)
+                    restored += 1
+            except AitError:
+                pass
+        self.store.clear_mempool()
+        return restored
+
+    # -- queries ---------------------------------------------------------
+    def get_head(self):
+        height, h = self.chain.head()
+        return {"height": height, "hash": h}
+
+    def get_block(self, ref, full=False):
+        if type(ref) is int or (isinstance(ref, str) and ref.isdigit() and len(ref) < 21):
+            block = self.store.block_at(int(ref))
+        else:
+            block = self.store.block_by_hash(ref)
+        if block is None:
+            return None
+        out = dict(block["header"])
+        out["hash"] = block["hash"]
+        out["sig"] = block["sig"]
+        if full:
+            out["txs"] = [self.store.tx_record(h)["tx"] for h in block["txs"]]
+        else:
+            out["txs"] = list(block["txs"])
+        return out
+
+    def get_tx(self, tx_hash):
+        rec = self.store.tx_record(tx_hash)
+        if rec is not None:
+            return {
+                "status": "included",
+                "tx": rec["tx"],
+                "block": {"height": rec["height"], "hash": rec["block"], "index": rec["index"]},
+                "receipt": rec["result"],
+            }
+        tx = self.mempool.get(tx_hash)
+        if tx is not None:
+            return {"status": "pending", "tx": tx.to_wire()}
+        rec = self.store.failed_record(tx_hash)
+        if rec is not None:
+            return {"status": "failed", "tx": rec["tx"], "receipt": {"error": rec["error"]}}
+        return None
+
+    def get_balance(self, address):
+        balance, nonce = self.chain.view().account(address)
+        return {"balance": balance, "nonce": nonce}
+
+    def get_params(self):
+        return self.chain.view().params()

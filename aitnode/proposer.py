@@ -1,0 +1,41 @@
+"""Block production on a timer that no exception can stop."""
+
+from twisted.application import service
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+
+class ProposerService(service.Service):
+    """Every ``interval`` seconds, ask the node for a block.
+
+    An exception in one round is logged and the next round runs as usual.
+    """
+
+    _log = Logger()
+
+    def __init__(self, node, clock, interval):
+        self.node = node
+        self.clock = clock
+        self.interval = interval
+        self._loop = None
+        self.failures = 0
+
+    def tick(self):
+        try:
+            return self.node.propose()
+        except Exception:
+            self.failures += 1
+            self._log.failure("block proposal failed; trying again next round", component="proposer", event="propose_failed")
+            return None
+
+    def startService(self):
+        super().startService()
+        self._loop = LoopingCall(self.tick)
+        self._loop.clock = self.clock
+        self._loop.start(self.interval, now=False)
+
+    def stopService(self):
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+        return super().stopService()

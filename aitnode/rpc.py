@@ -1,0 +1,153 @@
+"""JSON RPC over HTTP (Klein).
+
+Every answer is JSON.  Every refusal is ``{"error": {"code", "message"}}``
+with a 4xx status; the codes are listed in docs/protocol.md.
+"""
+
+import hmac
+import json
+
+from klein import Klein
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from aitnode import crypto
+from aitnode.encoding import is_hex
+from aitnode.errors import AitError
+from aitnode.tx import loads_json, require_fields, require_int
+
+JSON = b"application/json"
+
+
+def dump(obj):
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def json_response(request, obj, status=200):
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", JSON)
+    return dump(obj)
+
+
+class RPC:
+    """The node's RPC routes, bound to one Node."""
+
+    app = Klein()
+    _log = Logger()
+
+    def __init__(self, node, admin_token=None, max_body=65536, max_batch_bytes=16 << 20, max_batch_items=20000):
+        self.node = node
+        self.admin_token = admin_token.encode() if admin_token else None
+        self.max_body = max_body
+        self.max_batch_bytes = max_batch_bytes
+        self.max_batch_items = max_batch_items
+
+    def resource(self):
+        return self.app.resource()
+
+    # -- plumbing -------------------------------------------------------
+    @app.handle_errors(AitError)
+    def _ait_error(self, request, failure):
+        return json_response(request, failure.value.as_json(), failure.value.status)
+
+    @app.handle_errors(NotFound)
+    def _not_found(self, request, failure):
+        return json_response(request, AitError("not_found", "no such route").as_json(), 404)
+
+    @app.handle_errors(MethodNotAllowed)
+    def _bad_method(self, request, failure):
+        return json_response(request, AitError("method_not_allowed", "this route takes another HTTP method").as_json(), 405)
+
+    @app.handle_errors(Exception)
+    def _internal(self, request, failure):
+        self._log.failure("RPC handler failed", failure, component="rpc", event="internal_error")
+        return json_response(request, AitError("internal_error", "the node failed to answer; see its log").as_json(), 500)
+
+    def body(self, request, limit=None):
+        limit = self.max_body if limit is None else limit
+        if getattr(request, "body_too_large", False):
+            raise AitError("body_too_large", "request body is over the size limit", status=413)
+        data = request.content.read()
+        if len(data) > limit:
+            raise AitError("body_too_large", f"request body is over {limit} bytes", status=413)
+        return loads_json(data)
+
+    def require_admin(self, request):
+        if self.admin_token is None:
+            raise AitError("admin_disabled", "admin routes are off: set [rpc] admin_token_file", status=403)
+        auth = request.getHeader(b"authorization") or b""
+        scheme, _, token = auth.partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.admin_token):
+            raise AitError("unauthorized", "send Authorization: Bearer <admin token>", status=401)
+
+    # -- public routes --------------------------------------------------
+    @app.route("/rpc/sendTx", methods=["POST"])
+    def send_tx(self, request):
+        return json_response(request, {"txHash": self.node.submit(self.body(request))})
+
+    @app.route("/rpc/sendTxs", methods=["POST"])
+    def send_txs(self, request):
+        items = self.body(request, self.max_batch_bytes)
+        if type(items) is not list:
+            raise AitError("wrong_type", "sendTxs takes a JSON list of transactions")
+        if len(items) > self.max_batch_items:
+            raise AitError("batch_too_large", f"at most {self.max_batch_items} transactions per call", status=413)
+        d = Deferred.fromCoroutine(self.node.submit_many(items))
+        d.addCallback(lambda results: json_response(request, {"results": results}))
+        return d
+
+    @app.route("/rpc/getTx/<tx_hash>", methods=["GET"])
+    def get_tx(self, request, tx_hash):
+        if not is_hex(tx_hash, 32):
+            raise AitError("bad_hex", "txHash must be 64 lowercase hex characters")
+        out = self.node.get_tx(tx_hash)
+        if out is None:
+            raise AitError("not_found", f"no transaction {tx_hash}", status=404)
+        return json_response(request, out)
+
+    @app.route("/rpc/getBlock/<ref>", methods=["GET"])
+    def get_block(self, request, ref):
+        if not (ref.isdigit() and len(ref) < 21) and not is_hex(ref, 32):
+            raise AitError("bad_block_ref", "give a height (decimal) or a block hash (64 lowercase hex)")
+        full = request.args.get(b"full", [b"false"])[0].lower() in (b"true", b"1")
+        out = self.node.get_block(ref, full=full)
+        if out is None:
+            raise AitError("not_found", f"no block {ref}", status=404)
+        return json_response(request, out)
+
+    @app.route("/rpc/getHead", methods=["GET"])
+    def get_head(self, request):
+        return json_response(request, self.node.get_head())
+
+    @app.route("/rpc/getBalance/<address>", methods=["GET"])
+    def get_balance(self, request, address):
+        crypto.check_address(address)
+        return json_response(request, self.node.get_balance(address))
+
+    @app.route("/rpc/estimateFee", methods=["POST"])
+    def estimate_fee(self, request):
+        return json_response(request, {"fee": self.node.estimate_fee(self.body(request))})
+
+    @app.route("/rpc/getParams", methods=["GET"])
+    def get_params(self, request):
+        return json_response(request, self.node.get_params())
+
+    # -- admin routes ---------------------------------------------------
+    @app.route("/admin/mintFaucet", methods=["POST"])
+    def mint_faucet(self, request):
+        self.require_admin(request)
+        body = self.body(request)
+        require_fields(body, ("address", "amount"), "body")
+        crypto.check_address(body["address"])
+        amount = require_int(body["amount"], "amount", minimum=1)
+        tx_hash = self.node.submit_signed_by_node("MINT", {"to": body["address"], "amount": amount})
+        return json_response(request, {"txHash": tx_hash})
+
+    @app.route("/admin/paramSet", methods=["POST"])
+    def param_set(self, request):
+        self.require_admin(request)
+        body = self.body(request)
+        require_fields(body, ("key", "value"), "body")
+        tx_hash = self.node.submit_signed_by_node("PARAM_UPDATE", {"key": body["key"], "value": body["value"]})
+        return json_response(request, {"txHash": tx_hash})

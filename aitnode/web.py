@@ -1,0 +1,65 @@
+"""The HTTP site: one twisted.web Site for RPC (Klein) and, later, peers.
+
+Bodies are read into memory up to a hard limit; past it the request is
+marked ``body_too_large`` and the rest is discarded unread, so no client
+can make the node buffer an unbounded upload.
+"""
+
+from io import BytesIO
+
+from twisted.web import resource, server
+
+
+class LimitedRequest(server.Request):
+    max_body = 16 * 1024 * 1024
+
+    def gotLength(self, length):
+        self.body_too_large = length is not None and length > self.max_body
+        self._body_size = 0
+        self.content = BytesIO()
+
+    def handleContentChunk(self, data):
+        if self.body_too_large:
+            return
+        self._body_size += len(data)
+        if self._body_size > self.max_body:
+            self.body_too_large = True
+            self.content = BytesIO()
+            return
+        self.content.write(data)
+
+
+class Root(resource.Resource):
+    """Named children (putChild) first; every other path goes to the app."""
+
+    def __init__(self, app_resource):
+        super().__init__()
+        self.app_resource = app_resource
+
+    def getChild(self, name, request):
+        request.postpath.insert(0, request.prepath.pop())
+        return self.app_resource
+
+    def render(self, request):
+        return self.app_resource.render(request)
+
+
+class QuietSite(server.Site):
+    """No access log line per request: at thousands of requests a second
+    it would cost more than the requests.  Metrics count them instead."""
+
+    def log(self, request):
+        pass
+
+
+def make_site(app_resource, max_body):
+    root = Root(app_resource)
+    site = QuietSite(root)
+
+    class Request(LimitedRequest):
+        pass
+
+    Request.max_body = max_body
+    site.requestFactory = Request
+    site.displayTracebacks = False
+    return site, root
