@@ -1,0 +1,78 @@
+"""Shared test fixtures: fixed keys, a genesis, and an in-process node."""
+
+import json
+
+from twisted.internet.task import Clock
+from treq.testing import StubTreq
+
+from aitnode.chain import Chain, Genesis, make_genesis
+from aitnode.crypto import KeyPair
+from aitnode.mempool import Mempool
+from aitnode.node import Node
+from aitnode.rpc import RPC
+from aitnode.state import Store
+from aitnode.tx import sign_tx
+from aitnode.verifier import InlineVerifier
+from aitnode.web import make_site
+
+CHAIN_ID = "ait-test"
+ADMIN_TOKEN = "test-admin-token-0123456789"
+
+
+def key(n):
+    """A fixed key per small integer n (never a real secret)."""
+    return KeyPair(bytes([n % 256, n // 256]) + bytes(30))
+
+
+AUTHORITY = key(1)
+ALICE = key(2)
+BOB = key(3)
+CAROL = key(4)
+COORDINATOR = key(5)
+ESCROW = key(6)
+MINER = key(7)
+GENESIS_BALANCE = 10**12
+
+
+def genesis_doc(faucet=True, accounts=None, authorities=(AUTHORITY,), **params):
+    p = {
+        "faucet": faucet,
+        "coordinator": {"address": COORDINATOR.address, "public_key": COORDINATOR.public_key.hex()},
+        "escrow": ESCROW.address,
+    }
+    p.update(params)
+    if accounts is None:
+        accounts = [(ALICE.address, GENESIS_BALANCE), (BOB.address, 10**6)]
+    return make_genesis(CHAIN_ID, list(authorities), accounts, p, timestamp=1_700_000_000)
+
+
+def make_node(testcase, doc=None, key=AUTHORITY, clock=None, mempool=None, verifier=None):
+    """A Node on a fresh LMDB folder under the test's temp dir."""
+    genesis = Genesis(doc or genesis_doc())
+    store = Store(testcase.mktemp())
+    testcase.addCleanup(store.close)
+    chain = Chain(store, genesis)
+    clock = clock or Clock()
+    return Node(chain, mempool or Mempool(), verifier or InlineVerifier(), key=key, clock=clock)
+
+
+def make_rpc(node, admin_token=ADMIN_TOKEN, **kw):
+    """(rpc, StubTreq) serving node in process, through the real Site/Root."""
+    rpc = RPC(node, admin_token=admin_token, **kw)
+    site, root = make_site(rpc.resource(), 16 << 20)
+    return rpc, StubTreq(root)
+
+
+def transfer(sender, nonce, to, amount, fee=1000, chain_id=CHAIN_ID):
+    return sign_tx(sender, chain_id, "TRANSFER", nonce, fee, {"to": to.address if hasattr(to, "address") else to, "amount": amount})
+
+
+def wire(tx):
+    """The JSON form a client sends (without chain_id)."""
+    w = tx.to_wire()
+    del w["chain_id"]
+    return w
+
+
+def dumps(obj):
+    return json.dumps(obj).encode()
