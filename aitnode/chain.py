@@ -10,14 +10,14 @@ import json
 import os
 
 from aitnode import crypto, params as P
-from aitnode.encoding import U64, ZERO_HASH, canonical, merkle_root, sha256, sha256_hex
+from aitnode.encoding import U64, ZERO_HASH, canonical, is_hex, merkle_root, sha256, sha256_hex
 from aitnode.errors import AitError, ConfigError
 from aitnode.state import StateView, root_of, leaf_hash, ACC_MOD
 from aitnode.tx import AUTHORITY_TYPES, parse_tx, require_int
 
 import re
 
-_CHAIN_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_CHAIN_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}\Z")
 
 
 # -- genesis ---------------------------------------------------------------
@@ -45,13 +45,15 @@ class Genesis:
             if type(a) is not dict or set(a) != {"address", "public_key"}:
                 raise AitError("bad_genesis", "each authority is {\"address\", \"public_key\"}")
             crypto.check_address(a["address"], "authority address")
-            pk = bytes.fromhex(a["public_key"]) if isinstance(a["public_key"], str) and len(a["public_key"]) == 64 else None
+            pk = bytes.fromhex(a["public_key"]) if is_hex(a["public_key"], 32) else None
             if pk is None or pk.hex() != a["public_key"] or not crypto.pubkey_matches(pk, a["address"]):
                 raise AitError("bad_genesis", f"authority {a['address']}: public_key does not match its address")
             self.authorities.append({"address": a["address"], "public_key": a["public_key"]})
         if len({a["address"] for a in self.authorities}) != len(self.authorities):
             raise AitError("bad_genesis", "an authority is listed twice")
         self.accounts = {}
+        if type(doc.get("accounts", [])) is not list:
+            raise AitError("bad_genesis", "genesis accounts must be a list")
         for acct in doc.get("accounts", []):
             if type(acct) is not dict or set(acct) != {"address", "balance"}:
                 raise AitError("bad_genesis", "each account is {\"address\", \"balance\"}")
@@ -130,6 +132,7 @@ class BlockContext:
         self.timestamp = timestamp
         self.params = view.params()
         self.fees = 0
+        self.attestations = {}  # claim txHash -> coordinator attestation
 
 
 def _credit(view, address, amount):
@@ -152,6 +155,10 @@ def _apply_transfer(ctx, tx, bal, nonce):
             raise AitError("balance_overflow", f"{to} would hold 2**64 or more")
     view.set_account(tx.sender, bal - cost, nonce + 1)
     _credit(view, to, amount)
+    escrow = ctx.params.get("escrow")
+    if to == escrow and tx.sender != escrow:
+        # A payment into escrow that one compute receipt may later settle.
+        view.put("pay", tx.hash, {"client": tx.sender, "amount": amount, "claimed": ""})
     return {"changes": _changes((tx.sender, -cost), (to, amount))}
 
 
@@ -241,8 +248,17 @@ def block_hash(header):
     return sha256_hex(canonical(header))
 
 
-def tx_root(tx_hashes):
-    return merkle_root(tx_hashes)
+def tx_leaf(tx_hash, attestation=None):
+    """A transaction's tx_root leaf input: its hash, or for a claim the
+    hash of [txHash, attestation], so the block hash covers the attestation."""
+    if attestation is None:
+        return tx_hash
+    return sha256_hex(canonical([tx_hash, attestation]))
+
+
+def tx_root(tx_hashes, attestations=None):
+    attestations = attestations or {}
+    return merkle_root([tx_leaf(h, attestations.get(h)) for h in tx_hashes])
 
 
 class Chain:
@@ -290,7 +306,7 @@ class Chain:
     def context(self, view, proposer, height, timestamp):
         return BlockContext(self, view, proposer, height, timestamp)
 
-    def build_block(self, candidates, key, timestamp, max_txs=None):
+    def build_block(self, candidates, key, timestamp, max_txs=None, attestations=None):
         """Apply candidates in order on the head; keep those that apply.
 
         Returns (block, tx_records, view, failed) where failed maps the
@@ -301,6 +317,7 @@ class Chain:
         timestamp = max(timestamp, parent["timestamp"])
         view = self.view()
         ctx = self.context(view, key.address, height, timestamp)
+        ctx.attestations = attestations or {}
         if max_txs is None:
             max_txs = ctx.params["max_block_txs"]
         included, records, failed = [], [], {}
@@ -315,17 +332,19 @@ class Chain:
             included.append(tx)
             records.append((tx, result))
         self._finish(ctx)
+        hashes = [tx.hash for tx in included]
+        atts = {h: ctx.attestations[h] for h in hashes if h in ctx.attestations}
         header = {
             "chain_id": self.chain_id,
             "parent": self.store.hash_at(parent["height"]),
             "height": height,
             "timestamp": timestamp,
             "proposer": key.address,
-            "tx_root": tx_root([tx.hash for tx in included]),
+            "tx_root": tx_root(hashes, atts),
             "state_root": view.root(),
         }
         h = block_hash(header)
-        block = {"header": header, "hash": h, "sig": key.sign(bytes.fromhex(h)).hex(), "txs": [tx.hash for tx in included]}
+        block = {"header": header, "hash": h, "sig": key.sign(bytes.fromhex(h)).hex(), "txs": hashes, "attestations": atts}
         return block, self._tx_records(block, records), view, failed
 
     def _finish(self, ctx):
@@ -335,10 +354,14 @@ class Chain:
     @staticmethod
     def _tx_records(block, applied):
         height = block["header"]["height"]
-        return [
-            (tx.hash, {"tx": tx.to_wire(), "height": height, "block": block["hash"], "index": i, "result": result})
-            for i, (tx, result) in enumerate(applied)
-        ]
+        atts = block.get("attestations", {})
+        out = []
+        for i, (tx, result) in enumerate(applied):
+            rec = {"tx": tx.to_wire(), "height": height, "block": block["hash"], "index": i, "result": result}
+            if tx.hash in atts:
+                rec["attestation"] = atts[tx.hash]
+            out.append((tx.hash, rec))
+        return out
 
     def verify_block(self, block, txs):
         """Check a block from elsewhere against the head; return what to commit.
@@ -371,10 +394,14 @@ class Chain:
             raise AitError("bad_block", "block signature is not the proposer's")
         if [tx.hash for tx in txs] != block.get("txs", [tx.hash for tx in txs]):
             raise AitError("bad_block", "block transaction list does not match")
-        if tx_root([tx.hash for tx in txs]) != header["tx_root"]:
+        atts = block.get("attestations") or {}
+        if type(atts) is not dict or not set(atts) <= {tx.hash for tx in txs}:
+            raise AitError("bad_block", "block attestations do not belong to its transactions")
+        if tx_root([tx.hash for tx in txs], atts) != header["tx_root"]:
             raise AitError("bad_block", "tx_root does not match the transactions")
         view = self.view()
         ctx = self.context(view, header["proposer"], header["height"], header["timestamp"])
+        ctx.attestations = atts
         records = []
         for tx in txs:
             try:
@@ -384,7 +411,7 @@ class Chain:
         self._finish(ctx)
         if view.root() != header["state_root"]:
             raise AitError("bad_block", "state_root does not match the state after the block")
-        out = {"header": header, "hash": h, "sig": block["sig"], "txs": [tx.hash for tx in txs]}
+        out = {"header": header, "hash": h, "sig": block["sig"], "txs": [tx.hash for tx in txs], "attestations": atts}
         return out, self._tx_records(out, records), view
 
     def commit(self, block, tx_records, view):

@@ -26,6 +26,14 @@ def register_cost(ttype, fn):
     COSTS[ttype] = fn
 
 
+# Keys no two pending transactions may share, by type: fn(tx) -> [(key, code, message)].
+UNIQUE = {}
+
+
+def register_unique(ttype, fn):
+    UNIQUE[ttype] = fn
+
+
 class Mempool:
     def __init__(self, max_size=200_000, max_per_sender=1024):
         self.max_size = max_size
@@ -33,6 +41,7 @@ class Mempool:
         self.by_hash = {}
         self.by_sender = {}  # sender -> {nonce: tx}, nonces contiguous
         self._spend = {}  # sender -> total cost of its pending txs
+        self._unique = {}  # key -> hash of the pending tx holding it
 
     def __len__(self):
         return len(self.by_hash)
@@ -69,6 +78,12 @@ class Mempool:
                 f"a transaction with nonce {tx.nonce} is pending with fee {replaced.fee}; a replacement must pay more",
                 status=409,
             )
+        unique = UNIQUE.get(tx.type)
+        if unique is not None:
+            for key, code, message in unique(tx):
+                holder = self._unique.get(key)
+                if holder is not None and (replaced is None or holder != replaced.hash):
+                    raise AitError(code, message, status=409)
         spend = self._spend.get(tx.sender, 0) + COSTS[tx.type](tx)
         if replaced is not None:
             spend -= COSTS[replaced.type](replaced)
@@ -87,10 +102,19 @@ class Mempool:
         self.by_hash[tx.hash] = tx
         self.by_sender.setdefault(tx.sender, {})[tx.nonce] = tx
         self._spend[tx.sender] = self._spend.get(tx.sender, 0) + COSTS[tx.type](tx)
+        unique = UNIQUE.get(tx.type)
+        if unique is not None:
+            for key, _, _ in unique(tx):
+                self._unique[key] = tx.hash
         return replaced
 
     def _remove(self, tx):
         del self.by_hash[tx.hash]
+        unique = UNIQUE.get(tx.type)
+        if unique is not None:
+            for key, _, _ in unique(tx):
+                if self._unique.get(key) == tx.hash:
+                    del self._unique[key]
         run = self.by_sender[tx.sender]
         del run[tx.nonce]
         if run:

@@ -10,7 +10,8 @@ import time
 
 from twisted.logger import Logger
 
-from aitnode.chain import apply_tx
+from aitnode import receipts
+from aitnode.chain import check_fee
 from aitnode.errors import AitError
 from aitnode.params import min_fee
 from aitnode.tx import parse_tx, sign_tx
@@ -19,13 +20,15 @@ from aitnode.tx import parse_tx, sign_tx
 class Node:
     _log = Logger()
 
-    def __init__(self, chain, mempool, verifier, key=None, clock=None, observers=()):
+    def __init__(self, chain, mempool, verifier, key=None, clock=None, observers=(), attestor=None):
         self.chain = chain
         self.store = chain.store
         self.mempool = mempool
         self.verifier = verifier
         self.key = key if key is not None and chain.is_authority(key.address) else None
         self.clock = clock
+        self.attestor = attestor
+        self.attestations = {}  # pending claim txHash -> its attestation
         self.chain_id = chain.chain_id
         self.block_listeners = list(observers)  # called with each committed block
         self.tx_listeners = []  # called with each newly admitted transaction
@@ -65,17 +68,72 @@ class Node:
             listener(tx)
 
     def precheck(self, tx, view):
-        """Type-specific admission checks (receipts add theirs)."""
+        """Type-specific admission checks that need no network."""
+        if tx.type == receipts.CLAIM:
+            params = view.params()
+            check_fee(tx, params)
+            receipts.check_claim_offline(view, tx, params, self.chain_id)
+            receipts.check_attestation(self.attestations.get(tx.hash), tx.payload, params, self.chain_id)
 
     def submit(self, obj):
-        """Admit one wire transaction (signature checked here); its hash."""
+        """Admit one wire transaction (signature checked here); its hash.
+
+        Claims need the coordinator: they go through submit_claim instead.
+        """
         try:
             tx = self.parse(obj)
+            if tx.type == receipts.CLAIM:
+                raise AitError("claim_needs_attestation", "send RECEIPT_CLAIM through submit_claim (POST /rpc/submitReceipt)")
             if self.known(tx):
                 return tx.hash
             if not tx.verify_signature():
                 raise AitError("bad_signature", "sig is not a valid signature of this transaction by pubkey (signed for another chain_id?)")
             self._admit(tx)
+        except AitError:
+            self.stats["refused"] += 1
+            raise
+        return tx.hash
+
+    async def submit_any(self, obj):
+        """submit, or submit_claim for a RECEIPT_CLAIM."""
+        if type(obj) is dict and obj.get("type") == receipts.CLAIM:
+            return await self.submit_claim(obj)
+        return self.submit(obj)
+
+    async def submit_claim(self, obj, tx=None, verified=False):
+        """Admit a RECEIPT_CLAIM: check it offline, then get it attested.
+
+        The coordinator is asked only once every rule it cannot answer
+        holds; its attestation is checked like any block importer will.
+        """
+        try:
+            if tx is None:
+                tx = self.parse(obj)
+            if tx.type != receipts.CLAIM:
+                raise AitError("not_a_claim", "this route takes only RECEIPT_CLAIM transactions")
+            if self.known(tx):
+                return tx.hash
+            if not verified and not tx.verify_signature():
+                raise AitError("bad_signature", "sig is not a valid signature of this transaction by pubkey")
+            view = self.chain.view()
+            params = view.params()
+            check_fee(tx, params)
+            receipts.check_claim_offline(view, tx, params, self.chain_id)
+            balance, nonce = view.account(tx.sender)
+            self.mempool.check(tx, balance, nonce)
+            del view
+            if self.attestor is None:
+                raise AitError("coordinator_not_configured", "this node has no [coordinator] url to attest claims", status=424)
+            answer = await self.attestor.attest(receipts.attestation_request(tx.payload))
+            receipts.check_attestation(answer, tx.payload, params, self.chain_id)
+            if self.known(tx):
+                return tx.hash
+            self.attestations[tx.hash] = answer
+            try:
+                self._admit(tx)
+            except AitError:
+                del self.attestations[tx.hash]
+                raise
         except AitError:
             self.stats["refused"] += 1
             raise
@@ -107,6 +165,9 @@ class Node:
                     raise AitError("bad_signature", "sig is not a valid signature of this transaction by pubkey")
                 if self.known(tx):
                     results[i] = tx.hash
+                    continue
+                if tx.type == receipts.CLAIM:
+                    results[i] = await self.submit_claim(None, tx=tx, verified=True)
                     continue
                 self._admit(tx)
                 results[i] = tx.hash
@@ -143,7 +204,9 @@ class Node:
             return None
         started = time.perf_counter()
         candidates = self.mempool.candidates()
-        block, records, view, failed = self.chain.build_block(candidates, self.key, self.now())
+        block, records, view, failed = self.chain.build_block(
+            candidates, self.key, self.now(), attestations=self.attestations
+        )
         self.chain.commit(block, records, view)
         self._after_commit(block, records, failed)
         self._log.info(
@@ -166,6 +229,8 @@ class Node:
                 e = err if d is tx else AitError("predecessor_failed", f"transaction {tx.hash} with an earlier nonce failed: {err.message}")
                 dropped[d.hash] = {"tx": d.to_wire(), "error": {"code": e.code, "message": e.message}}
         self.store.record_failed(dropped)
+        for h in [h for h in self.attestations if h not in self.mempool]:
+            del self.attestations[h]
         self.stats["blocks"] += 1
         for listener in self.block_listeners:
             listener(block)
@@ -179,19 +244,23 @@ class Node:
 
     # -- mempool persistence -------------------------------------------
     def save_mempool(self):
-        self.store.save_mempool([tx.to_wire() for tx in self.mempool.all()])
+        self.store.save_mempool([[tx.to_wire(), self.attestations.get(tx.hash)] for tx in self.mempool.all()])
 
     def restore_mempool(self):
         """Re-admit the saved mempool (signatures were checked before)."""
         restored = 0
-        for wire in self.store.load_mempool():
+        for wire, attestation in self.store.load_mempool():
+            tx = None
             try:
                 tx = self.parse(wire)
                 if not self.known(tx):
+                    if attestation is not None:
+                        self.attestations[tx.hash] = attestation
                     self._admit(tx)
                     restored += 1
             except AitError:
-                pass
+                if tx is not None:
+                    self.attestations.pop(tx.hash, None)
         self.store.clear_mempool()
         return restored
 
@@ -212,6 +281,7 @@ class Node:
         out["sig"] = block["sig"]
         if full:
             out["txs"] = [self.store.tx_record(h)["tx"] for h in block["txs"]]
+            out["attestations"] = block.get("attestations", {})
         else:
             out["txs"] = list(block["txs"])
         return out
@@ -219,15 +289,21 @@ class Node:
     def get_tx(self, tx_hash):
         rec = self.store.tx_record(tx_hash)
         if rec is not None:
-            return {
+            out = {
                 "status": "included",
                 "tx": rec["tx"],
                 "block": {"height": rec["height"], "hash": rec["block"], "index": rec["index"]},
                 "receipt": rec["result"],
             }
+            if "attestation" in rec:
+                out["attestation"] = rec["attestation"]
+            return out
         tx = self.mempool.get(tx_hash)
         if tx is not None:
-            return {"status": "pending", "tx": tx.to_wire()}
+            out = {"status": "pending", "tx": tx.to_wire()}
+            if tx_hash in self.attestations:
+                out["attestation"] = self.attestations[tx_hash]
+            return out
         rec = self.store.failed_record(tx_hash)
         if rec is not None:
             return {"status": "failed", "tx": rec["tx"], "receipt": {"error": rec["error"]}}
@@ -236,6 +312,25 @@ class Node:
     def get_balance(self, address):
         balance, nonce = self.chain.view().account(address)
         return {"balance": balance, "nonce": nonce}
+
+    def get_receipt(self, receipt_id):
+        view = self.chain.view()
+        rec = view.get("rcpt", receipt_id)
+        if rec is None:
+            return None
+        txrec = self.store.tx_record(rec["tx"])
+        return {
+            "receipt_id": receipt_id,
+            "status": "included",
+            "claim": txrec["tx"],
+            "attestation": txrec.get("attestation"),
+            "block": {"height": txrec["height"], "hash": txrec["block"]},
+            "paid": rec,
+        }
+
+    def get_supply(self):
+        supply = self.chain.view().get("chain", "supply")
+        return dict(supply, total=sum(supply.values()))
 
     def get_params(self):
         return self.chain.view().params()

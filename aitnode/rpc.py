@@ -36,8 +36,10 @@ class RPC:
     app = Klein()
     _log = Logger()
 
-    def __init__(self, node, admin_token=None, max_body=65536, max_batch_bytes=16 << 20, max_batch_items=20000):
+    def __init__(self, node, admin_token=None, max_body=65536, max_batch_bytes=16 << 20, max_batch_items=20000,
+                 mock_coordinator=None):
         self.node = node
+        self.mock_coordinator = mock_coordinator
         self.admin_token = admin_token.encode() if admin_token else None
         self.max_body = max_body
         self.max_batch_bytes = max_batch_bytes
@@ -84,7 +86,37 @@ class RPC:
     # -- public routes --------------------------------------------------
     @app.route("/rpc/sendTx", methods=["POST"])
     def send_tx(self, request):
-        return json_response(request, {"txHash": self.node.submit(self.body(request))})
+        obj = self.body(request)
+        if type(obj) is dict and obj.get("type") == "RECEIPT_CLAIM":
+            return self._claim(request, obj)
+        return json_response(request, {"txHash": self.node.submit(obj)})
+
+    @app.route("/rpc/submitReceipt", methods=["POST"])
+    def submit_receipt(self, request):
+        return self._claim(request, self.body(request))
+
+    def _claim(self, request, obj):
+        d = Deferred.fromCoroutine(self.node.submit_claim(obj))
+        d.addCallback(lambda tx_hash: json_response(request, {"txHash": tx_hash}))
+        return d
+
+    @app.route("/rpc/getReceipt/<receipt_id>", methods=["GET"])
+    def get_receipt(self, request, receipt_id):
+        out = self.node.get_receipt(receipt_id)
+        if out is None:
+            raise AitError("not_found", f"no included receipt {receipt_id!r}", status=404)
+        return json_response(request, out)
+
+    @app.route("/rpc/getSupply", methods=["GET"])
+    def get_supply(self, request):
+        return json_response(request, self.node.get_supply())
+
+    @app.route("/rpc/attest", methods=["POST"])
+    @app.route("/rpc/attest/receipt", methods=["POST"])
+    def attest(self, request):
+        if self.mock_coordinator is None:
+            raise AitError("not_found", "this node serves no mock coordinator ([coordinator] serve_mock)", status=404)
+        return json_response(request, self.mock_coordinator.attest(self.body(request)))
 
     @app.route("/rpc/sendTxs", methods=["POST"])
     def send_txs(self, request):

@@ -12,7 +12,9 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
+from aitnode.attest import Attestor
 from aitnode.chain import Chain, Genesis
+from aitnode.coordinator import MockCoordinator
 from aitnode.config import load_config
 from aitnode.crypto import KeyPair
 from aitnode.errors import ConfigError
@@ -100,6 +102,8 @@ class NodeService(service.MultiService):
         d = service.MultiService.stopService(self)
 
         def save(result):
+            if self.node.attestor is not None:
+                self.node.attestor.close()
             self.node.save_mempool()
             self.verifier.stop()
             self._log.info("node stopped, mempool of {n} saved", n=len(self.node.mempool),
@@ -139,12 +143,24 @@ def build(cfg, reactor):
     else:
         verifier = InlineVerifier()
     mempool = Mempool(max_size=cfg.mempool.max_size, max_per_sender=cfg.mempool.max_per_sender)
-    node = Node(chain, mempool, verifier, key=key, clock=reactor)
+    attestor = None
+    if cfg.coordinator.url:
+        attestor = Attestor(
+            reactor, cfg.coordinator.url, cfg.coordinator.allow,
+            timeout=cfg.coordinator.timeout, max_in_flight=cfg.coordinator.max_in_flight,
+        )
+    mock = None
+    if cfg.coordinator.serve_mock:
+        if not cfg.coordinator.mock_key:
+            raise ConfigError("[coordinator] serve_mock needs [coordinator] mock_key (the coordinator's key file)")
+        mock = MockCoordinator(KeyPair.load(cfg.coordinator.mock_key), genesis.chain_id)
+    node = Node(chain, mempool, verifier, key=key, clock=reactor, attestor=attestor)
 
     top = NodeService(node, store, verifier)
     rpc = RPC(
         node, admin_token=admin_token, max_body=cfg.rpc.max_body_bytes,
         max_batch_bytes=cfg.rpc.max_batch_bytes, max_batch_items=cfg.rpc.max_batch_items,
+        mock_coordinator=mock,
     )
     site, root = make_site(rpc.resource(), max(cfg.rpc.max_body_bytes, cfg.rpc.max_batch_bytes))
     ListenService(reactor, cfg.rpc.listen, site, "rpc").setServiceParent(top)

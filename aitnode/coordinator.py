@@ -1,0 +1,74 @@
+"""A mock coordinator for the devnet: signs receipt attestations.
+
+Jobs ``job_1`` to ``job_1000000`` exist and are paid; any other job does
+not exist.  A job attested for one receipt and asked again for another is
+reported double spent.  Served by ``twistd aitcoordinator`` and, when a
+devnet node's config asks for it, at the node's POST /rpc/attest.
+"""
+
+import re
+
+from klein import Klein
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from aitnode import crypto
+from aitnode.errors import AitError
+from aitnode.receipts import REQUEST_FIELDS, sign_attestation
+from aitnode.rpc import json_response
+from aitnode.tx import loads_json, require_fields, require_int, require_text
+
+_JOB = re.compile(r"^job_([1-9][0-9]{0,6})$")
+MAX_JOB = 1_000_000
+
+
+class MockCoordinator:
+    app = Klein()
+
+    def __init__(self, key, chain_id, max_body=65536):
+        self.key = key
+        self.chain_id = chain_id
+        self.max_body = max_body
+        self.claimed = {}  # job_id -> receipt_id
+        self.served = 0
+
+    def resource(self):
+        return self.app.resource()
+
+    def attest(self, request):
+        """The signed answer for one attestation request (a dict)."""
+        require_fields(request, REQUEST_FIELDS, "request")
+        require_text(request["receipt_id"], "receipt_id", 128)
+        require_text(request["job_id"], "job_id", 128)
+        crypto.check_address(request["client"], "client")
+        crypto.check_address(request["miner"], "miner")
+        require_int(request["price"], "price")
+        require_int(request["compute_units"], "compute_units")
+        require_text(request["output_hash"], "output_hash", 256)
+        job = request["job_id"]
+        m = _JOB.match(job)
+        exists = bool(m) and int(m.group(1)) <= MAX_JOB
+        first = self.claimed.setdefault(job, request["receipt_id"]) if exists else None
+        self.served += 1
+        return sign_attestation(
+            self.key, self.chain_id, request,
+            exists=exists, paid=exists, not_double_spent=exists and first == request["receipt_id"],
+        )
+
+    @app.route("/attest/receipt", methods=["POST"])
+    def attest_route(self, request):
+        data = request.content.read(self.max_body + 1)
+        if len(data) > self.max_body:
+            raise AitError("body_too_large", "request body is too large", status=413)
+        return json_response(request, self.attest(loads_json(data)))
+
+    @app.handle_errors(AitError)
+    def _error(self, request, failure):
+        return json_response(request, failure.value.as_json(), failure.value.status)
+
+    @app.handle_errors(NotFound)
+    def _not_found(self, request, failure):
+        return json_response(request, AitError("not_found", "no such route").as_json(), 404)
+
+    @app.handle_errors(MethodNotAllowed)
+    def _bad_method(self, request, failure):
+        return json_response(request, AitError("method_not_allowed", "use POST").as_json(), 405)
