@@ -10,9 +10,9 @@ claim and touches nothing else.
 import json
 from urllib.parse import urlsplit
 
-import treq
+from treq.client import HTTPClient
 from twisted.internet import defer
-from twisted.web.client import HTTPConnectionPool
+from twisted.web.client import Agent, HTTPConnectionPool
 
 from aitnode.errors import AitError
 
@@ -31,7 +31,7 @@ class Attestor:
         if http is None:
             self.pool = pool or HTTPConnectionPool(reactor, persistent=True)
             self.pool.maxPersistentPerHost = max_in_flight
-            http = treq.client.HTTPClient.with_config(reactor=reactor, pool=self.pool)
+            http = HTTPClient(Agent(reactor, pool=self.pool))
         else:
             self.pool = None
         self.http = http

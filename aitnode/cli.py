@@ -4,6 +4,7 @@
     ait genesis --chain-id ID --authority KEYFILE [--account ADDR=BALANCE]... [--faucet] [--out FILE]
     ait head | balance ADDR | block REF | tx HASH        [--node URL] [--json]
     ait transfer --key FILE --to ADDR --amount N [--fee N] [--node URL] [--json]
+    ait miner --key MINER_KEY --client-key CLIENT_KEY [--jobs N] [--node URL]
 
 Every error prints one line on stderr and exits non-zero.
 """
@@ -113,6 +114,69 @@ def cmd_transfer(args):
     return call(args.node, "/rpc/sendTx", tx.to_wire())
 
 
+def _wait_included(node, tx_hash, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            out = call(node, f"/rpc/getTx/{tx_hash}")
+        except CliError:
+            out = {"status": "unknown"}
+        if out["status"] == "included":
+            return out
+        if out["status"] == "failed":
+            raise CliError(f"transaction {tx_hash} failed: {out['receipt']['error']['message']}")
+        time.sleep(0.2)
+    raise CliError(f"transaction {tx_hash} was not included within {timeout:.0f} s")
+
+
+def _send(node, key, chain_id, ttype, payload, route="/rpc/sendTx"):
+    nonce = call(node, f"/rpc/getBalance/{key.address}")["nonce"] + 1
+    fee = call(node, "/rpc/estimateFee", {"type": ttype, "sender": key.address, "nonce": nonce, "fee": 0, "payload": payload})["fee"]
+    tx = sign_tx(key, chain_id, ttype, nonce, fee, payload)
+    return call(node, route, tx.to_wire())["txHash"], fee
+
+
+def cmd_miner(args):
+    """A mock miner: per job, the client pays escrow, the miner claims."""
+    from aitnode.receipts import sign_claim
+
+    miner = KeyPair.load(args.key)
+    client = KeyPair.load(args.client_key)
+    chain_id = call(args.node, "/rpc/getBlock/0")["chain_id"]
+    escrow = call(args.node, "/rpc/getParams").get("escrow")
+    if not escrow:
+        raise CliError("this chain has no escrow (genesis params.escrow): receipts are off")
+    start = call(args.node, f"/rpc/getBalance/{miner.address}")["balance"]
+    job = args.first_job
+    done = 0
+    while args.jobs == 0 or done < args.jobs:
+        pay_hash, _ = _send(args.node, client, chain_id, "TRANSFER", {"to": escrow, "amount": args.price})
+        _wait_included(args.node, pay_hash)
+        receipt_id = f"rcpt-{job}-{miner.address[4:12]}"
+        payload = sign_claim(
+            miner, chain_id, receipt_id=receipt_id, job_id=f"job_{job}", client_addr=client.address,
+            miner_addr=miner.address, compute_units=args.units, price=args.price,
+            output_hash="sha256:" + os.urandom(32).hex(), client_payment_tx=pay_hash,
+        )
+        claim_hash, fee = _send(args.node, miner, chain_id, "RECEIPT_CLAIM", payload, route="/rpc/submitReceipt")
+        included = _wait_included(args.node, claim_hash)
+        result = included["receipt"]
+        balance = call(args.node, f"/rpc/getBalance/{miner.address}")["balance"]
+        line = {
+            "job": f"job_{job}", "receipt_id": receipt_id, "height": included["block"]["height"],
+            "minted": result["minted"], "paid": result["miner_paid"], "fee": fee,
+            "earned_total": balance - start, "balance": balance,
+        }
+        print(json.dumps(line) if args.json else
+              f"job_{job}: block {line['height']} minted {line['minted']} paid {line['paid']} fee {fee}"
+              f" -> earned {line['earned_total']} in all, balance {balance}", flush=True)
+        done += 1
+        job += 1
+        if args.interval:
+            time.sleep(args.interval)
+    return None
+
+
 def parser():
     p = argparse.ArgumentParser(prog="ait", description="aitnode command line")
     sub = p.add_subparsers(dest="command", required=True)
@@ -157,6 +221,15 @@ def parser():
     s.add_argument("--fee", type=int)
     s.add_argument("--chain-id")
     s.set_defaults(func=cmd_transfer)
+    s = with_node(sub.add_parser("miner", help="mock miner: pay escrow as a client, claim receipts, print earnings"))
+    s.add_argument("--key", required=True, help="the miner's key file")
+    s.add_argument("--client-key", required=True, help="a funded client's key file (pays escrow)")
+    s.add_argument("--jobs", type=int, default=0, help="how many jobs (0: until stopped)")
+    s.add_argument("--first-job", type=int, default=int(time.time()) % 900_000 + 1)
+    s.add_argument("--price", type=int, default=5000)
+    s.add_argument("--units", type=int, default=10)
+    s.add_argument("--interval", type=float, default=0.0, help="seconds between jobs")
+    s.set_defaults(func=cmd_miner)
     return p
 
 
@@ -177,6 +250,8 @@ def main(argv=None):
     except (CliError, ConfigError) as e:
         print(f"ait: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 
