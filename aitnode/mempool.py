@@ -172,3 +172,9 @@ class Mempool:
 
     def all(self):
         return self.candidates()
+
+    def clear(self):
+        self.by_hash.clear()
+        self.by_sender.clear()
+        self._spend.clear()
+        self._unique.clear()

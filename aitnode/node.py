@@ -33,6 +33,8 @@ class Node:
         self.block_listeners = list(observers)  # called with each committed block
         self.tx_listeners = []  # called with each newly admitted transaction
         self.stats = {"admitted": 0, "refused": 0, "blocks": 0}
+        self.head_changed_at = clock.seconds() if clock is not None else time.time()
+        self.peer_height = 0  # the best height peers announced (set by p2p)
 
     @property
     def is_proposer(self):
@@ -232,8 +234,91 @@ class Node:
         for h in [h for h in self.attestations if h not in self.mempool]:
             del self.attestations[h]
         self.stats["blocks"] += 1
+        self.head_changed_at = self.clock.seconds() if self.clock is not None else time.time()
         for listener in self.block_listeners:
             listener(block)
+
+    async def admit_remote(self, tx, attestation=None):
+        """Admit a transaction relayed by a peer (signature checked once)."""
+        if self.known(tx):
+            return tx.hash
+        ok = await self.verifier.verify_many([(tx.pubkey, tx.sig, tx.sign_hash)])
+        if not ok[0]:
+            raise AitError("bad_signature", "relayed transaction has a bad signature")
+        if self.known(tx):
+            return tx.hash
+        if tx.type == receipts.CLAIM:
+            self.attestations[tx.hash] = attestation
+        try:
+            self._admit(tx)
+        except AitError:
+            if tx.type == receipts.CLAIM:
+                del self.attestations[tx.hash]
+            raise
+        return tx.hash
+
+    async def import_block_async(self, block, txs):
+        """Check the signatures of a block's transactions this node has not
+        seen (off the reactor thread when the verifier is a pool), then
+        verify and commit the block."""
+        todo = [tx for tx in txs if tx.hash not in self.mempool]
+        oks = await self.verifier.verify_many([(tx.pubkey, tx.sig, tx.sign_hash) for tx in todo])
+        for tx, ok in zip(todo, oks):
+            if not ok:
+                raise AitError("bad_block", f"transaction {tx.hash} has a bad signature")
+        return self.import_block(block, txs)
+
+    def block_entry(self, height):
+        """A block with its whole transactions, as peers exchange it."""
+        block = self.store.block_at(height)
+        return {"block": block, "txs": [self.store.tx_record(h)["tx"] for h in block["txs"]]}
+
+    def rollback(self, height):
+        """Undo blocks above height; their transactions go back to the mempool."""
+        dropped = self.store.rollback_to(height)
+        pending = [(tx, self.attestations.get(tx.hash)) for tx in self.mempool.all()]
+        self.mempool.clear()
+        readmit = []
+        for wire in dropped:
+            try:
+                readmit.append((self.parse(wire), None))
+            except AitError:
+                pass
+        restored = 0
+        for tx, att in readmit + pending:
+            if tx.type == receipts.CLAIM and att is None:
+                continue  # its attestation left with the block; the miner resubmits
+            try:
+                if att is not None:
+                    self.attestations[tx.hash] = att
+                self._admit(tx)
+                restored += 1
+            except AitError:
+                self.attestations.pop(tx.hash, None)
+        self.head_changed_at = self.clock.seconds() if self.clock is not None else time.time()
+        self._log.warn("rolled back to height {height}; {n} transactions back in the mempool",
+                       height=height, n=restored, component="chain", event="reorg")
+        return restored
+
+    def propose_due(self, interval):
+        """Whether this authority should propose now.
+
+        The in-turn authority for height h is authorities[h mod N]; it
+        proposes once the head is ``interval`` old.  The others back it up
+        in rotation order, the r-th after ``interval * (1 + 2r)``.
+        """
+        if self.key is None:
+            return False
+        if self.peer_height > self.chain.head()[0]:
+            return False  # behind a peer: catch up before building on a stale head
+        auths = self.chain.authority_list
+        if len(auths) == 1:
+            return True
+        height = self.chain.head()[0] + 1
+        rank = (auths.index(self.key.address) - height) % len(auths)
+        now = self.clock.seconds() if self.clock is not None else time.time()
+        elapsed = now - self.head_changed_at
+        return elapsed + 1e-6 >= interval * (1 + 2 * rank)
 
     def import_block(self, block, txs):
         """Verify a block built elsewhere on top of the head, and commit it."""

@@ -22,6 +22,8 @@ class ProposerService(service.Service):
 
     def tick(self):
         try:
+            if not self.node.propose_due(self.interval):
+                return None
             return self.node.propose()
         except Exception:
             self.failures += 1
@@ -32,7 +34,10 @@ class ProposerService(service.Service):
         super().startService()
         self._loop = LoopingCall(self.tick)
         self._loop.clock = self.clock
-        self._loop.start(self.interval, now=False)
+        # With several authorities, look more often so a silent in-turn
+        # authority is backed up soon after its slot.
+        several = len(self.node.chain.authority_list) > 1
+        self._loop.start(self.interval / 4 if several else self.interval, now=False)
 
     def stopService(self):
         if self._loop is not None and self._loop.running:

@@ -40,6 +40,7 @@ class RPC:
                  mock_coordinator=None):
         self.node = node
         self.mock_coordinator = mock_coordinator
+        self.p2p = None  # set when the node has peers
         self.admin_token = admin_token.encode() if admin_token else None
         self.max_body = max_body
         self.max_batch_bytes = max_batch_bytes
@@ -140,7 +141,9 @@ class RPC:
 
     @app.route("/rpc/getBlock/<ref>", methods=["GET"])
     def get_block(self, request, ref):
-        if not (ref.isdigit() and len(ref) < 21) and not is_hex(ref, 32):
+        # A height is ASCII decimal below 2**64 (str.isdigit alone admits "²").
+        is_height = ref.isascii() and ref.isdigit() and len(ref) < 21 and int(ref) < 2**64
+        if not is_height and not is_hex(ref, 32):
             raise AitError("bad_block_ref", "give a height (decimal) or a block hash (64 lowercase hex)")
         full = request.args.get(b"full", [b"false"])[0].lower() in (b"true", b"1")
         out = self.node.get_block(ref, full=full)
@@ -165,7 +168,23 @@ class RPC:
     def get_params(self, request):
         return json_response(request, self.node.get_params())
 
+    @app.route("/p2p/peers", methods=["GET"])
+    def peers(self, request):
+        if self.p2p is None:
+            raise AitError("p2p_disabled", "this node has no [p2p] listen address", status=404)
+        return json_response(request, self.p2p.peer_list())
+
     # -- admin routes ---------------------------------------------------
+    @app.route("/admin/peers/add", methods=["POST"])
+    def add_peer(self, request):
+        self.require_admin(request)
+        if self.p2p is None:
+            raise AitError("p2p_disabled", "this node has no [p2p] listen address", status=404)
+        body = self.body(request)
+        require_fields(body, ("addr",), "body")
+        added = self.p2p.add_peer(body["addr"])
+        return json_response(request, {"addr": body["addr"], "added": added})
+
     @app.route("/admin/mintFaucet", methods=["POST"])
     def mint_faucet(self, request):
         self.require_admin(request)

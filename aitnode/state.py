@@ -180,6 +180,7 @@ class Store:
         height = header["height"]
         undo = []
         with self.env.begin(write=True) as t:
+            prev_acc = t.get(b"acc", db=self._db["meta"]) or bytes(ACC_BYTES)
             sdb = self._db["state"]
             for (ns, key), (old, new) in changes.items():
                 k = _ekey(ns, key)
@@ -194,7 +195,7 @@ class Store:
             for h, rec in tx_records:
                 t.put(h.encode(), _dumps(rec), db=txdb)
             udb = self._db["undo"]
-            t.put(_height_key(height), _dumps(undo), db=udb)
+            t.put(_height_key(height), _dumps({"acc": prev_acc, "entries": undo, "txs": [h for h, _ in tx_records]}), db=udb)
             if height >= UNDO_KEEP:
                 t.delete(_height_key(height - UNDO_KEEP), db=udb)
             meta = self._db["meta"]
@@ -204,6 +205,58 @@ class Store:
                 t.put(b"format_version", _dumps(FORMAT_VERSION), db=meta)
                 t.put(b"genesis_hash", _dumps(genesis_hash), db=meta)
                 t.put(b"chain_id", _dumps(header["chain_id"]), db=meta)
+
+    def undo_depth(self):
+        """How many blocks back from the head can be rolled back."""
+        height = self.head()[0]
+        return min(height, UNDO_KEEP - 1)
+
+    def rollback_to(self, height):
+        """Undo every block above height, in one write transaction.
+
+        Returns the wire transactions of the undone blocks, oldest first,
+        so the caller can offer them to the mempool again.
+        """
+        head = self.head()[0]
+        if head - height > self.undo_depth():
+            raise ValueError(f"cannot roll back {head - height} blocks; undo data covers {self.undo_depth()}")
+        dropped = []
+        with self.env.begin(write=True) as t:
+            sdb, udb, txdb = self._db["state"], self._db["undo"], self._db["txs"]
+            acc = None
+            for h in range(head, height, -1):
+                undo = _loads(t.get(_height_key(h), db=udb))
+                for ns, key, old in undo["entries"]:
+                    if old is None:
+                        t.delete(_ekey(ns, key), db=sdb)
+                    else:
+                        t.put(_ekey(ns, key), old, db=sdb)
+                block_wires = []
+                for tx_hash in undo["txs"]:
+                    raw = t.get(tx_hash.encode(), db=txdb)
+                    if raw is not None:
+                        block_wires.append(_loads(raw)["tx"])
+                        t.delete(tx_hash.encode(), db=txdb)
+                dropped[:0] = block_wires
+                block_hash = t.get(_height_key(h), db=self._db["heights"])
+                t.delete(_height_key(h), db=self._db["heights"])
+                t.delete(block_hash, db=self._db["blocks"])
+                t.delete(_height_key(h), db=udb)
+                acc = undo["acc"]
+            if acc is not None:
+                parent = t.get(_height_key(height), db=self._db["heights"]).decode()
+                t.put(b"head", _dumps([height, parent]), db=self._db["meta"])
+                t.put(b"acc", acc, db=self._db["meta"])
+        return dropped
+
+    # -- peers ------------------------------------------------------------
+    def put_peer(self, node_id, record):
+        with self.env.begin(write=True, db=self._db["peers"]) as t:
+            t.put(node_id.encode(), _dumps(record))
+
+    def peers(self):
+        with self.env.begin(db=self._db["peers"]) as t:
+            return {k.decode(): _loads(v) for k, v in t.cursor()}
 
     # -- mempool snapshot ---------------------------------------------
     def save_mempool(self, wire_txs):

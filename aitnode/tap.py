@@ -5,12 +5,14 @@ LMDB, the chain's genesis block) is done synchronously in makeService, so
 a node that cannot start says why in one line and exits before listening.
 """
 
+import os
 import sys
 
 from twisted.application import service
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.web import resource
 
 from aitnode.attest import Attestor
 from aitnode.chain import Chain, Genesis
@@ -20,6 +22,7 @@ from aitnode.crypto import KeyPair
 from aitnode.errors import ConfigError
 from aitnode.mempool import Mempool
 from aitnode.node import Node
+from aitnode.p2p import P2P
 from aitnode.proposer import ProposerService
 from aitnode.rpc import RPC
 from aitnode.state import Store
@@ -115,6 +118,14 @@ class NodeService(service.MultiService):
         return d
 
 
+def node_key(data_dir):
+    """The node's own identity key for peers (made on first start)."""
+    path = os.path.join(data_dir, "node_key.json")
+    if not os.path.exists(path):
+        KeyPair.generate().save(path)
+    return KeyPair.load(path)
+
+
 def build(cfg, reactor):
     """The service tree for a Config (raises ConfigError)."""
     genesis = Genesis.load(cfg.node.genesis)
@@ -164,6 +175,17 @@ def build(cfg, reactor):
     )
     site, root = make_site(rpc.resource(), max(cfg.rpc.max_body_bytes, cfg.rpc.max_batch_bytes))
     ListenService(reactor, cfg.rpc.listen, site, "rpc").setServiceParent(top)
+    if cfg.p2p.listen:
+        p2p = P2P(node, node_key(cfg.node.data_dir), reactor, peers=cfg.p2p.peers)
+        p2p.setServiceParent(top)
+        root = resource.Resource()
+        root.putChild(b"p2p", p2p.resource())
+        p2p_site, _ = make_site(root, 1024)
+        ListenService(reactor, cfg.p2p.listen, p2p_site, "p2p").setServiceParent(top)
+        rpc.p2p = p2p
+        top.p2p = p2p
+    elif cfg.p2p.peers:
+        raise ConfigError("[p2p] peers needs [p2p] listen (the node's own peer address)")
     if node.is_proposer:
         ProposerService(node, reactor, cfg.proposer.interval).setServiceParent(top)
     top.node, top.rpc, top.site = node, rpc, site
