@@ -14,13 +14,16 @@ from aitnode import receipts
 from aitnode.chain import check_fee
 from aitnode.errors import AitError
 from aitnode.params import min_fee
-from aitnode.tx import parse_tx, sign_tx
+from aitnode.metrics import Metrics
+from aitnode.tx import known_types, parse_tx, sign_tx
+
+KNOWN_TYPES = frozenset(known_types())
 
 
 class Node:
     _log = Logger()
 
-    def __init__(self, chain, mempool, verifier, key=None, clock=None, observers=(), attestor=None):
+    def __init__(self, chain, mempool, verifier, key=None, clock=None, observers=(), attestor=None, metrics=None):
         self.chain = chain
         self.store = chain.store
         self.mempool = mempool
@@ -33,6 +36,12 @@ class Node:
         self.block_listeners = list(observers)  # called with each committed block
         self.tx_listeners = []  # called with each newly admitted transaction
         self.stats = {"admitted": 0, "refused": 0, "blocks": 0}
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.metrics.mempool_size.set_function(lambda: len(self.mempool))
+        self.metrics.block_height.set_function(lambda: self.chain.head()[0])
+        self.metrics.sync_lag.set_function(lambda: max(0, self.peer_height - self.chain.head()[0]))
+        self._last_refusal_log = float("-inf")
+        self._refusals_unlogged = 0
         self.head_changed_at = clock.seconds() if clock is not None else time.time()
         self.peer_height = 0  # the best height peers announced (set by p2p)
 
@@ -66,6 +75,7 @@ class Node:
         self.precheck(tx, view)
         self.mempool.add(tx, balance, nonce)
         self.stats["admitted"] += 1
+        self.metrics.txs.labels(tx.type, "admitted").inc()
         for listener in self.tx_listeners:
             listener(tx)
 
@@ -91,10 +101,29 @@ class Node:
             if not tx.verify_signature():
                 raise AitError("bad_signature", "sig is not a valid signature of this transaction by pubkey (signed for another chain_id?)")
             self._admit(tx)
-        except AitError:
-            self.stats["refused"] += 1
+        except AitError as e:
+            self._refused(obj, e)
             raise
         return tx.hash
+
+    def _refused(self, obj, err):
+        """Count a refusal; log it, at most one line a second."""
+        self.stats["refused"] += 1
+        ttype = obj.get("type") if type(obj) is dict else None
+        if ttype not in KNOWN_TYPES:
+            ttype = "invalid"
+        self.metrics.txs.labels(ttype, "refused").inc()
+        now = time.monotonic()
+        if now - self._last_refusal_log >= 1.0:
+            self._log.info(
+                "refused {type} transaction: {code} ({suppressed} more refused since the last line)",
+                type=ttype, code=err.code, suppressed=self._refusals_unlogged,
+                component="mempool", event="tx_refused", error=err.message,
+            )
+            self._last_refusal_log = now
+            self._refusals_unlogged = 0
+        else:
+            self._refusals_unlogged += 1
 
     async def submit_any(self, obj):
         """submit, or submit_claim for a RECEIPT_CLAIM."""
@@ -136,8 +165,8 @@ class Node:
             except AitError:
                 del self.attestations[tx.hash]
                 raise
-        except AitError:
-            self.stats["refused"] += 1
+        except AitError as e:
+            self._refused(obj if obj is not None else {"type": receipts.CLAIM}, e)
             raise
         return tx.hash
 
@@ -176,9 +205,9 @@ class Node:
             except AitError as e:
                 results[i] = e
         out = []
-        for r in results:
+        for obj, r in zip(objs, results):
             if isinstance(r, AitError):
-                self.stats["refused"] += 1
+                self._refused(obj, r)
                 out.append(r.as_json())
             else:
                 out.append({"txHash": r})
@@ -235,6 +264,9 @@ class Node:
             del self.attestations[h]
         self.stats["blocks"] += 1
         self.head_changed_at = self.clock.seconds() if self.clock is not None else time.time()
+        self.metrics.on_block(block, records, self.head_changed_at)
+        for rec in dropped.values():
+            self.metrics.txs.labels(rec["tx"]["type"], "failed").inc()
         for listener in self.block_listeners:
             listener(block)
 

@@ -15,6 +15,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from aitnode import crypto
 from aitnode.encoding import is_hex
 from aitnode.errors import AitError
+from aitnode.metrics import CONTENT_TYPE, RouteTemplates
 from aitnode.tx import loads_json, require_fields, require_int
 
 JSON = b"application/json"
@@ -48,6 +49,16 @@ class RPC:
 
     def resource(self):
         return self.app.resource()
+
+    def observer(self):
+        """observe(request, seconds) for web.Root: counts requests by route."""
+        templates = RouteTemplates(self.app)
+        metrics = self.node.metrics
+
+        def observe(request, seconds):
+            metrics.observe_request(templates(request.path.decode("utf-8", "replace")), request.code, seconds)
+
+        return observe
 
     # -- plumbing -------------------------------------------------------
     @app.handle_errors(AitError)
@@ -163,6 +174,11 @@ class RPC:
     @app.route("/rpc/estimateFee", methods=["POST"])
     def estimate_fee(self, request):
         return json_response(request, {"fee": self.node.estimate_fee(self.body(request))})
+
+    @app.route("/rpc/metrics", methods=["GET"])
+    def metrics(self, request):
+        request.setHeader(b"content-type", CONTENT_TYPE)
+        return self.node.metrics.render()
 
     @app.route("/rpc/getParams", methods=["GET"])
     def get_params(self, request):

@@ -10,7 +10,7 @@ import sys
 
 from twisted.application import service
 from twisted.internet.endpoints import serverFromString
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 from twisted.web import resource
 
@@ -20,6 +20,7 @@ from aitnode.coordinator import MockCoordinator
 from aitnode.config import load_config
 from aitnode.crypto import KeyPair
 from aitnode.errors import ConfigError
+from aitnode.logs import make_observer
 from aitnode.mempool import Mempool
 from aitnode.node import Node
 from aitnode.p2p import P2P
@@ -89,6 +90,16 @@ class NodeService(service.MultiService):
         self.node = node
         self.store = store
         self.verifier = verifier
+
+    log_observer = None
+
+    def setServiceParent(self, parent):
+        # Under twistd the parent is the Application: offer it our log
+        # observer (JSON lines or text, with the configured level), which
+        # twistd uses unless --logger names another.
+        if self.log_observer is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self.log_observer)
+        return super().setServiceParent(parent)
 
     def startService(self):
         self.verifier.start()
@@ -168,12 +179,14 @@ def build(cfg, reactor):
     node = Node(chain, mempool, verifier, key=key, clock=reactor, attestor=attestor)
 
     top = NodeService(node, store, verifier)
+    top.log_observer = make_observer(cfg.log.format, cfg.log.level)
     rpc = RPC(
         node, admin_token=admin_token, max_body=cfg.rpc.max_body_bytes,
         max_batch_bytes=cfg.rpc.max_batch_bytes, max_batch_items=cfg.rpc.max_batch_items,
         mock_coordinator=mock,
     )
     site, root = make_site(rpc.resource(), max(cfg.rpc.max_body_bytes, cfg.rpc.max_batch_bytes))
+    root.observe = rpc.observer()
     ListenService(reactor, cfg.rpc.listen, site, "rpc").setServiceParent(top)
     if cfg.p2p.listen:
         p2p = P2P(node, node_key(cfg.node.data_dir), reactor, peers=cfg.p2p.peers)
@@ -184,6 +197,7 @@ def build(cfg, reactor):
         ListenService(reactor, cfg.p2p.listen, p2p_site, "p2p").setServiceParent(top)
         rpc.p2p = p2p
         top.p2p = p2p
+        node.metrics.peers.set_function(lambda: len(p2p.conns))
     elif cfg.p2p.peers:
         raise ConfigError("[p2p] peers needs [p2p] listen (the node's own peer address)")
     if node.is_proposer:

@@ -5,6 +5,7 @@ marked ``body_too_large`` and the rest is discarded unread, so no client
 can make the node buffer an unbounded upload.
 """
 
+import time
 from io import BytesIO
 
 from twisted.web import resource, server
@@ -30,17 +31,30 @@ class LimitedRequest(server.Request):
 
 
 class Root(resource.Resource):
-    """Named children (putChild) first; every other path goes to the app."""
+    """Named children (putChild) first; every other path goes to the app.
+
+    ``observe(request, seconds)``, when set, is called as each request the
+    app serves finishes (metrics).
+    """
+
+    observe = None
 
     def __init__(self, app_resource):
         super().__init__()
         self.app_resource = app_resource
 
+    def _watch(self, request):
+        if self.observe is not None:
+            started = time.perf_counter()
+            request.notifyFinish().addBoth(lambda _: self.observe(request, time.perf_counter() - started))
+
     def getChild(self, name, request):
+        self._watch(request)
         request.postpath.insert(0, request.prepath.pop())
         return self.app_resource
 
     def render(self, request):
+        self._watch(request)
         return self.app_resource.render(request)
 
 
