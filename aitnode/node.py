@@ -445,6 +445,24 @@ class Node:
             "paid": rec,
         }
 
+    def get_history(self, address, limit=50):
+        """Included transactions touching address, newest first, with what
+        the address gained or lost in each."""
+        out = []
+        for h in self.store.history(address, limit=limit):
+            rec = self.store.tx_record(h)
+            delta = sum(c["delta"] for c in rec["result"].get("changes", []) if c["address"] == address)
+            out.append({
+                "txHash": h, "height": rec["height"], "index": rec["index"], "type": rec["tx"]["type"],
+                "sender": rec["tx"]["sender"], "payload": rec["tx"]["payload"], "fee": rec["tx"]["fee"],
+                "delta": delta,
+            })
+        pending = [
+            {"txHash": tx.hash, "status": "pending", "type": tx.type, "sender": tx.sender, "payload": tx.payload, "fee": tx.fee}
+            for tx in self.mempool.by_sender.get(address, {}).values()
+        ]
+        return {"address": address, "txs": out, "pending": pending}
+
     def get_supply(self):
         supply = self.chain.view().get("chain", "supply")
         return dict(supply, total=sum(supply.values()))

@@ -45,6 +45,10 @@ SYNC_BATCH = 64
 SEEN_SIZE = 50_000
 BAN_SCORE = -100
 BAN_SECONDS = 600
+# Close codes: autobahn lets an application send only 1000 or 3000-4999
+# (1002/1008 are the library's own), so ours are in the private range.
+CLOSE_PROTOCOL = 4002  # garbage or a protocol violation
+CLOSE_BANNED = 4008  # the peer is banned
 PENALTY = {"garbage": -50, "bad_tx": -10, "bad_block": -60, "oversized": -100, "protocol": -30}
 
 
@@ -101,7 +105,7 @@ class PeerConnection:
         self.ready = False
         self.addr = self._peer_addr()
         if self.p2p.is_banned(addr=self.addr.split(":")[0]):
-            self.sendClose(1008, "banned")
+            self.sendClose(CLOSE_BANNED, "banned")
             return
         self.send("hello", self.p2p.hello(self.challenge))
 
@@ -126,10 +130,15 @@ class PeerConnection:
         except PeerError as e:
             self.p2p.misbehaved(self, e.kind, str(e))
 
+    def _max_message_size_exceeded(self, msg_size, max_msg_size, reason):
+        # autobahn fails such a connection by dropping it (failByDrop), so
+        # onClose sees 1006, never 1009: penalize here, where we know why.
+        if self.p2p is not None:
+            self.p2p.penalize(self, "oversized", "frame over the size limit")
+        super()._max_message_size_exceeded(msg_size, max_msg_size, reason)
+
     def onClose(self, wasClean, code, reason):
         if self.p2p is not None:
-            if code == 1009:
-                self.p2p.penalize(self, "oversized", "frame over the size limit")
             self.p2p.disconnected(self)
 
 
@@ -241,7 +250,7 @@ class P2P(service.MultiService):
             conn.sendClose(1000, "self")
             return
         if self.is_banned(node_id=node_id):
-            conn.sendClose(1008, "banned")
+            conn.sendClose(CLOSE_BANNED, "banned")
             return
         conn.remote_id = node_id
         self._status(conn, d)
@@ -335,8 +344,8 @@ class P2P(service.MultiService):
             conn.remote_height, conn.remote_head = header["height"], entry["block"]["hash"]
             self._update_peer_height()
         if header["parent"] == head and header["height"] == height + 1:
+            # Relaying is on_local_block's: it runs for every committed block.
             d = self.importing.run(self._import_entries, conn, [entry])
-            d.addCallback(lambda ok: ok and self.broadcast("block", entry, exclude=conn))
             d.addErrback(lambda f: self._log.failure("block import failed", f, component="p2p", event="import_error"))
         elif header["height"] > height:
             self.maybe_sync(conn)
@@ -517,7 +526,7 @@ class P2P(service.MultiService):
     def misbehaved(self, conn, kind, reason):
         self.penalize(conn, kind, reason)
         if kind in ("garbage", "protocol") and conn.state != conn.STATE_CLOSED:
-            conn.sendClose(1002, reason[:100])
+            conn.sendClose(CLOSE_PROTOCOL, reason[:100])
 
     def is_banned(self, node_id=None, addr=None):
         now = self.reactor.seconds()

@@ -38,8 +38,9 @@ class RPC:
     _log = Logger()
 
     def __init__(self, node, admin_token=None, max_body=65536, max_batch_bytes=16 << 20, max_batch_items=20000,
-                 mock_coordinator=None):
+                 mock_coordinator=None, limiter=None):
         self.node = node
+        self.limiter = limiter
         self.mock_coordinator = mock_coordinator
         self.p2p = None  # set when the node has peers
         self.admin_token = admin_token.encode() if admin_token else None
@@ -96,8 +97,13 @@ class RPC:
             raise AitError("unauthorized", "send Authorization: Bearer <admin token>", status=401)
 
     # -- public routes --------------------------------------------------
+    def limit(self, request, n=1):
+        if self.limiter is not None:
+            self.limiter.take(request.getClientAddress().host, n)
+
     @app.route("/rpc/sendTx", methods=["POST"])
     def send_tx(self, request):
+        self.limit(request)
         obj = self.body(request)
         if type(obj) is dict and obj.get("type") == "RECEIPT_CLAIM":
             return self._claim(request, obj)
@@ -105,6 +111,7 @@ class RPC:
 
     @app.route("/rpc/submitReceipt", methods=["POST"])
     def submit_receipt(self, request):
+        self.limit(request)
         return self._claim(request, self.body(request))
 
     def _claim(self, request, obj):
@@ -137,6 +144,7 @@ class RPC:
             raise AitError("wrong_type", "sendTxs takes a JSON list of transactions")
         if len(items) > self.max_batch_items:
             raise AitError("batch_too_large", f"at most {self.max_batch_items} transactions per call", status=413)
+        self.limit(request, max(1, len(items)))
         d = Deferred.fromCoroutine(self.node.submit_many(items))
         d.addCallback(lambda results: json_response(request, {"results": results}))
         return d
@@ -170,6 +178,14 @@ class RPC:
     def get_balance(self, request, address):
         crypto.check_address(address)
         return json_response(request, self.node.get_balance(address))
+
+    @app.route("/rpc/getHistory/<address>", methods=["GET"])
+    def get_history(self, request, address):
+        crypto.check_address(address)
+        raw = request.args.get(b"limit", [b"50"])[0]
+        if not raw.isdigit() or not 1 <= int(raw) <= 500:
+            raise AitError("bad_limit", "limit must be an integer from 1 to 500")
+        return json_response(request, self.node.get_history(address, int(raw)))
 
     @app.route("/rpc/estimateFee", methods=["POST"])
     def estimate_fee(self, request):

@@ -29,7 +29,20 @@ FORMAT_VERSION = 1
 ACC_BITS = 2048
 ACC_BYTES = ACC_BITS // 8
 ACC_MOD = 1 << ACC_BITS
-DBS = ("meta", "state", "blocks", "heights", "txs", "undo", "mempool", "failed", "peers")
+DBS = ("meta", "state", "blocks", "heights", "txs", "undo", "mempool", "failed", "peers", "history")
+_ADDR_FIELDS = ("to", "client_addr", "miner_addr")
+
+
+def _history_keys(rec):
+    """Index keys of one included transaction: address/height/index."""
+    tx = rec["tx"]
+    addrs = {tx["sender"]}
+    payload = tx.get("payload", {})
+    for f in _ADDR_FIELDS:
+        if isinstance(payload.get(f), str):
+            addrs.add(payload[f])
+    tail = struct.pack(">QI", rec["height"], rec["index"])
+    return [a.encode() + b"/" + tail for a in addrs]
 UNDO_KEEP = 1000  # recent blocks whose undo data is kept for reorgs
 
 
@@ -154,6 +167,32 @@ class Store:
         with self.env.begin(db=self._db["txs"]) as t:
             return t.get(tx_hash.encode()) is not None
 
+    def history(self, address, limit=50, before=None):
+        """Hashes of included transactions touching address, newest first.
+
+        before: (height, index) to page from (exclusive).
+        """
+        prefix = address.encode() + b"/"
+        start = prefix + (struct.pack(">QI", *before) if before else b"\xff" * 12)
+        out = []
+        with self.env.begin(db=self._db["history"]) as t:
+            cur = t.cursor()
+            if not cur.set_range(start):
+                if not cur.last():
+                    return out
+            # set_range lands on the first key >= start: step back past it.
+            while True:
+                key = cur.key()
+                if key.startswith(prefix) and key < start:
+                    out.append(cur.value().decode())
+                    if len(out) >= limit:
+                        break
+                elif key < prefix:
+                    break
+                if not cur.prev():
+                    break
+        return out
+
     def failed_record(self, tx_hash):
         with self.env.begin(db=self._db["failed"]) as t:
             raw = t.get(tx_hash.encode())
@@ -192,8 +231,11 @@ class Store:
             t.put(block["hash"].encode(), _dumps(block), db=self._db["blocks"])
             t.put(_height_key(height), block["hash"].encode(), db=self._db["heights"])
             txdb = self._db["txs"]
+            hdb = self._db["history"]
             for h, rec in tx_records:
                 t.put(h.encode(), _dumps(rec), db=txdb)
+                for k in _history_keys(rec):
+                    t.put(k, h.encode(), db=hdb)
             udb = self._db["undo"]
             t.put(_height_key(height), _dumps({"acc": prev_acc, "entries": undo, "txs": [h for h, _ in tx_records]}), db=udb)
             if height >= UNDO_KEEP:
@@ -235,8 +277,11 @@ class Store:
                 for tx_hash in undo["txs"]:
                     raw = t.get(tx_hash.encode(), db=txdb)
                     if raw is not None:
-                        block_wires.append(_loads(raw)["tx"])
+                        rec = _loads(raw)
+                        block_wires.append(rec["tx"])
                         t.delete(tx_hash.encode(), db=txdb)
+                        for k in _history_keys(rec):
+                            t.delete(k, db=self._db["history"])
                 dropped[:0] = block_wires
                 block_hash = t.get(_height_key(h), db=self._db["heights"])
                 t.delete(_height_key(h), db=self._db["heights"])

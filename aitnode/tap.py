@@ -25,6 +25,7 @@ from aitnode.mempool import Mempool
 from aitnode.node import Node
 from aitnode.p2p import P2P
 from aitnode.proposer import ProposerService
+from aitnode.ratelimit import RateLimiter
 from aitnode.rpc import RPC
 from aitnode.state import Store
 from aitnode.verifier import InlineVerifier, PoolVerifier
@@ -184,6 +185,7 @@ def build(cfg, reactor):
         node, admin_token=admin_token, max_body=cfg.rpc.max_body_bytes,
         max_batch_bytes=cfg.rpc.max_batch_bytes, max_batch_items=cfg.rpc.max_batch_items,
         mock_coordinator=mock,
+        limiter=RateLimiter(reactor, cfg.ratelimit.rate, cfg.ratelimit.burst),
     )
     site, root = make_site(rpc.resource(), max(cfg.rpc.max_body_bytes, cfg.rpc.max_batch_bytes))
     root.observe = rpc.observer()

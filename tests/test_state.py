@@ -1,0 +1,348 @@
+"""Tests for aitnode.state: the LMDB Store, StateView and the state root."""
+
+import hashlib
+import os
+import struct
+
+import cbor2
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from aitnode.chain import Chain, Genesis
+from aitnode.errors import ConfigError
+from aitnode.state import ACC_BYTES, ACC_MOD, StateView, Store, leaf_hash, root_of
+
+from tests.common import (
+    ALICE, AUTHORITY, BOB, CAROL, CHAIN_ID, GENESIS_BALANCE, genesis_doc, key, transfer,
+)
+
+
+def _leaf(ns, k, value):
+    """The accumulator term of an entry, computed from the documented formula."""
+    data = cbor2.dumps([ns, k, value], canonical=True)
+    return int.from_bytes(hashlib.shake_256(data).digest(256), "big")
+
+
+def _root(acc):
+    return hashlib.sha256((acc % 2**2048).to_bytes(256, "big")).hexdigest()
+
+
+class StoreTestBase(SynchronousTestCase):
+    def setUp(self):
+        self.path = os.path.abspath(self.mktemp())
+        self.genesis = Genesis(genesis_doc())
+        self.store = Store(self.path)
+        self.addCleanup(self._close)
+        self.chain = Chain(self.store, self.genesis)
+
+    def _close(self):
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    def reopen(self):
+        self.store.close()
+        self.store = Store(self.path)
+        self.chain = Chain(self.store, self.genesis)
+
+    def commit_transfers(self, txs, timestamp=1_700_000_100):
+        block, records, view, failed = self.chain.build_block(txs, AUTHORITY, timestamp)
+        self.assertEqual(failed, {})
+        self.chain.commit(block, records, view)
+        return block
+
+
+class StateViewTests(StoreTestBase):
+    def test_put_get_overlay(self):
+        view = self.chain.view()
+        self.assertEqual(view.get("acct", ALICE.address), [GENESIS_BALANCE, 0])
+        view.put("acct", ALICE.address, [5, 3])
+        view.put("misc", "thing", {"a": [1, "b", True]})
+        self.assertEqual(view.get("acct", ALICE.address), [5, 3])
+        self.assertEqual(view.account(ALICE.address), (5, 3))
+        self.assertEqual(view.get("misc", "thing"), {"a": [1, "b", True]})
+        # Nothing reached the store.
+        self.assertEqual(self.store.entry("acct", ALICE.address), [GENESIS_BALANCE, 0])
+        self.assertIsNone(self.store.entry("misc", "thing"))
+        # A second view sees the head, not the first view's writes.
+        other = self.chain.view()
+        self.assertEqual(other.account(ALICE.address), (GENESIS_BALANCE, 0))
+        self.assertIsNone(other.get("misc", "thing"))
+        # put(None) deletes in the overlay.
+        view.put("acct", BOB.address, None)
+        self.assertIsNone(view.get("acct", BOB.address))
+        self.assertEqual(view.account(BOB.address), (0, 0))
+        view.release()
+        other.release()
+
+    def test_changes_lists_old_and_new_raw(self):
+        view = self.chain.view()
+        view.set_account(ALICE.address, 7, 1)
+        acc, changes = view.finish()
+        old, new = changes[("acct", ALICE.address)]
+        self.assertEqual(old, cbor2.dumps([GENESIS_BALANCE, 0], canonical=True))
+        self.assertEqual(new, cbor2.dumps([7, 1], canonical=True))
+        self.assertEqual(list(changes), [("acct", ALICE.address)])
+        view.release()
+
+    def test_zero_account_is_no_entry(self):
+        view = self.chain.view()
+        stranger = key(77).address
+        self.assertEqual(view.account(stranger), (0, 0))
+        self.assertIsNone(view.get("acct", stranger))
+        # Writing (0, 0) to an account that never existed changes nothing.
+        view.set_account(stranger, 0, 0)
+        self.assertEqual(view.changes, {})
+        self.assertEqual(view.root(), self.genesis.header["state_root"])
+        # Emptying an existing account deletes its entry.
+        view.set_account(BOB.address, 0, 0)
+        self.assertIsNone(view.get("acct", BOB.address))
+        self.assertEqual(view.changes[("acct", BOB.address)][1], None)
+        # (0, 1) is not empty: the nonce is kept.
+        view.set_account(CAROL.address, 0, 1)
+        self.assertEqual(view.get("acct", CAROL.address), [0, 1])
+        acc, changes = view.finish()
+        view.release()
+        block = {"header": dict(self.genesis.header, height=1), "hash": "11" * 32, "sig": "", "txs": []}
+        self.store.commit_block(block, [], changes, acc)
+        self.assertIsNone(self.store.entry("acct", BOB.address))
+        self.assertEqual(self.store.entry("acct", CAROL.address), [0, 1])
+        self.assertNotIn(BOB.address, dict(self.store.entries("acct")))
+        self.assertEqual(self.chain.view().account(BOB.address), (0, 0))
+
+    def test_root_independent_of_write_order(self):
+        a, b, c = ALICE.address, BOB.address, CAROL.address
+        v1 = self.chain.view()
+        v1.set_account(a, 100, 1)
+        v1.set_account(b, 200, 0)
+        v1.set_account(c, 300, 2)
+        v1.put("param", "base_fee", 99)
+        v2 = self.chain.view()
+        v2.put("param", "base_fee", 1)
+        v2.set_account(c, 1, 1)
+        v2.set_account(b, 5, 5)
+        v2.set_account(a, 100, 1)
+        v2.set_account(c, 300, 2)
+        v2.put("param", "base_fee", 99)
+        v2.set_account(b, 200, 0)
+        self.assertEqual(v1.root(), v2.root())
+        self.assertEqual(v1.acc, v2.acc)
+        self.assertNotEqual(v1.root(), self.genesis.header["state_root"])
+        # Writing back the original values gives the head's root again.
+        v2.set_account(a, GENESIS_BALANCE, 0)
+        v2.set_account(b, 10**6, 0)
+        v2.set_account(c, 0, 0)
+        v2.put("param", "base_fee", self.genesis.params["base_fee"])
+        self.assertEqual(v2.root(), self.genesis.header["state_root"])
+        self.assertEqual(v2.changes, {})
+        v1.release()
+        v2.release()
+
+    def test_root_independent_of_block_split(self):
+        """The same final state reached in one block or in two gives one root."""
+        other_store = Store(os.path.abspath(self.mktemp()))
+        self.addCleanup(other_store.close)
+        other = Chain(other_store, self.genesis)
+        t1 = transfer(ALICE, 1, BOB, 10)
+        t2 = transfer(ALICE, 2, CAROL, 20)
+        t3 = transfer(BOB, 1, CAROL, 30)
+        self.commit_transfers([t1, t2, t3])
+        for batch in ([t1], [t2, t3]):
+            block, records, view, failed = other.build_block(batch, AUTHORITY, 1_700_000_100)
+            self.assertEqual(failed, {})
+            other.commit(block, records, view)
+        self.assertEqual(self.store.accumulator(), other_store.accumulator())
+        self.assertEqual(dict(self.store.entries("acct")), dict(other_store.entries("acct")))
+        self.assertEqual(
+            self.chain.head_header()["state_root"], other.head_header()["state_root"]
+        )
+
+    def test_root_changes_with_any_balance(self):
+        base = self.genesis.header["state_root"]
+        seen = {base}
+        for addr in (ALICE.address, BOB.address, CAROL.address, AUTHORITY.address):
+            view = self.chain.view()
+            bal, nonce = view.account(addr)
+            view.set_account(addr, bal + 1, nonce)
+            root = view.root()
+            self.assertNotIn(root, seen)
+            seen.add(root)
+            view.set_account(addr, bal, nonce + 1)
+            root = view.root()
+            self.assertNotIn(root, seen)
+            seen.add(root)
+            view.set_account(addr, bal, nonce)
+            self.assertEqual(view.root(), base)
+            view.release()
+
+    def test_leaf_hash_formula(self):
+        self.assertEqual(leaf_hash("acct", ALICE.address, [1, 2]), _leaf("acct", ALICE.address, [1, 2]))
+        self.assertEqual(root_of(12345), _root(12345))
+        self.assertEqual(ACC_BYTES, 256)
+        self.assertEqual(ACC_MOD, 2**2048)
+
+    def test_genesis_root_is_sum_of_leaves(self):
+        g = self.genesis
+        acc = sum(_leaf(ns, k, v) for ns, k, v in g.entries) % ACC_MOD
+        self.assertEqual(acc, g.acc)
+        self.assertEqual(_root(acc), g.header["state_root"])
+        self.assertEqual(self.store.accumulator(), acc)
+        self.assertEqual(self.chain.head_header()["state_root"], _root(acc))
+        # The entries are what the store holds.
+        self.assertEqual(len(g.entries), self.store.count_entries())
+        for ns, k, v in g.entries:
+            self.assertEqual(self.store.entry(ns, k), v)
+        self.assertEqual(self.store.entry("acct", ALICE.address), [GENESIS_BALANCE, 0])
+        self.assertEqual(self.store.entry("chain", "supply")["genesis"], GENESIS_BALANCE + 10**6)
+
+    def test_genesis_root_over_current_state(self):
+        """After blocks, the stored accumulator equals the sum over all entries."""
+        self.commit_transfers([transfer(ALICE, 1, BOB, 10), transfer(BOB, 1, CAROL, 7)])
+        acc = 0
+        for ns in ("acct", "param", "chain"):
+            for k, v in self.store.entries(ns):
+                acc += _leaf(ns, k, v)
+        self.assertEqual(acc % ACC_MOD, self.store.accumulator())
+        self.assertEqual(_root(acc), self.chain.head_header()["state_root"])
+
+
+class CommitTests(StoreTestBase):
+    def test_commit_block_makes_everything_visible(self):
+        t1 = transfer(ALICE, 1, BOB, 1234, fee=500)
+        t2 = transfer(BOB, 1, CAROL, 99, fee=400)
+        block = self.commit_transfers([t1, t2])
+        h = block["hash"]
+        self.assertEqual(self.store.head(), (1, h))
+        self.assertEqual(self.store.hash_at(1), h)
+        self.assertEqual(self.store.block_at(1), block)
+        self.assertEqual(self.store.block_by_hash(h)["txs"], [t1.hash, t2.hash])
+        rec = self.store.tx_record(t1.hash)
+        self.assertEqual(rec["height"], 1)
+        self.assertEqual(rec["block"], h)
+        self.assertEqual(rec["index"], 0)
+        self.assertEqual(rec["tx"], t1.to_wire())
+        self.assertEqual(self.store.tx_record(t2.hash)["index"], 1)
+        self.assertTrue(self.store.has_tx(t2.hash))
+        self.assertEqual(self.store.entry("acct", ALICE.address), [GENESIS_BALANCE - 1234 - 500, 1])
+        self.assertEqual(self.store.entry("acct", BOB.address), [10**6 + 1234 - 99 - 400, 1])
+        self.assertEqual(self.store.entry("acct", CAROL.address), [99, 0])
+        self.assertEqual(self.store.entry("acct", AUTHORITY.address), [900, 0])
+        self.assertEqual(root_of(self.store.accumulator()), block["header"]["state_root"])
+
+    def test_uncommitted_view_never_visible(self):
+        view = self.chain.view()
+        view.set_account(ALICE.address, 1, 9)
+        view.put("param", "base_fee", 12345)
+        view.root()
+        view.release()
+        del view
+        self.assertEqual(self.store.entry("acct", ALICE.address), [GENESIS_BALANCE, 0])
+        self.assertEqual(self.store.entry("param", "base_fee"), self.genesis.params["base_fee"])
+        self.assertEqual(self.store.head(), (0, self.genesis.hash))
+        self.assertEqual(self.store.accumulator(), self.genesis.acc)
+        self.reopen()
+        self.assertEqual(self.store.entry("acct", ALICE.address), [GENESIS_BALANCE, 0])
+
+    def test_failed_commit_writes_nothing(self):
+        """An error in the middle of commit_block leaves the store as it was."""
+        block, records, view, failed = self.chain.build_block(
+            [transfer(ALICE, 1, BOB, 10)], AUTHORITY, 1_700_000_100
+        )
+        acc, changes = view.finish()
+        view.release()
+        records = records + [("ab" * 32, {"unencodable": object()})]
+        before = dict(self.store.entries("acct"))
+        self.assertRaises(Exception, self.store.commit_block, block, records, changes, acc)
+        self.assertEqual(dict(self.store.entries("acct")), before)
+        self.assertEqual(self.store.head(), (0, self.genesis.hash))
+        self.assertIsNone(self.store.block_by_hash(block["hash"]))
+        self.assertIsNone(self.store.hash_at(1))
+        self.assertFalse(self.store.has_tx(records[0][0]))
+        self.assertEqual(self.store.accumulator(), self.genesis.acc)
+
+    def test_undo_data_recorded(self):
+        t1 = transfer(ALICE, 1, CAROL, 10, fee=300)
+        self.commit_transfers([t1])
+        store = self.store
+        with store.env.begin(db=store._db["undo"]) as t:
+            raw = t.get(struct.pack(">Q", 1))
+            genesis_undo = t.get(struct.pack(">Q", 0))
+        self.assertIsNotNone(genesis_undo)
+        undo = {(ns, k): old for ns, k, old in cbor2.loads(raw)["entries"]}
+        self.assertEqual(
+            set(undo),
+            {("acct", ALICE.address), ("acct", CAROL.address), ("acct", AUTHORITY.address)},
+        )
+        self.assertEqual(undo[("acct", ALICE.address)], cbor2.dumps([GENESIS_BALANCE, 0], canonical=True))
+        self.assertIsNone(undo[("acct", CAROL.address)])
+        self.assertIsNone(undo[("acct", AUTHORITY.address)])
+
+    def test_mempool_snapshot(self):
+        w1 = transfer(ALICE, 1, BOB, 1).to_wire()
+        w2 = transfer(ALICE, 2, BOB, 2).to_wire()
+        w3 = transfer(BOB, 1, ALICE, 3).to_wire()
+        self.assertEqual(self.store.load_mempool(), [])
+        self.store.save_mempool([w1, w2, w3])
+        self.assertEqual(self.store.load_mempool(), [w1, w2, w3])
+        # Saving again replaces the snapshot.
+        self.store.save_mempool([w3])
+        self.assertEqual(self.store.load_mempool(), [w3])
+        self.store.save_mempool([w2, w1])
+        self.reopen()
+        self.assertEqual(self.store.load_mempool(), [w2, w1])
+        self.store.clear_mempool()
+        self.assertEqual(self.store.load_mempool(), [])
+
+    def test_reopen_keeps_everything(self):
+        t1 = transfer(ALICE, 1, BOB, 55)
+        b1 = self.commit_transfers([t1])
+        t2 = transfer(BOB, 1, CAROL, 66)
+        b2 = self.commit_transfers([t2], timestamp=1_700_000_200)
+        self.store.record_failed({"cd" * 32: {"tx": {"x": 1}, "error": {"code": "c", "message": "m"}}})
+        accounts = dict(self.store.entries("acct"))
+        acc = self.store.accumulator()
+        self.reopen()
+        self.assertEqual(self.store.head(), (2, b2["hash"]))
+        self.assertEqual(self.store.block_at(1), b1)
+        self.assertEqual(self.store.block_at(2), b2)
+        self.assertEqual(self.store.hash_at(0), self.genesis.hash)
+        self.assertEqual(self.store.tx_record(t1.hash)["height"], 1)
+        self.assertEqual(self.store.tx_record(t2.hash)["height"], 2)
+        self.assertEqual(dict(self.store.entries("acct")), accounts)
+        self.assertEqual(self.store.accumulator(), acc)
+        self.assertEqual(self.store.meta("genesis_hash"), self.genesis.hash)
+        self.assertEqual(self.store.meta("chain_id"), CHAIN_ID)
+        self.assertEqual(self.store.meta("format_version"), 1)
+        self.assertEqual(self.store.failed_record("cd" * 32)["error"]["code"], "c")
+        # And the chain goes on from there.
+        b3 = self.commit_transfers([transfer(BOB, 2, ALICE, 1)], timestamp=1_700_000_300)
+        self.assertEqual(b3["header"]["parent"], b2["hash"])
+        self.assertEqual(b3["header"]["height"], 3)
+
+    def test_other_genesis_refused(self):
+        self.commit_transfers([transfer(ALICE, 1, BOB, 1)])
+        self.store.close()
+        self.store = Store(self.path)
+        other = Genesis(genesis_doc(base_fee=11))
+        self.assertNotEqual(other.hash, self.genesis.hash)
+        e = self.assertRaises(ConfigError, Chain, self.store, other)
+        self.assertIn("genesis", str(e))
+        self.assertIn(self.path, str(e))
+        # Nothing was changed by the refusal.
+        self.assertEqual(self.store.head()[0], 1)
+        self.assertEqual(self.store.meta("genesis_hash"), self.genesis.hash)
+        Chain(self.store, self.genesis)
+
+
+class StoreEmptyTests(SynchronousTestCase):
+    def test_fresh_store_is_empty(self):
+        store = Store(os.path.abspath(self.mktemp()))
+        self.addCleanup(store.close)
+        self.assertTrue(store.is_empty())
+        self.assertIsNone(store.head())
+        self.assertEqual(store.accumulator(), 0)
+        view = StateView(store, acc=0)
+        self.assertEqual(view.root(), root_of(0))
+        view.release()
+        Chain(store, Genesis(genesis_doc()))
+        self.assertFalse(store.is_empty())
