@@ -1,0 +1,369 @@
+"""docs/protocol.md against the implementation.
+
+Every ```json vector:NAME``` block of the document is checked against
+aitnode's own code, every error code the code can raise must be in one of
+the document's error tables (with the status the code uses), every RPC
+route must be mentioned, and the parameter table must match params.SPEC.
+So the document and the node cannot drift apart unnoticed.
+"""
+
+import ast
+import hashlib
+import json
+import os
+import re
+import stat
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from aitnode import chain as chainmod, crypto, encoding, params as P
+from aitnode.chain import Chain, Genesis
+from aitnode.crypto import KeyPair
+from aitnode.state import ACC_BYTES, ACC_MOD, Store, leaf_hash, root_of
+from aitnode.tx import parse_tx, sign_tx
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOC = os.path.join(ROOT, "docs", "protocol.md")
+PACKAGE = os.path.join(ROOT, "aitnode")
+
+_VECTOR = re.compile(r"^```json vector:([a-z0-9_]+)\n(.*?)\n```$", re.M | re.S)
+EXPECTED_VECTORS = {"cbor", "keys", "transfer", "min_fee", "merkle", "genesis", "block1"}
+
+
+def doc_text():
+    with open(DOC, encoding="utf-8") as f:
+        return f.read()
+
+
+def load_vectors(text=None):
+    """{name: the decoded JSON object} of every vector block in the doc."""
+    text = doc_text() if text is None else text
+    out = {}
+    for m in _VECTOR.finditer(text):
+        name = m.group(1)
+        if name in out:
+            raise ValueError(f"vector {name} appears twice in docs/protocol.md")
+        out[name] = json.loads(m.group(2))
+    return out
+
+
+def doc_tables(text, first_header):
+    """Rows (lists of cells) of every markdown table whose first header cell is first_header."""
+    rows = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        cells = _cells(lines[i])
+        if cells and cells[0].lower() == first_header and i + 1 < len(lines) and set(lines[i + 1]) <= set("|-: "):
+            i += 2
+            while i < len(lines) and lines[i].startswith("|"):
+                rows.append(_cells(lines[i]))
+                i += 1
+            continue
+        i += 1
+    return rows
+
+
+def _cells(line):
+    line = line.strip()
+    if not line.startswith("|"):
+        return None
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def raised_codes(package=PACKAGE):
+    """{code: set of statuses} for every AitError("code", ...) in the package.
+
+    The status is the status= keyword (or third argument), 400 when none
+    is given; an AitError built only for .as_json() (its status set by the
+    RPC error handler) counts with status None.
+    """
+    found = {}
+    for dirpath, _, files in os.walk(package):
+        for name in files:
+            if not name.endswith(".py"):
+                continue
+            path = os.path.join(dirpath, name)
+            with open(path, encoding="utf-8") as f:
+                tree = ast.parse(f.read(), path)
+            parents = {}
+            for node in ast.walk(tree):
+                for child in ast.iter_child_nodes(node):
+                    parents[child] = node
+            for node in ast.walk(tree):
+                if not (isinstance(node, ast.Call) and _name(node.func) == "AitError"):
+                    continue
+                if not node.args or not isinstance(node.args[0], ast.Constant) or type(node.args[0].value) is not str:
+                    continue
+                status = None
+                for kw in node.keywords:
+                    if kw.arg == "status" and isinstance(kw.value, ast.Constant):
+                        status = kw.value.value
+                if status is None and len(node.args) > 2 and isinstance(node.args[2], ast.Constant):
+                    status = node.args[2].value
+                if status is None:
+                    parent = parents.get(node)
+                    status = None if isinstance(parent, ast.Attribute) and parent.attr == "as_json" else 400
+                found.setdefault(node.args[0].value, set()).add(status)
+    return found
+
+
+def _name(func):
+    if isinstance(func, ast.Name):
+        return func.id
+    if isinstance(func, ast.Attribute):
+        return func.attr
+    return None
+
+
+class DocumentTests(SynchronousTestCase):
+    def setUp(self):
+        self.text = doc_text()
+        self.v = load_vectors(self.text)
+
+    def test_every_vector_present(self):
+        self.assertEqual(set(self.v), EXPECTED_VECTORS)
+
+    def test_placeholders_present(self):
+        self.assertIn("\n## Compute receipts\n", self.text)
+        self.assertIn("\n## Peer protocol\n", self.text)
+
+    def test_every_error_code_documented(self):
+        rows = doc_tables(self.text, "code")
+        self.assertTrue(rows, "no error table (first header cell 'code') in docs/protocol.md")
+        table = {}
+        for row in rows:
+            m = re.fullmatch(r"`([a-z0-9_]+)`", row[0])
+            self.assertIsNotNone(m, f"error table row without a `code`: {row}")
+            self.assertNotIn(m.group(1), table, f"{m.group(1)} is listed twice")
+            table[m.group(1)] = {int(s) for s in re.findall(r"\b[1-5]\d\d\b", row[1])}
+        codes = raised_codes()
+        self.assertIn("fee_too_low", codes)  # the scan works at all
+        missing = sorted(set(codes) - set(table))
+        self.assertEqual(missing, [], f"error codes raised in aitnode/ but not in docs/protocol.md: {missing}")
+        for code, statuses in sorted(codes.items()):
+            for status in statuses - {None}:
+                self.assertIn(status, table[code], f"{code} is raised with status {status}; the doc says {table[code]}")
+        # The statuses the RPC error handlers set.
+        for code, status in (("not_found", 404), ("method_not_allowed", 405), ("internal_error", 500)):
+            self.assertIn(status, table[code])
+
+    def test_error_codes_are_snake_case(self):
+        for code in raised_codes():
+            self.assertRegex(code, r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
+
+    def test_every_route_documented(self):
+        for dirpath, _, files in os.walk(PACKAGE):
+            for name in files:
+                if name != "rpc.py":
+                    continue
+                with open(os.path.join(dirpath, name), encoding="utf-8") as f:
+                    routes = re.findall(r'@app\.route\("([^"]+)"', f.read())
+                self.assertIn("/rpc/sendTx", routes)
+                for route in routes:
+                    prefix = route.split("<")[0].rstrip("/")
+                    self.assertIn(prefix, self.text, f"route {route} is not in docs/protocol.md")
+
+    def test_params_table(self):
+        rows = {}
+        for row in doc_tables(self.text, "name"):
+            m = re.fullmatch(r"`([a-z_]+)`", row[0])
+            if m and m.group(1) in P.SPEC:
+                rows[m.group(1)] = row
+        self.assertEqual(set(rows), set(P.SPEC))
+        for name, (default, updatable, _) in P.SPEC.items():
+            row = rows[name]
+            if default is None:
+                want = "unset"
+            elif type(default) is bool:
+                want = "`true`" if default else "`false`"
+            else:
+                want = str(default)
+            self.assertEqual(row[1], want, f"default of {name}")
+            self.assertEqual(row[3], "yes" if updatable else "no", f"updatable flag of {name}")
+        # the defaults the document states are the ones genesis applies
+        self.assertEqual(P.defaults_applied({}), {k: d for k, (d, _, _) in P.SPEC.items() if d is not None})
+
+
+class VectorTests(SynchronousTestCase):
+    def setUp(self):
+        self.v = load_vectors()
+
+    def key(self, name):
+        return KeyPair(bytes.fromhex(self.v["keys"][name]["private_key"]))
+
+    def test_cbor(self):
+        cases = self.v["cbor"]["cases"]
+        self.assertGreater(len(cases), 10)
+        for case in cases:
+            self.assertEqual(encoding.canonical(case["value"]).hex(), case["cbor"], case["value"])
+
+    def test_keys(self):
+        keys = self.v["keys"]
+        for name in ("authority", "sender", "receiver"):
+            kv = keys[name]
+            label = re.fullmatch(r'sha256\("(.*)"\)', kv["seed_of"]).group(1)
+            self.assertEqual(hashlib.sha256(label.encode()).hexdigest(), kv["private_key"])
+            k = self.key(name)
+            self.assertEqual(k.public_key.hex(), kv["public_key"])
+            self.assertEqual(hashlib.sha256(k.public_key).hexdigest(), kv["pubkey_sha256"])
+            self.assertEqual(kv["pubkey_sha256"][:40], kv["address_bytes"])
+            self.assertEqual(k.address, kv["address"])
+            self.assertEqual(len(kv["address"]), 42)
+            self.assertEqual(crypto.address_bytes(kv["address"]).hex(), kv["address_bytes"])
+            self.assertTrue(crypto.pubkey_matches(k.public_key, kv["address"]))
+        self.assertEqual(crypto.address_from_bytes(bytes(20)), keys["zero_address"])
+        self.assertEqual(crypto.address_from_bytes(b"\xff" * 20), keys["ff_address"])
+        self.assertEqual(crypto.address_bytes(keys["zero_address"]), bytes(20))
+
+    def test_key_file(self):
+        kf = self.v["keys"]["sender_key_file"]
+        k = self.key("sender")
+        self.assertEqual(k.to_json(), kf)
+        path = self.mktemp()
+        k.save(path)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        with open(path) as f:
+            self.assertEqual(json.load(f), kf)
+        self.assertEqual(KeyPair.load(path).address, kf["address"])
+
+    def test_transfer(self):
+        t = self.v["transfer"]
+        k = KeyPair(bytes.fromhex(t["seed"]))
+        body = t["body"]
+        self.assertEqual(body["sender"], k.address)
+        tx = sign_tx(k, t["chain_id"], body["type"], body["nonce"], body["fee"], body["payload"])
+        self.assertEqual(tx.body(), body)
+        self.assertEqual(encoding.canonical(body).hex(), t["body_cbor"])
+        self.assertEqual(hashlib.sha256(bytes.fromhex(t["body_cbor"])).hexdigest(), t["sign_bytes"])
+        self.assertEqual(tx.sign_hash.hex(), t["sign_bytes"])
+        self.assertEqual(tx.sig.hex(), t["sig"])
+        wire = tx.to_wire()
+        self.assertEqual(wire["chain_id"], t["chain_id"])
+        del wire["chain_id"]
+        self.assertEqual(wire, t["wire"])
+        self.assertEqual(encoding.canonical(tx.to_wire()).hex(), t["hashed_cbor"])
+        self.assertEqual(hashlib.sha256(bytes.fromhex(t["hashed_cbor"])).hexdigest(), t["tx_hash"])
+        self.assertEqual(tx.hash, t["tx_hash"])
+        # The node parses the wire form (with or without chain_id) to the same hash.
+        for w in (t["wire"], dict(t["wire"], chain_id=t["chain_id"])):
+            parsed = parse_tx(json.loads(json.dumps(w)), t["chain_id"])
+            self.assertEqual(parsed.hash, t["tx_hash"])
+            self.assertTrue(parsed.verify_signature())
+        # Signed for this chain only.
+        self.assertFalse(parse_tx(t["wire"], "another-chain").verify_signature())
+        # Its fee is the minimum under default params.
+        self.assertEqual(body["fee"], P.min_fee(P.defaults_applied({}), "TRANSFER", tx.payload_size))
+
+    def test_min_fee(self):
+        for case in self.v["min_fee"]["cases"]:
+            raw = encoding.canonical(case["payload"])
+            self.assertEqual(raw.hex(), case["payload_cbor"])
+            self.assertEqual(len(raw), case["payload_size"])
+            self.assertEqual(P.min_fee(case["params"], case["type"], len(raw)), case["min_fee"])
+
+    def test_merkle(self):
+        m = self.v["merkle"]
+        self.assertEqual(m["hashes"], [hashlib.sha256(f"leaf {i}".encode()).hexdigest() for i in range(len(m["hashes"]))])
+        self.assertEqual(set(m["roots"]), {"0", "1", "2", "3", "5"})
+        for n, root in m["roots"].items():
+            self.assertEqual(encoding.merkle_root(m["hashes"][: int(n)]), root)
+            self.assertEqual(chainmod.tx_root(m["hashes"][: int(n)]), root)
+        self.assertEqual(m["roots"]["0"], "0" * 64)
+
+    def test_genesis(self):
+        gv = self.v["genesis"]
+        g = Genesis(gv["genesis_json"])
+        self.assertEqual([[ns, k, v] for ns, k, v in g.entries], gv["entries"])
+        first = gv["entries"][0]
+        self.assertEqual(encoding.canonical(first).hex(), gv["first_entry_cbor"])
+        self.assertEqual(leaf_hash(*first).to_bytes(ACC_BYTES, "big").hex(), gv["first_entry_leaf"])
+        self.assertEqual(
+            hashlib.shake_256(bytes.fromhex(gv["first_entry_cbor"])).hexdigest(ACC_BYTES), gv["first_entry_leaf"]
+        )
+        acc = sum(leaf_hash(*e) for e in gv["entries"]) % ACC_MOD
+        self.assertEqual(acc.to_bytes(ACC_BYTES, "big").hex(), gv["accumulator"])
+        self.assertEqual(g.acc, acc)
+        self.assertEqual(root_of(acc), gv["header"]["state_root"])
+        self.assertEqual(g.header, gv["header"])
+        self.assertEqual(encoding.canonical(g.header).hex(), gv["header_cbor"])
+        self.assertEqual(g.hash, gv["hash"])
+        # And a node's store agrees.
+        store = Store(self.mktemp())
+        self.addCleanup(store.close)
+        chain = Chain(store, g)
+        self.assertEqual(chain.head(), (0, gv["hash"]))
+        self.assertEqual(store.block_at(0)["sig"], "")
+
+    def _state(self, store):
+        out = []
+        for ns in ("acct", "chain", "param"):
+            for k, value in store.entries(ns):
+                out.append([ns, k, value])
+        self.assertEqual(len(out), store.count_entries(), "state has entries outside acct/chain/param")
+        return sorted(out, key=lambda e: (e[0], e[1]))
+
+    def test_block1(self):
+        b = self.v["block1"]
+        g = Genesis(self.v["genesis"]["genesis_json"])
+        chain_id = g.chain_id
+        proposer = KeyPair(bytes.fromhex(b["proposer_seed"]))
+        self.assertEqual(proposer.address, b["header"]["proposer"])
+        self.assertEqual(b["txs"][0], self.v["transfer"]["wire"])
+        txs = [parse_tx(w, chain_id) for w in b["txs"]]
+        self.assertEqual([tx.hash for tx in txs], b["tx_hashes"])
+        self.assertTrue(all(tx.verify_signature() for tx in txs))
+
+        store = Store(self.mktemp())
+        self.addCleanup(store.close)
+        chain = Chain(store, g)
+        block, records, view, failed = chain.build_block(txs, proposer, b["header"]["timestamp"])
+        self.assertEqual(failed, {})
+        self.assertEqual(block["header"], b["header"])
+        self.assertEqual(block["hash"], b["hash"])
+        self.assertEqual(block["sig"], b["sig"])
+        self.assertEqual(block["txs"], b["tx_hashes"])
+        self.assertEqual(b["header"]["tx_root"], encoding.merkle_root(b["tx_hashes"]))
+        self.assertEqual(b["header"]["parent"], self.v["genesis"]["hash"])
+        self.assertEqual(b["hash"], encoding.sha256_hex(encoding.canonical(b["header"])))
+        self.assertTrue(crypto.verify(proposer.public_key, bytes.fromhex(b["sig"]), bytes.fromhex(b["hash"])))
+        chain.commit(block, records, view)
+        self.assertEqual(self._state(store), sorted(b["entries_after"], key=lambda e: (e[0], e[1])))
+        acc = sum(leaf_hash(*e) for e in b["entries_after"]) % ACC_MOD
+        self.assertEqual(root_of(acc), b["header"]["state_root"])
+
+        # Another node imports the block as given in the document.
+        store2 = Store(self.mktemp())
+        self.addCleanup(store2.close)
+        chain2 = Chain(store2, g)
+        given = {"header": b["header"], "hash": b["hash"], "sig": b["sig"], "txs": b["tx_hashes"]}
+        checked, records2, view2 = chain2.verify_block(given, [parse_tx(w, chain_id) for w in b["txs"]])
+        chain2.commit(checked, records2, view2)
+        self.assertEqual(chain2.head(), (1, b["hash"]))
+        self.assertEqual(self._state(store2), self._state(store))
+
+
+class ToolTests(SynchronousTestCase):
+    """The helpers above find what they should."""
+
+    def test_load_vectors_refuses_duplicates(self):
+        text = "```json vector:a\n{}\n```\n\n```json vector:a\n{}\n```\n"
+        self.assertRaises(ValueError, load_vectors, text)
+
+    def test_doc_tables(self):
+        text = "x\n\n| code | status | meaning |\n|---|---|---|\n| `a` | 400 | m |\n| `b` | 409 | n |\n\nafter\n"
+        self.assertEqual(doc_tables(text, "code"), [["`a`", "400", "m"], ["`b`", "409", "n"]])
+
+    def test_raised_codes(self):
+        pkg = self.mktemp()
+        os.makedirs(pkg)
+        with open(os.path.join(pkg, "m.py"), "w") as f:
+            f.write(
+                "def f():\n"
+                "    raise AitError(\n        'one_code', 'x (y)')\n"
+                "def g():\n"
+                "    raise AitError('two', f'{1}', status=409)\n"
+                "def h(r):\n"
+                "    return r(AitError('three', 'x').as_json(), 404)\n"
+            )
+        self.assertEqual(raised_codes(pkg), {"one_code": {400}, "two": {409}, "three": {None}})
