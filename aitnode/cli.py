@@ -3,7 +3,8 @@
     ait keygen --out FILE
     ait genesis --chain-id ID --authority KEYFILE [--account ADDR=BALANCE]... [--faucet] [--out FILE]
     ait head | balance ADDR | block REF | tx HASH        [--node URL] [--json]
-    ait transfer --key FILE --to ADDR --amount N [--fee N] [--node URL] [--json]
+    ait transfer --key FILE --to ADDR --amount N [--fee N] [--wait] [--node URL] [--json]
+    ait sign --key FILE --to ADDR --amount N [--nonce N] [--fee N]   (prints the signed JSON)
     ait miner --key MINER_KEY --client-key CLIENT_KEY [--jobs N] [--node URL]
 
 Every error prints one line on stderr and exits non-zero.
@@ -99,19 +100,35 @@ def cmd_tx(args):
     return call(args.node, f"/rpc/getTx/{args.hash}")
 
 
-def cmd_transfer(args):
+def _signed_transfer(args):
     key = KeyPair.load(args.key)
-    head = call(args.node, "/rpc/getHead")
-    params = call(args.node, "/rpc/getParams")
-    nonce = call(args.node, f"/rpc/getBalance/{key.address}")["nonce"] + 1
+    try:
+        check_address(args.to, "--to")
+    except AitError as e:
+        raise CliError(e.message)
     payload = {"to": args.to, "amount": args.amount}
+    nonce = args.nonce if args.nonce is not None else call(args.node, f"/rpc/getBalance/{key.address}")["nonce"] + 1
     fee = args.fee
     if fee is None:
         fee = call(args.node, "/rpc/estimateFee", {"type": "TRANSFER", "sender": key.address, "nonce": nonce, "fee": 0, "payload": payload})["fee"]
-    chain_id = args.chain_id or call(args.node, f"/rpc/getBlock/0")["chain_id"]
-    del head, params
-    tx = sign_tx(key, chain_id, "TRANSFER", nonce, fee, payload)
-    return call(args.node, "/rpc/sendTx", tx.to_wire())
+    chain_id = args.chain_id or call(args.node, "/rpc/getBlock/0")["chain_id"]
+    return sign_tx(key, chain_id, "TRANSFER", nonce, fee, payload)
+
+
+def cmd_transfer(args):
+    tx = _signed_transfer(args)
+    out = call(args.node, "/rpc/sendTx", tx.to_wire())
+    if args.wait:
+        got = _wait_included(args.node, out["txHash"])
+        out.update(status="included", height=got["block"]["height"])
+    return out
+
+
+def cmd_sign(args):
+    """Print a signed TRANSFER as JSON (for curl -d @file), sending nothing."""
+    wire = _signed_transfer(args).to_wire()
+    print(json.dumps(wire, indent=None if args.json else 2))
+    return None
 
 
 def _wait_included(node, tx_hash, timeout=60.0):
@@ -214,13 +231,18 @@ def parser():
     s = with_node(sub.add_parser("tx", help="a transaction by hash"))
     s.add_argument("hash")
     s.set_defaults(func=cmd_tx)
-    s = with_node(sub.add_parser("transfer", help="sign and send a TRANSFER"))
-    s.add_argument("--key", required=True)
-    s.add_argument("--to", required=True)
-    s.add_argument("--amount", type=int, required=True)
-    s.add_argument("--fee", type=int)
-    s.add_argument("--chain-id")
-    s.set_defaults(func=cmd_transfer)
+    for name, func, help_ in (("transfer", cmd_transfer, "sign and send a TRANSFER"),
+                              ("sign", cmd_sign, "print a signed TRANSFER as JSON, without sending it")):
+        s = with_node(sub.add_parser(name, help=help_))
+        s.add_argument("--key", required=True, help="the sender's key file")
+        s.add_argument("--to", required=True)
+        s.add_argument("--amount", type=int, required=True)
+        s.add_argument("--fee", type=int, help="default: the minimum the node asks (estimateFee)")
+        s.add_argument("--nonce", type=int, help="default: the account's nonce + 1")
+        s.add_argument("--chain-id", help="default: the node's")
+        if name == "transfer":
+            s.add_argument("--wait", action="store_true", help="wait until it is included")
+        s.set_defaults(func=func)
     s = with_node(sub.add_parser("miner", help="mock miner: pay escrow as a client, claim receipts, print earnings"))
     s.add_argument("--key", required=True, help="the miner's key file")
     s.add_argument("--client-key", required=True, help="a funded client's key file (pays escrow)")
