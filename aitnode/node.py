@@ -102,11 +102,11 @@ class Node:
                 raise AitError("bad_signature", "sig is not a valid signature of this transaction by pubkey (signed for another chain_id?)")
             self._admit(tx)
         except AitError as e:
-            self._refused(obj, e)
+            self.refused(obj, e)
             raise
         return tx.hash
 
-    def _refused(self, obj, err):
+    def refused(self, obj, err):
         """Count a refusal; log it, at most one line a second."""
         self.stats["refused"] += 1
         ttype = obj.get("type") if type(obj) is dict else None
@@ -166,7 +166,7 @@ class Node:
                 del self.attestations[tx.hash]
                 raise
         except AitError as e:
-            self._refused(obj if obj is not None else {"type": receipts.CLAIM}, e)
+            self.refused(obj if obj is not None else {"type": receipts.CLAIM}, e)
             raise
         return tx.hash
 
@@ -207,7 +207,7 @@ class Node:
         out = []
         for obj, r in zip(objs, results):
             if isinstance(r, AitError):
-                self._refused(obj, r)
+                self.refused(obj, r)
                 out.append(r.as_json())
             else:
                 out.append({"txHash": r})

@@ -104,7 +104,11 @@ class RPC:
     @app.route("/rpc/sendTx", methods=["POST"])
     def send_tx(self, request):
         self.limit(request)
-        obj = self.body(request)
+        try:
+            obj = self.body(request)
+        except AitError as e:
+            self.node.refused(None, e)
+            raise
         if type(obj) is dict and obj.get("type") == "RECEIPT_CLAIM":
             return self._claim(request, obj)
         return json_response(request, {"txHash": self.node.submit(obj)})
