@@ -225,6 +225,9 @@ class Node:
         return tx.hash
 
     def estimate_fee(self, obj):
+        """The least fee obj needs; its fee, nonce, pubkey and sig are optional."""
+        if type(obj) is dict:
+            obj = dict({"fee": 0, "nonce": 1}, **obj)
         tx = parse_tx(obj, self.chain_id, require_sig=False)
         return min_fee(self.chain.view().params(), tx.type, tx.payload_size)
 

@@ -1,0 +1,142 @@
+"""Tests for aitnode.proposer: block production on a Clock."""
+
+from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from aitnode.proposer import ProposerService
+
+from tests.common import ALICE, BOB, make_node, transfer
+
+
+class Boom(Exception):
+    pass
+
+
+class ProposerTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.node = make_node(self, clock=self.clock)
+        self.service = ProposerService(self.node, self.clock, 2.0)
+
+    def height(self):
+        return self.node.get_head()["height"]
+
+    def start(self):
+        self.service.startService()
+        self.addCleanup(lambda: self.service.running and self.service.stopService())
+
+    def test_no_block_before_interval(self):
+        self.start()
+        self.assertTrue(self.service.running)
+        self.clock.advance(1.999)
+        self.assertEqual(self.height(), 0)
+        self.clock.advance(0.001)
+        self.assertEqual(self.height(), 1)
+
+    def test_one_block_per_interval(self):
+        self.start()
+        t = transfer(ALICE, 1, BOB, 5)
+        self.node.submit(t.to_wire())
+        for expected in range(1, 6):
+            self.clock.advance(2.0)
+            self.assertEqual(self.height(), expected)
+        self.assertEqual(self.node.get_tx(t.hash)["block"]["height"], 1)
+        self.assertEqual(self.node.store.block_at(2)["txs"], [])
+        # Block timestamps follow the clock (never before genesis).
+        self.assertEqual(self.node.store.block_at(5)["header"]["timestamp"], 1_700_000_000)
+        self.clock.advance(1.0)
+        self.assertEqual(self.height(), 5)
+
+    def test_timestamps_follow_clock(self):
+        self.clock.advance(1_800_000_000)
+        self.start()
+        self.clock.advance(2)
+        self.clock.advance(2)
+        self.assertEqual(self.node.store.block_at(1)["header"]["timestamp"], 1_800_000_002)
+        self.assertEqual(self.node.store.block_at(2)["header"]["timestamp"], 1_800_000_004)
+
+    def test_exception_logged_and_next_round_runs(self):
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        real = self.node.propose
+        calls = []
+
+        def once():
+            calls.append(1)
+            if len(calls) == 1:
+                raise Boom("proposal exploded")
+            return real()
+
+        self.node.propose = once
+        self.start()
+        self.node.submit(transfer(ALICE, 1, BOB, 5).to_wire())
+        self.clock.advance(2.0)
+        self.assertEqual(len(calls), 1)
+        self.assertEqual(self.height(), 0)
+        self.assertEqual(self.service.failures, 1)
+        self.assertEqual(len(self.flushLoggedErrors(Boom)), 1)
+        failures = [e for e in events if "log_failure" in e]
+        self.assertEqual(len(failures), 1)
+        self.assertIsInstance(failures[0]["log_failure"].value, Boom)
+        self.assertEqual(failures[0].get("event"), "propose_failed")
+        # The loop still runs: the next interval produces a block with the tx.
+        self.assertTrue(self.service._loop.running)
+        self.clock.advance(2.0)
+        self.assertEqual(len(calls), 2)
+        self.assertEqual(self.height(), 1)
+        self.assertEqual(len(self.node.store.block_at(1)["txs"]), 1)
+        self.clock.advance(2.0)
+        self.assertEqual(self.height(), 2)
+        self.assertEqual(self.service.failures, 1)
+
+    def test_repeated_exceptions_never_stop_the_loop(self):
+        real = self.node.propose
+        calls = []
+
+        def flaky():
+            calls.append(1)
+            if len(calls) <= 3:
+                raise ValueError("again")
+            return real()
+
+        self.node.propose = flaky
+        self.start()
+        self.clock.advance(2.0)
+        self.clock.advance(2.0)
+        self.clock.advance(2.0)
+        self.assertEqual(self.height(), 0)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 3)
+        self.clock.advance(2.0)
+        self.assertEqual(self.height(), 1)
+
+    def test_stop_service(self):
+        self.start()
+        self.clock.advance(2.0)
+        self.assertEqual(self.height(), 1)
+        self.assertNotEqual(self.clock.getDelayedCalls(), [])
+        self.service.stopService()
+        self.assertFalse(self.service.running)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(10.0)
+        self.assertEqual(self.height(), 1)
+        # Stopping twice is harmless; starting again resumes.
+        self.service.stopService()
+        self.service.startService()
+        self.clock.advance(2.0)
+        self.assertEqual(self.height(), 2)
+        self.service.stopService()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_non_proposer_node_makes_no_blocks(self):
+        node = make_node(self, key=ALICE, clock=self.clock)
+        self.assertFalse(node.is_proposer)
+        service = ProposerService(node, self.clock, 0.5)
+        service.startService()
+        self.clock.advance(0.5)
+        self.clock.advance(0.5)
+        self.assertEqual(node.get_head()["height"], 0)
+        self.assertEqual(service.failures, 0)
+        service.stopService()
+        self.assertEqual(self.clock.getDelayedCalls(), [])

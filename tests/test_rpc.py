@@ -1,0 +1,481 @@
+"""Tests for aitnode.rpc: every route and every refusal, in process (StubTreq)."""
+
+import json
+
+import cbor2
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from aitnode.chain import Genesis
+from aitnode.tx import sign_tx
+
+from tests.common import (
+    ADMIN_TOKEN, ALICE, AUTHORITY, BOB, CAROL, CHAIN_ID, GENESIS_BALANCE, genesis_doc, key, make_node, make_rpc,
+    transfer, wire,
+)
+
+BASE = "http://127.0.0.1"
+AUTH = {b"Authorization": [b"Bearer " + ADMIN_TOKEN.encode()]}
+
+
+def min_fee(payload, base_fee=10, fee_per_byte=1):
+    return base_fee + fee_per_byte * len(cbor2.dumps(payload, canonical=True))
+
+
+class RPCTestBase(SynchronousTestCase):
+    def setUp(self):
+        self.node = make_node(self)
+        self.rpc, self.http = make_rpc(self.node)
+
+    def call(self, method, path, body=None, raw=None, headers=None, http=None):
+        """(status, decoded JSON) of one request; every answer must be JSON."""
+        http = http or self.http
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        resp = self.successResultOf(http.request(method, BASE + path, data=data, headers=headers))
+        content = self.successResultOf(http.content(resp))
+        self.assertEqual(resp.headers.getRawHeaders(b"content-type"), [b"application/json"], content)
+        return resp.code, json.loads(content)
+
+    def get(self, path, **kw):
+        return self.call("GET", path, **kw)
+
+    def post(self, path, body=None, **kw):
+        return self.call("POST", path, body=body, **kw)
+
+    def ok(self, method, path, body=None, **kw):
+        status, out = self.call(method, path, body=body, **kw)
+        self.assertEqual(status, 200, out)
+        return out
+
+    def refused(self, method, path, status, code, body=None, **kw):
+        got, out = self.call(method, path, body=body, **kw)
+        self.assertEqual((got, out.get("error", {}).get("code")), (status, code), out)
+        self.assertEqual(set(out), {"error"})
+        self.assertEqual(set(out["error"]), {"code", "message"})
+        self.assertIsInstance(out["error"]["message"], str)
+        self.assertTrue(out["error"]["message"])
+        return out["error"]["message"]
+
+    def send(self, tx):
+        return self.ok("POST", "/rpc/sendTx", wire(tx))
+
+    def balances(self):
+        return {
+            k.address: self.ok("GET", "/rpc/getBalance/" + k.address)
+            for k in (ALICE, BOB, CAROL, AUTHORITY)
+        }
+
+
+class SendAndQueryTests(RPCTestBase):
+    def test_send_tx(self):
+        t = transfer(ALICE, 1, BOB, 10)
+        self.assertEqual(self.send(t), {"txHash": t.hash})
+        self.assertIn(t.hash, self.node.mempool)
+        # chain_id may be given when it is the node's.
+        t2 = transfer(ALICE, 2, BOB, 10)
+        self.assertEqual(self.ok("POST", "/rpc/sendTx", t2.to_wire()), {"txHash": t2.hash})
+
+    def test_get_tx_pending_then_included(self):
+        t = transfer(ALICE, 1, BOB, 10, fee=900)
+        self.send(t)
+        out = self.ok("GET", "/rpc/getTx/" + t.hash)
+        self.assertEqual(out["status"], "pending")
+        self.assertEqual(out["tx"], t.to_wire())
+        self.assertNotIn("block", out)
+        block = self.node.propose()
+        out = self.ok("GET", "/rpc/getTx/" + t.hash)
+        self.assertEqual(out["status"], "included")
+        self.assertEqual(out["tx"], t.to_wire())
+        self.assertEqual(out["block"]["height"], 1)
+        self.assertEqual(out["block"]["hash"], block["hash"])
+        self.assertEqual(out["receipt"]["fee"], 900)
+        self.assertEqual(
+            sorted((c["address"], c["delta"]) for c in out["receipt"]["changes"]),
+            sorted([(ALICE.address, -910), (BOB.address, 10)]),
+        )
+
+    def test_get_tx_unknown_and_malformed(self):
+        self.refused("GET", "/rpc/getTx/" + "ab" * 32, 404, "not_found")
+        self.refused("GET", "/rpc/getTx/xyz", 400, "bad_hex")
+        self.refused("GET", "/rpc/getTx/" + "AB" * 32, 400, "bad_hex")
+        self.refused("GET", "/rpc/getTx/" + "ab" * 31, 400, "bad_hex")
+        self.refused("GET", "/rpc/getTx/" + "ab" * 33, 400, "bad_hex")
+
+    def test_get_block(self):
+        t1, t2 = transfer(ALICE, 1, BOB, 10), transfer(BOB, 1, CAROL, 20)
+        self.send(t1)
+        self.send(t2)
+        block = self.node.propose()
+        by_height = self.ok("GET", "/rpc/getBlock/1")
+        self.assertEqual(
+            set(by_height),
+            {"chain_id", "parent", "height", "timestamp", "proposer", "tx_root", "state_root", "hash", "sig", "txs"},
+        )
+        for k, v in block["header"].items():
+            self.assertEqual(by_height[k], v)
+        self.assertEqual(by_height["hash"], block["hash"])
+        self.assertEqual(by_height["sig"], block["sig"])
+        self.assertEqual(by_height["txs"], [t1.hash, t2.hash])
+        self.assertEqual(self.ok("GET", "/rpc/getBlock/" + block["hash"]), by_height)
+        full = self.ok("GET", "/rpc/getBlock/1?full=true")
+        self.assertEqual(full["txs"], [t1.to_wire(), t2.to_wire()])
+        self.assertEqual(full["hash"], block["hash"])
+        self.assertEqual(self.ok("GET", "/rpc/getBlock/1?full=false")["txs"], [t1.hash, t2.hash])
+        genesis = self.ok("GET", "/rpc/getBlock/0")
+        self.assertEqual(genesis["hash"], Genesis(genesis_doc()).hash)
+        self.assertEqual(genesis["parent"], "0" * 64)
+        self.assertEqual(genesis["txs"], [])
+        self.assertEqual(by_height["parent"], genesis["hash"])
+
+    def test_get_block_unknown_and_bad(self):
+        self.refused("GET", "/rpc/getBlock/2", 404, "not_found")
+        self.refused("GET", "/rpc/getBlock/" + "cd" * 32, 404, "not_found")
+        self.refused("GET", "/rpc/getBlock/latest", 400, "bad_block_ref")
+        self.refused("GET", "/rpc/getBlock/-1", 400, "bad_block_ref")
+        self.refused("GET", "/rpc/getBlock/" + "CD" * 32, 400, "bad_block_ref")
+        self.refused("GET", "/rpc/getBlock/1.5", 400, "bad_block_ref")
+
+    def test_get_block_out_of_range_height(self):
+        # Decimal, but no uint64: never a 5xx.
+        self.refused("GET", "/rpc/getBlock/99999999999999999999", 400, "bad_block_ref")
+        self.refused("GET", "/rpc/getBlock/18446744073709551616", 400, "bad_block_ref")
+        self.refused("GET", "/rpc/getBlock/18446744073709551615", 404, "not_found")
+        # Digits that are not ASCII digits.
+        self.refused("GET", "/rpc/getBlock/%C2%B2", 400, "bad_block_ref")
+        self.refused("GET", "/rpc/getBlock/%D9%A1", 400, "bad_block_ref")
+
+    def test_get_head(self):
+        g = Genesis(genesis_doc())
+        self.assertEqual(self.ok("GET", "/rpc/getHead"), {"height": 0, "hash": g.hash})
+        block = self.node.propose()
+        self.assertEqual(self.ok("GET", "/rpc/getHead"), {"height": 1, "hash": block["hash"]})
+
+    def test_get_balance(self):
+        self.assertEqual(self.ok("GET", "/rpc/getBalance/" + ALICE.address), {"balance": GENESIS_BALANCE, "nonce": 0})
+        self.assertEqual(self.ok("GET", "/rpc/getBalance/" + key(99).address), {"balance": 0, "nonce": 0})
+        self.send(transfer(ALICE, 1, CAROL, 77, fee=100))
+        self.node.propose()
+        self.assertEqual(self.ok("GET", "/rpc/getBalance/" + ALICE.address), {"balance": GENESIS_BALANCE - 177, "nonce": 1})
+        self.assertEqual(self.ok("GET", "/rpc/getBalance/" + CAROL.address), {"balance": 77, "nonce": 0})
+        self.refused("GET", "/rpc/getBalance/nope", 400, "bad_address")
+        self.refused("GET", "/rpc/getBalance/" + ALICE.address.upper(), 400, "bad_address")
+        self.refused("GET", "/rpc/getBalance/" + ALICE.address[:-1] + ("q" if ALICE.address[-1] != "q" else "p"), 400, "bad_address")
+        self.refused("GET", "/rpc/getBalance/bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4", 400, "bad_address")
+
+    def test_estimate_fee(self):
+        t = transfer(ALICE, 1, BOB, 123456, fee=0)
+        need = min_fee(t.payload)
+        self.assertEqual(self.ok("POST", "/rpc/estimateFee", wire(t)), {"fee": need})
+        bare = wire(t)
+        del bare["sig"], bare["pubkey"]
+        self.assertEqual(self.ok("POST", "/rpc/estimateFee", bare), {"fee": need})
+        self.assertNotEqual(need, min_fee({"to": BOB.address, "amount": 1}))
+        # That fee is exactly enough, one less is not.
+        self.refused("POST", "/rpc/sendTx", 400, "fee_too_low", wire(transfer(ALICE, 1, BOB, 123456, fee=need - 1)))
+        self.send(transfer(ALICE, 1, BOB, 123456, fee=need))
+        # The estimate follows the params.
+        self.ok("POST", "/admin/paramSet", {"key": "fee_per_byte", "value": 4}, headers=AUTH)
+        self.node.propose()
+        self.assertEqual(self.ok("POST", "/rpc/estimateFee", bare), {"fee": min_fee(t.payload, 10, 4)})
+        m = bare.copy()
+        m["type"] = "MINT"
+        self.assertEqual(self.ok("POST", "/rpc/estimateFee", m), {"fee": 0})
+        self.refused("POST", "/rpc/estimateFee", 400, "malformed_json", raw=b"{")
+        bad = dict(bare, fee=1.5)
+        self.refused("POST", "/rpc/estimateFee", 400, "float_not_allowed", bad)
+
+    def test_send_txs_batch(self):
+        good1 = transfer(ALICE, 1, BOB, 10)
+        good2 = transfer(ALICE, 2, BOB, 20)
+        tampered = wire(transfer(BOB, 1, CAROL, 5))
+        tampered["payload"]["amount"] = 6
+        floaty = dict(wire(transfer(BOB, 1, CAROL, 5)), fee=1000.0)
+        out = self.ok("POST", "/rpc/sendTxs", [wire(good1), tampered, floaty, wire(good2), wire(good1)])
+        results = out["results"]
+        self.assertEqual(len(results), 5)
+        self.assertEqual(results[0], {"txHash": good1.hash})
+        self.assertEqual(results[1]["error"]["code"], "bad_signature")
+        self.assertEqual(results[2]["error"]["code"], "float_not_allowed")
+        self.assertEqual(results[3], {"txHash": good2.hash})
+        self.assertEqual(results[4], {"txHash": good1.hash})
+        self.assertEqual(len(self.node.mempool), 2)
+        block = self.node.propose()
+        self.assertEqual(block["txs"], [good1.hash, good2.hash])
+        self.assertEqual(self.ok("GET", "/rpc/getBalance/" + CAROL.address), {"balance": 0, "nonce": 0})
+        self.assertEqual(self.ok("POST", "/rpc/sendTxs", []), {"results": []})
+
+    def test_send_txs_refusals(self):
+        self.refused("POST", "/rpc/sendTxs", 400, "wrong_type", wire(transfer(ALICE, 1, BOB, 1)))
+        self.refused("POST", "/rpc/sendTxs", 400, "malformed_json", raw=b"[{")
+        _, small = make_rpc(self.node, max_batch_items=2)
+        t = [wire(transfer(ALICE, n, BOB, 1)) for n in (1, 2, 3)]
+        self.refused("POST", "/rpc/sendTxs", 413, "batch_too_large", t, http=small)
+        self.assertEqual(len(self.node.mempool), 0)
+
+    def test_get_params(self):
+        out = self.ok("GET", "/rpc/getParams")
+        self.assertEqual(out["base_fee"], 10)
+        self.assertEqual(out["fee_per_byte"], 1)
+        self.assertIs(out["faucet"], True)
+
+
+class AdminTests(RPCTestBase):
+    def test_mint_faucet(self):
+        body = {"address": CAROL.address, "amount": 5000}
+        self.refused("POST", "/admin/mintFaucet", 401, "unauthorized", body)
+        self.refused("POST", "/admin/mintFaucet", 401, "unauthorized", body,
+                     headers={b"Authorization": [b"Bearer wrong-token"]})
+        self.refused("POST", "/admin/mintFaucet", 401, "unauthorized", body,
+                     headers={b"Authorization": [ADMIN_TOKEN.encode()]})
+        self.refused("POST", "/admin/mintFaucet", 401, "unauthorized", body,
+                     headers={b"Authorization": [b"Basic " + ADMIN_TOKEN.encode()]})
+        self.assertEqual(len(self.node.mempool), 0)
+        out = self.ok("POST", "/admin/mintFaucet", body, headers=AUTH)
+        tx = self.ok("GET", "/rpc/getTx/" + out["txHash"])
+        self.assertEqual(tx["status"], "pending")
+        self.assertEqual(tx["tx"]["type"], "MINT")
+        self.assertEqual(tx["tx"]["sender"], AUTHORITY.address)
+        self.assertEqual(tx["tx"]["payload"], {"to": CAROL.address, "amount": 5000})
+        block = self.node.propose()
+        self.assertEqual(block["txs"], [out["txHash"]])
+        self.assertEqual(self.ok("GET", "/rpc/getTx/" + out["txHash"])["status"], "included")
+        self.assertEqual(self.ok("GET", "/rpc/getBalance/" + CAROL.address), {"balance": 5000, "nonce": 0})
+        # Two mints in a row take consecutive nonces of the authority.
+        a = self.ok("POST", "/admin/mintFaucet", body, headers=AUTH)["txHash"]
+        b = self.ok("POST", "/admin/mintFaucet", {"address": CAROL.address, "amount": 1}, headers=AUTH)["txHash"]
+        self.assertEqual(self.node.propose()["txs"], [a, b])
+        self.assertEqual(self.ok("GET", "/rpc/getBalance/" + CAROL.address)["balance"], 10001)
+        self.assertEqual(self.ok("GET", "/rpc/getBalance/" + AUTHORITY.address)["nonce"], 3)
+
+    def test_mint_faucet_bad_bodies(self):
+        for body, code in (
+            ({"address": CAROL.address}, "missing_field"),
+            ({"address": CAROL.address, "amount": 1, "x": 1}, "unknown_field"),
+            ({"address": "nope", "amount": 1}, "bad_address"),
+            ({"address": CAROL.address, "amount": 1.0}, "float_not_allowed"),
+            ({"address": CAROL.address, "amount": 0}, "number_out_of_range"),
+            ({"address": CAROL.address, "amount": -3}, "number_out_of_range"),
+            ({"address": CAROL.address, "amount": 2**64}, "number_out_of_range"),
+            ({"address": CAROL.address, "amount": "5"}, "wrong_type"),
+            ([], "wrong_type"),
+        ):
+            self.refused("POST", "/admin/mintFaucet", 400, code, body, headers=AUTH)
+        self.refused("POST", "/admin/mintFaucet", 400, "malformed_json", raw=b"nope", headers=AUTH)
+        self.assertEqual(len(self.node.mempool), 0)
+
+    def test_param_set(self):
+        body = {"key": "base_fee", "value": 77}
+        self.refused("POST", "/admin/paramSet", 401, "unauthorized", body)
+        self.refused("POST", "/admin/paramSet", 401, "unauthorized", body,
+                     headers={b"Authorization": [b"Bearer " + ADMIN_TOKEN.encode() + b"x"]})
+        out = self.ok("POST", "/admin/paramSet", body, headers=AUTH)
+        self.assertEqual(self.ok("GET", "/rpc/getParams")["base_fee"], 10)
+        self.node.propose()
+        self.assertEqual(self.ok("GET", "/rpc/getTx/" + out["txHash"])["status"], "included")
+        self.assertEqual(self.ok("GET", "/rpc/getParams")["base_fee"], 77)
+        for body, code in (
+            ({"key": "faucet", "value": False}, "bad_param"),
+            ({"key": "nope", "value": 1}, "bad_param"),
+            ({"key": "base_fee", "value": -1}, "number_out_of_range"),
+            ({"key": "base_fee", "value": 1.5}, "float_not_allowed"),
+            ({"key": "base_fee"}, "missing_field"),
+        ):
+            self.refused("POST", "/admin/paramSet", 400, code, body, headers=AUTH)
+        self.assertEqual(len(self.node.mempool), 0)
+
+    def test_admin_disabled_without_token(self):
+        _, http = make_rpc(self.node, admin_token=None)
+        for path, body in (("/admin/mintFaucet", {"address": CAROL.address, "amount": 1}),
+                           ("/admin/paramSet", {"key": "base_fee", "value": 1})):
+            self.refused("POST", path, 403, "admin_disabled", body, http=http)
+            self.refused("POST", path, 403, "admin_disabled", body, headers=AUTH, http=http)
+            self.refused("POST", path, 403, "admin_disabled", body,
+                         headers={b"Authorization": [b"Bearer "]}, http=http)
+        self.assertEqual(len(self.node.mempool), 0)
+
+    def test_admin_on_node_without_authority_key(self):
+        node = make_node(self, key=ALICE)
+        _, http = make_rpc(node)
+        self.refused("POST", "/admin/mintFaucet", 403, "not_authority",
+                     {"address": CAROL.address, "amount": 1}, headers=AUTH, http=http)
+
+    def test_faucet_off(self):
+        node = make_node(self, doc=genesis_doc(faucet=False))
+        _, http = make_rpc(node)
+        self.refused("POST", "/admin/mintFaucet", 400, "faucet_disabled",
+                     {"address": CAROL.address, "amount": 1}, headers=AUTH, http=http)
+
+
+class BadInputTests(RPCTestBase):
+    def base(self, **changes):
+        """ALICE's nonce-2 transfer on the wire, with changes (None deletes)."""
+        w = wire(transfer(ALICE, 2, BOB, 10))
+        for k, v in changes.items():
+            if v is None:
+                del w[k]
+            else:
+                w[k] = v
+        return w
+
+    def payload(self, **changes):
+        p = {"to": BOB.address, "amount": 10}
+        for k, v in changes.items():
+            if v is None:
+                del p[k]
+            else:
+                p[k] = v
+        return self.base(payload=p)
+
+    def cases(self):
+        other_chain = transfer(ALICE, 2, BOB, 10, chain_id="other")
+        other_wire = other_chain.to_wire()
+        other_no_chain = wire(other_chain)
+        tampered = self.base()
+        tampered["payload"]["amount"] = 11
+        good = transfer(ALICE, 2, BOB, 10)
+        swapped_sig = self.base(sig=transfer(ALICE, 2, BOB, 12).sig.hex())
+        return [
+            # (name, body or raw bytes, status, code)
+            ("malformed json", b'{"type": ', 400, "malformed_json"),
+            ("not utf-8", b'{"type": "\xff"}', 400, "malformed_json"),
+            ("empty body", b"", 400, "malformed_json"),
+            ("trailing junk", json.dumps(wire(good)).encode() + b"x", 400, "malformed_json"),
+            ("duplicate key", b'{"fee": 1, "fee": 1}', 400, "duplicate_field"),
+            ("NaN", json.dumps(self.base(fee=0)).replace('"fee": 0', '"fee": NaN').encode(), 400, "float_not_allowed"),
+            ("deep nesting", b"[" * 30000 + b"]" * 30000, 400, "malformed_json"),
+            ("not an object", [wire(good)], 400, "wrong_type"),
+            ("string", "tx", 400, "wrong_type"),
+            ("missing fee", self.base(fee=None), 400, "missing_field"),
+            ("missing sig", self.base(sig=None), 400, "missing_field"),
+            ("missing pubkey", self.base(pubkey=None), 400, "missing_field"),
+            ("missing payload", self.base(payload=None), 400, "missing_field"),
+            ("missing payload.amount", self.payload(amount=None), 400, "missing_field"),
+            ("unknown field", self.base(memo="hi"), 400, "unknown_field"),
+            ("unknown payload field", self.payload(memo="hi"), 400, "unknown_field"),
+            ("unknown type", self.base(type="BURN"), 400, "unknown_type"),
+            ("type not a string", self.base(type=1), 400, "wrong_type"),
+            ("nonce as string", self.base(nonce="2"), 400, "wrong_type"),
+            ("fee as bool", self.base(fee=True), 400, "wrong_type"),
+            ("fee as list", self.base(fee=[]), 400, "wrong_type"),
+            ("payload not a map", self.base(payload="x"), 400, "wrong_type"),
+            ("sender a number", self.base(sender=5), 400, "wrong_type"),
+            ("amount null", self.base(payload={"to": BOB.address, "amount": None}), 400, "null_not_allowed"),
+            ("float fee", self.base(fee=1000.0), 400, "float_not_allowed"),
+            ("float amount", self.payload(amount=10.5), 400, "float_not_allowed"),
+            ("exponent fee", json.dumps(self.base(fee=0)).replace('"fee": 0', '"fee": 1e3').encode(), 400, "float_not_allowed"),
+            ("negative amount", self.payload(amount=-10), 400, "number_out_of_range"),
+            ("negative fee", self.base(fee=-1), 400, "number_out_of_range"),
+            ("negative nonce", self.base(nonce=-2), 400, "number_out_of_range"),
+            ("zero nonce", self.base(nonce=0), 400, "number_out_of_range"),
+            ("zero amount", self.payload(amount=0), 400, "number_out_of_range"),
+            ("fee 2**64", self.base(fee=2**64), 400, "number_out_of_range"),
+            ("amount 2**64", self.payload(amount=2**64), 400, "number_out_of_range"),
+            ("nonce 2**64", self.base(nonce=2**64), 400, "number_out_of_range"),
+            ("huge number", self.base(fee=10**30), 400, "number_out_of_range"),
+            ("bad sender", self.base(sender="ait1notanaddress"), 400, "bad_address"),
+            ("uppercase sender", self.base(sender=ALICE.address.upper()), 400, "bad_address"),
+            ("bad recipient", self.payload(to="bob"), 400, "bad_address"),
+            ("recipient other hrp", self.payload(to="bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4"), 400, "bad_address"),
+            ("uppercase sig", self.base(sig=good.sig.hex().upper()), 400, "bad_hex"),
+            ("uppercase pubkey", self.base(pubkey=good.pubkey.hex().upper()), 400, "bad_hex"),
+            ("short sig", self.base(sig=good.sig.hex()[:-2]), 400, "bad_hex"),
+            ("non-hex sig", self.base(sig="zz" * 64), 400, "bad_hex"),
+            ("sig not a string", self.base(sig=5), 400, "wrong_type"),
+            ("pubkey of another", self.base(pubkey=BOB.public_key.hex()), 400, "pubkey_mismatch"),
+            ("amount changed after signing", tampered, 400, "bad_signature"),
+            ("sig of another tx", swapped_sig, 400, "bad_signature"),
+            ("zero sig", self.base(sig="00" * 64), 400, "bad_signature"),
+            ("signed for another chain", other_wire, 400, "wrong_chain"),
+            ("another chain, chain_id left out", other_no_chain, 400, "bad_signature"),
+            ("nonce too low", wire(transfer(ALICE, 1, CAROL, 3)), 400, "nonce_too_low"),
+            ("nonce too far ahead", wire(transfer(ALICE, 4, BOB, 10)), 400, "nonce_too_far_ahead"),
+            ("fee too low", wire(transfer(ALICE, 2, BOB, 10, fee=1)), 400, "fee_too_low"),
+            ("insufficient balance", wire(transfer(BOB, 1, CAROL, 10**6)), 400, "insufficient_balance"),
+            ("no account", wire(transfer(key(61), 1, CAROL, 1)), 400, "insufficient_balance"),
+            ("mint by non-authority", wire(sign_tx(ALICE, CHAIN_ID, "MINT", 2, 0, {"to": ALICE.address, "amount": 9})), 400, "not_authority"),
+            ("param update by non-authority", wire(sign_tx(ALICE, CHAIN_ID, "PARAM_UPDATE", 2, 1000, {"key": "base_fee", "value": 0})), 400, "not_authority"),
+        ]
+
+    def test_every_bad_input(self):
+        # ALICE has one included transaction, so nonce 1 is used.
+        first = transfer(ALICE, 1, BOB, 5)
+        self.send(first)
+        self.node.propose()
+        before = self.balances()
+        head = self.ok("GET", "/rpc/getHead")
+        for name, body, status, code in self.cases():
+            raw = body if isinstance(body, bytes) else None
+            got, out = self.call("POST", "/rpc/sendTx", body=None if raw is not None else body, raw=raw)
+            self.assertEqual((got, out.get("error", {}).get("code")), (status, code), f"{name}: {out}")
+            self.assertTrue(out["error"]["message"], name)
+        self.assertEqual(len(self.node.mempool), 0)
+        self.assertEqual(self.ok("GET", "/rpc/getHead"), head)
+        # Blocks keep coming, and nothing changed.
+        block = self.node.propose()
+        self.assertEqual(block["header"]["height"], 2)
+        self.assertEqual(block["txs"], [])
+        self.assertEqual(self.balances(), before)
+        self.assertEqual(before[ALICE.address]["nonce"], 1)
+        # And a good transaction still goes through.
+        good = transfer(ALICE, 2, BOB, 10)
+        self.send(good)
+        self.assertEqual(self.node.propose()["txs"], [good.hash])
+
+    def test_bad_inputs_in_a_batch(self):
+        """The same inputs as items of sendTxs get the same codes, one each."""
+        self.send(transfer(ALICE, 1, BOB, 5))
+        self.node.propose()
+        cases = [c for c in self.cases() if not isinstance(c[1], bytes)]
+        out = self.ok("POST", "/rpc/sendTxs", [c[1] for c in cases])
+        self.assertEqual(len(out["results"]), len(cases))
+        for (name, body, status, code), result in zip(cases, out["results"]):
+            self.assertEqual(result.get("error", {}).get("code"), code, name)
+        self.assertEqual(len(self.node.mempool), 0)
+
+    def test_body_too_large(self):
+        _, http = make_rpc(self.node, max_body=1000)
+        body = json.dumps(self.base(memo="x" * 2000)).encode()
+        self.assertGreater(len(body), 2000)
+        self.refused("POST", "/rpc/sendTx", 413, "body_too_large", raw=body, http=http)
+        self.refused("POST", "/rpc/estimateFee", 413, "body_too_large", raw=b" " * 2000, http=http)
+        self.refused("POST", "/admin/mintFaucet", 413, "body_too_large", raw=b" " * 2000, headers=AUTH, http=http)
+        # Under the limit the same route answers normally.
+        t = transfer(ALICE, 1, BOB, 1)
+        self.assertEqual(self.ok("POST", "/rpc/sendTx", wire(t), http=http), {"txHash": t.hash})
+
+    def test_unknown_route_and_wrong_method(self):
+        self.refused("GET", "/rpc/nope", 404, "not_found")
+        self.refused("POST", "/nope/at/all", 404, "not_found")
+        self.refused("GET", "/", 404, "not_found")
+        self.refused("GET", "/rpc/sendTx", 405, "method_not_allowed")
+        self.refused("POST", "/rpc/getHead", 405, "method_not_allowed")
+        self.refused("DELETE", "/rpc/getBalance/" + ALICE.address, 405, "method_not_allowed")
+        self.refused("GET", "/admin/mintFaucet", 405, "method_not_allowed")
+
+    def test_nothing_is_a_server_error(self):
+        """A spread of odd requests: always JSON, always 4xx."""
+        odd = [
+            ("POST", "/rpc/sendTx", b"null"),
+            ("POST", "/rpc/sendTx", b"123"),
+            ("POST", "/rpc/sendTx", b'{"type": "TRANSFER", "payload": {"to": [], "amount": {}}}'),
+            ("POST", "/rpc/sendTx", json.dumps(self.base(payload={"to": BOB.address, "amount": 1, "x": {"y": [1.5]}})).encode()),
+            ("POST", "/rpc/sendTx", json.dumps(self.base(payload={1: 2})).encode()),
+            ("POST", "/rpc/estimateFee", b"[]"),
+            ("POST", "/rpc/estimateFee", json.dumps(self.base(type=None)).encode()),
+            ("POST", "/rpc/sendTxs", b"[null, 1, \"x\", []]"),
+            ("POST", "/admin/paramSet", b"{}"),
+            ("GET", "/rpc/getTx/%00", None),
+            ("GET", "/rpc/getBalance/%00", None),
+            ("GET", "/rpc/getBlock/%00", None),
+            ("POST", "/rpc/sendTx", "{\"type\": \"\u00e9\"}".encode()),
+        ]
+        for method, path, raw in odd:
+            status, out = self.call(method, path, raw=raw, headers=AUTH)
+            if path == "/rpc/sendTxs":
+                self.assertEqual(status, 200)
+                self.assertEqual([r["error"]["code"] for r in out["results"]],
+                                 ["wrong_type"] * 4)
+                continue
+            self.assertTrue(400 <= status < 500, (method, path, raw, status, out))
+            self.assertIn("code", out["error"])
+        self.assertEqual(self.node.propose()["header"]["height"], 1)
