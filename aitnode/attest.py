@@ -12,11 +12,21 @@ from urllib.parse import urlsplit
 
 from treq.client import HTTPClient
 from twisted.internet import defer
+from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from aitnode.errors import AitError
 
 MAX_ANSWER = 64 * 1024
+
+
+def _timed_out(result, timeout):
+    """A call cancelled by its timeout timed out, whatever the cancelled
+    Deferred failed with (the Agent wraps CancelledError in
+    ResponseNeverReceived, which addTimeout would pass on as is)."""
+    if isinstance(result, Failure):
+        raise defer.TimeoutError(f"no answer within {timeout} s")
+    return result
 
 
 class Attestor:
@@ -57,14 +67,14 @@ class Attestor:
                 self.url, data=json.dumps(request).encode(),
                 headers={b"content-type": [b"application/json"]},
             )
-            d.addTimeout(self.timeout, self.reactor)
+            d.addTimeout(self.timeout, self.reactor, onTimeoutCancel=_timed_out)
             try:
                 response = await d
-                if response.code != 200:
-                    await response.content()
-                    raise AitError("coordinator_error", f"the coordinator answered HTTP {response.code}", status=424)
                 body = response.content()
-                body.addTimeout(self.timeout, self.reactor)
+                body.addTimeout(self.timeout, self.reactor, onTimeoutCancel=_timed_out)
+                if response.code != 200:
+                    await body
+                    raise AitError("coordinator_error", f"the coordinator answered HTTP {response.code}", status=424)
                 raw = await body
             except defer.TimeoutError:
                 raise AitError("coordinator_timeout", f"the coordinator did not answer within {self.timeout} s", status=424)

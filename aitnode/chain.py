@@ -12,7 +12,9 @@ import os
 from aitnode import crypto, params as P
 from aitnode.encoding import U64, ZERO_HASH, canonical, is_hex, merkle_root, sha256, sha256_hex
 from aitnode.errors import AitError, ConfigError
-from aitnode.state import StateView, root_of, leaf_hash, ACC_MOD
+from aitnode.state import ACC_MOD, StateView, encode_tx_records, leaf_hash, root_of, run_steps
+
+SLICE = 256  # transactions applied between two chances for the reactor to run
 from aitnode.tx import AUTHORITY_TYPES, parse_tx, require_int
 
 import re
@@ -268,6 +270,8 @@ class Chain:
         self.store = store
         self.genesis = genesis
         self.chain_id = genesis.chain_id
+        self._params_at = None
+        self._params = None
         self._init_or_check()
         self._authorities = {a["address"]: bytes.fromhex(a["public_key"]) for a in genesis.authorities}
         self.authority_list = [a["address"] for a in genesis.authorities]
@@ -289,6 +293,14 @@ class Chain:
                 f"data_dir {store.path} was made with another genesis ({have[:16]}..., "
                 f"this genesis is {g.hash[:16]}...): point [node] data_dir at a new folder or use the matching genesis"
             )
+
+    def params(self):
+        """The params at the head (cached per head; do not mutate)."""
+        head = self.store.head()
+        if self._params_at != head:
+            self._params = dict(self.store.entries("param"))
+            self._params_at = head
+        return self._params
 
     def is_authority(self, address):
         return address in self._authorities
@@ -312,6 +324,12 @@ class Chain:
         Returns (block, tx_records, view, failed) where failed maps the
         hash of each transaction left out to its AitError.
         """
+        return run_steps(self.build_steps(candidates, key, timestamp, max_txs, attestations))
+
+    def build_steps(self, candidates, key, timestamp, max_txs=None, attestations=None, slice_size=SLICE):
+        """build_block as a generator yielding every slice_size transactions
+        (run it with state.run_steps, or run_steps_async to keep the reactor
+        answering while a large block is built)."""
         parent = self.head_header()
         height = parent["height"] + 1
         timestamp = max(timestamp, parent["timestamp"])
@@ -321,9 +339,11 @@ class Chain:
         if max_txs is None:
             max_txs = ctx.params["max_block_txs"]
         included, records, failed = [], [], {}
-        for tx in candidates:
+        for n, tx in enumerate(candidates, 1):
             if len(included) >= max_txs:
                 break
+            if n % slice_size == 0:
+                yield
             try:
                 result = apply_tx(ctx, tx)
             except AitError as e:
@@ -332,6 +352,7 @@ class Chain:
             included.append(tx)
             records.append((tx, result))
         self._finish(ctx)
+        yield from view.finish_steps(slice_size)
         hashes = [tx.hash for tx in included]
         atts = {h: ctx.attestations[h] for h in hashes if h in ctx.attestations}
         header = {
@@ -345,7 +366,12 @@ class Chain:
         }
         h = block_hash(header)
         block = {"header": header, "hash": h, "sig": key.sign(bytes.fromhex(h)).hex(), "txs": hashes, "attestations": atts}
-        return block, self._tx_records(block, records), view, failed
+        tx_records = self._tx_records(block, records)
+        encoded = []
+        for i in range(0, len(tx_records), slice_size):
+            encoded += encode_tx_records(tx_records[i:i + slice_size])
+            yield
+        return block, encoded, view, failed
 
     def _finish(self, ctx):
         if ctx.fees:
@@ -395,8 +421,9 @@ class Chain:
         if [tx.hash for tx in txs] != block.get("txs", [tx.hash for tx in txs]):
             raise AitError("bad_block", "block transaction list does not match")
         atts = block.get("attestations") or {}
-        if type(atts) is not dict or not set(atts) <= {tx.hash for tx in txs}:
-            raise AitError("bad_block", "block attestations do not belong to its transactions")
+        # Only a claim carries an attestation: nothing else rides in the block.
+        if type(atts) is not dict or not set(atts) <= {tx.hash for tx in txs if tx.type == "RECEIPT_CLAIM"}:
+            raise AitError("bad_block", "block attestations do not belong to its claims")
         if tx_root([tx.hash for tx in txs], atts) != header["tx_root"]:
             raise AitError("bad_block", "tx_root does not match the transactions")
         view = self.view()

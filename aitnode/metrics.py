@@ -34,6 +34,14 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=r)
         self.sync_lag = Gauge("aitnode_sync_lag_blocks", "Blocks the best peer is ahead of this node", registry=r)
         self._last_block_at = None
+        self._tx_children = {}
+
+    def tx_event(self, ttype, result):
+        """Count one transaction; label children are cached (labels() is slow)."""
+        child = self._tx_children.get((ttype, result))
+        if child is None:
+            child = self._tx_children[(ttype, result)] = self.txs.labels(ttype, result)
+        child.inc()
 
     def render(self):
         return generate_latest(self.registry)
@@ -45,7 +53,7 @@ class Metrics:
         self._last_block_at = now
         for _, rec in records:
             ttype = rec["tx"]["type"]
-            self.txs.labels(ttype, "included").inc()
+            self.tx_event(ttype, "included")
             minted = rec["result"].get("minted", 0)
             if minted:
                 self.minted.inc(minted)
@@ -64,8 +72,8 @@ class RouteTemplates:
     is "other", so labels stay bounded whatever clients send.
     """
 
-    def __init__(self, klein_app):
-        self._exact = {}
+    def __init__(self, klein_app, extra=()):
+        self._exact = {path: path for path in extra}
         self._prefix = {}
         for rule in klein_app.url_map.iter_rules():
             text = rule.rule

@@ -15,9 +15,11 @@ from aitnode.chain import check_fee
 from aitnode.errors import AitError
 from aitnode.params import min_fee
 from aitnode.metrics import Metrics
+from aitnode.state import run_steps, run_steps_async
 from aitnode.tx import known_types, parse_tx, sign_tx
 
 KNOWN_TYPES = frozenset(known_types())
+BATCH_SLICE = 256  # batch items handled between two chances for the reactor to run
 
 
 class Node:
@@ -30,6 +32,7 @@ class Node:
         self.verifier = verifier
         self.key = key if key is not None and chain.is_authority(key.address) else None
         self.clock = clock
+        self.pause = None  # set by tap: awaitable that lets the reactor run
         self.attestor = attestor
         self.attestations = {}  # pending claim txHash -> its attestation
         self.chain_id = chain.chain_id
@@ -63,7 +66,7 @@ class Node:
         """Mempool rules against the head state; AitError if refused."""
         view = self.chain.view()
         balance, nonce = view.account(tx.sender)
-        params = view.params()
+        params = self.chain.params()
         need = min_fee(params, tx.type, tx.payload_size)
         if tx.fee < need:
             raise AitError("fee_too_low", f"fee {tx.fee} is below the minimum {need}")
@@ -75,14 +78,14 @@ class Node:
         self.precheck(tx, view)
         self.mempool.add(tx, balance, nonce)
         self.stats["admitted"] += 1
-        self.metrics.txs.labels(tx.type, "admitted").inc()
+        self.metrics.tx_event(tx.type, "admitted")
         for listener in self.tx_listeners:
             listener(tx)
 
     def precheck(self, tx, view):
         """Type-specific admission checks that need no network."""
         if tx.type == receipts.CLAIM:
-            params = view.params()
+            params = self.chain.params()
             check_fee(tx, params)
             receipts.check_claim_offline(view, tx, params, self.chain_id)
             receipts.check_attestation(self.attestations.get(tx.hash), tx.payload, params, self.chain_id)
@@ -112,7 +115,7 @@ class Node:
         ttype = obj.get("type") if type(obj) is dict else None
         if ttype not in KNOWN_TYPES:
             ttype = "invalid"
-        self.metrics.txs.labels(ttype, "refused").inc()
+        self.metrics.tx_event(ttype, "refused")
         now = time.monotonic()
         if now - self._last_refusal_log >= 1.0:
             self._log.info(
@@ -179,7 +182,10 @@ class Node:
         """
         results = [None] * len(objs)
         todo = []
+        first = {}  # hash -> index of its first copy in this batch
         for i, obj in enumerate(objs):
+            if self.pause is not None and i and i % BATCH_SLICE == 0:
+                await self.pause()
             try:
                 tx = self.parse(obj)
             except AitError as e:
@@ -187,10 +193,15 @@ class Node:
                 continue
             if self.known(tx):
                 results[i] = tx.hash
+            elif tx.hash in first:
+                results[i] = first[tx.hash]  # a copy: answered like the first
             else:
+                first[tx.hash] = i
                 todo.append((i, tx))
         oks = await self.verifier.verify_many([(tx.pubkey, tx.sig, tx.sign_hash) for _, tx in todo])
-        for (i, tx), ok in zip(todo, oks):
+        for n, ((i, tx), ok) in enumerate(zip(todo, oks), 1):
+            if self.pause is not None and n % BATCH_SLICE == 0:
+                await self.pause()
             try:
                 if not ok:
                     raise AitError("bad_signature", "sig is not a valid signature of this transaction by pubkey")
@@ -204,6 +215,9 @@ class Node:
                 results[i] = tx.hash
             except AitError as e:
                 results[i] = e
+        for i, r in enumerate(results):
+            if type(r) is int:
+                results[i] = results[r]
         out = []
         for obj, r in zip(objs, results):
             if isinstance(r, AitError):
@@ -229,18 +243,31 @@ class Node:
         if type(obj) is dict:
             obj = dict({"fee": 0, "nonce": 1}, **obj)
         tx = parse_tx(obj, self.chain_id, require_sig=False)
-        return min_fee(self.chain.view().params(), tx.type, tx.payload_size)
+        return min_fee(self.chain.params(), tx.type, tx.payload_size)
 
     # -- blocks ---------------------------------------------------------
     def propose(self):
         """Build, sign and commit one block from the mempool; return it."""
+        return run_steps(self._propose_steps())
+
+    async def propose_async(self, pause):
+        """propose, letting the reactor run (await pause()) between slices of
+        the work, so RPC keeps answering while a large block is built."""
+        return await run_steps_async(self._propose_steps(), pause)
+
+    def _propose_steps(self):
         if self.key is None:
             return None
         started = time.perf_counter()
+        head = self.chain.head()
         candidates = self.mempool.candidates()
-        block, records, view, failed = self.chain.build_block(
+        block, records, view, failed = yield from self.chain.build_steps(
             candidates, self.key, self.now(), attestations=self.attestations
         )
+        if self.chain.head() != head:
+            # A block was imported meanwhile: this one no longer extends the head.
+            view.release()
+            return None
         self.chain.commit(block, records, view)
         self._after_commit(block, records, failed)
         self._log.info(
@@ -269,7 +296,7 @@ class Node:
         self.head_changed_at = self.clock.seconds() if self.clock is not None else time.time()
         self.metrics.on_block(block, records, self.head_changed_at)
         for rec in dropped.values():
-            self.metrics.txs.labels(rec["tx"]["type"], "failed").inc()
+            self.metrics.tx_event(rec["tx"]["type"], "failed")
         for listener in self.block_listeners:
             listener(block)
 
@@ -471,4 +498,4 @@ class Node:
         return dict(supply, total=sum(supply.values()))
 
     def get_params(self):
-        return self.chain.view().params()
+        return dict(self.chain.params())

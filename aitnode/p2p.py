@@ -114,7 +114,8 @@ class PeerConnection:
         return f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
 
     def send(self, mtype, data):
-        self.sendMessage(encode(mtype, data), isBinary=True)
+        if self.state == self.STATE_OPEN:  # a closing connection takes no more
+            self.sendMessage(encode(mtype, data), isBinary=True)
 
     def onMessage(self, payload, isBinary):
         try:
@@ -345,10 +346,19 @@ class P2P(service.MultiService):
             self._update_peer_height()
         if header["parent"] == head and header["height"] == height + 1:
             # Relaying is on_local_block's: it runs for every committed block.
-            d = self.importing.run(self._import_entries, conn, [entry])
+            d = self.importing.run(self._import_announced, conn, entry)
             d.addErrback(lambda f: self._log.failure("block import failed", f, component="p2p", event="import_error"))
         elif header["height"] > height:
             self.maybe_sync(conn)
+
+    def _import_announced(self, conn, entry):
+        # The lock may have been held by a sync: if the head moved since the
+        # block was announced it no longer applies, which is no fault of the peer.
+        height, head = self.node.chain.head()
+        header = entry["block"]["header"]
+        if header["parent"] != head or header["height"] != height + 1:
+            return False
+        return self._import_entries(conn, [entry])
 
     def _on_get_blocks(self, conn, d):
         if type(d) is not dict:
@@ -398,7 +408,14 @@ class P2P(service.MultiService):
             if progressed:
                 self.maybe_sync(conn)
 
+        def broke(f):
+            # _sync_entries runs outside onMessage: its PeerErrors land here.
+            f.trap(PeerError)
+            self.syncing = None
+            self.misbehaved(conn, f.value.kind, str(f.value))
+
         dd.addCallback(done)
+        dd.addErrback(broke)
         dd.addErrback(lambda f: (setattr(self, "syncing", None),
                                  self._log.failure("sync failed", f, component="p2p", event="sync_error")))
 
@@ -463,7 +480,19 @@ class P2P(service.MultiService):
                 self._log.warn("fork deeper than undo data; ignoring peer {peer}", peer=conn.addr,
                                component="p2p", event="fork_too_deep")
                 return False
+            # Keep our branch until the new one proves valid and longer.
+            ours = [self.node.block_entry(h) for h in range(fork_height + 1, height + 1)]
             self.node.rollback(fork_height)
+            progressed = await self._import_entries(conn, entries)
+            reached = self.node.chain.head()[0]
+            if reached < fork_height + len(entries) and reached <= height:
+                # The new branch broke before it overtook ours: restore ours.
+                self.node.rollback(fork_height)
+                for entry in ours:
+                    txs = [self.node.parse(w) for w in entry["txs"]]
+                    await self.node.import_block_async(entry["block"], txs)
+                return False
+            return progressed
         return await self._import_entries(conn, entries)
 
     async def _import_entries(self, conn, entries):
@@ -503,7 +532,9 @@ class P2P(service.MultiService):
     def broadcast(self, mtype, data, exclude=None):
         frame = encode(mtype, data)
         for conn in list(self.conns):
-            if conn is not exclude:
+            # A connection being dropped stays in conns until onClose;
+            # sending on it would raise (and stop the caller's loop).
+            if conn is not exclude and conn.state == conn.STATE_OPEN:
                 conn.sendMessage(frame, isBinary=True)
 
     # -- scores and bans ---------------------------------------------------

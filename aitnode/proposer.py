@@ -1,8 +1,10 @@
 """Block production on a timer that no exception can stop."""
 
 from twisted.application import service
+from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 
 class ProposerService(service.Service):
@@ -13,7 +15,11 @@ class ProposerService(service.Service):
 
     _log = Logger()
 
-    def __init__(self, node, clock, interval):
+    def __init__(self, node, clock, interval, pause=None):
+        """pause: an awaitable factory (e.g. a zero-delay deferLater) to let
+        the reactor run between slices of block building; None builds in
+        one go (tests drive the loop with a Clock)."""
+        self.pause = pause
         self.node = node
         self.clock = clock
         self.interval = interval
@@ -24,11 +30,21 @@ class ProposerService(service.Service):
         try:
             if not self.node.propose_due(self.interval):
                 return None
-            return self.node.propose()
+            if self.pause is None:
+                return self.node.propose()
+            d = Deferred.fromCoroutine(self.node.propose_async(self.pause))
         except Exception:
-            self.failures += 1
-            self._log.failure("block proposal failed; trying again next round", component="proposer", event="propose_failed")
+            self._failed(Failure())
             return None
+        # The LoopingCall waits for this Deferred, so rounds never overlap;
+        # a failure is logged and swallowed so the loop goes on.
+        return d.addErrback(self._failed)
+
+    def _failed(self, failure):
+        self.failures += 1
+        self._log.failure("block proposal failed; trying again next round", failure,
+                          component="proposer", event="propose_failed")
+        return None
 
     def startService(self):
         super().startService()

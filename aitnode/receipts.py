@@ -139,7 +139,9 @@ def check_attestation(att, payload, params, chain_id):
         raise AitError("attestation_malformed", "attestation sig must be 128 lowercase hex characters")
     if not SIGS.verify(bytes.fromhex(coord["public_key"]), bytes.fromhex(att["sig"]), attestation_sign_bytes(att, chain_id)):
         raise AitError("attestation_bad_signature", "the attestation is not signed by the chain's coordinator key")
-    if {k: att[k] for k in REQUEST_FIELDS} != attestation_request(payload):
+    # Compared as canonical bytes: in Python True == 1, but a `true` price
+    # is not the claim's price 1 for any other implementation.
+    if canonical({k: att[k] for k in REQUEST_FIELDS}) != canonical(attestation_request(payload)):
         raise AitError("attestation_mismatch", "the attestation does not match the claim's fields")
     if att["exists"] is not True:
         raise AitError("job_not_found", f"the coordinator does not know job {payload['job_id']!r}")

@@ -76,6 +76,43 @@ _dumps = cbor2.dumps
 _loads = cbor2.loads
 
 
+def run_steps(steps):
+    """Drive a generator of work slices to its end; its return value."""
+    try:
+        while True:
+            next(steps)
+    except StopIteration as done:
+        return done.value
+
+
+async def run_steps_async(steps, pause):
+    """The same, awaiting pause() between slices (to let the reactor run)."""
+    try:
+        while True:
+            next(steps)
+            await pause()
+    except StopIteration as done:
+        return done.value
+
+
+class EncodedRecord(dict):
+    """A transaction record that carries its stored bytes and index keys,
+    worked out ahead of commit_block (so the commit itself stays short)."""
+
+    __slots__ = ("raw", "hkeys")
+
+
+def encode_tx_records(tx_records):
+    """[(hash, record)] -> [(hash, EncodedRecord)]."""
+    out = []
+    for h, rec in tx_records:
+        enc = EncodedRecord(rec)
+        enc.raw = _dumps(rec)
+        enc.hkeys = _history_keys(rec)
+        out.append((h, enc))
+    return out
+
+
 class Store:
     """The node's LMDB environment: one per data_dir."""
 
@@ -211,7 +248,8 @@ class Store:
         """Write one whole block in one LMDB transaction.
 
         block: the block record {"header", "hash", "sig", "txs"};
-        tx_records: [(tx_hash, record)]; changes: {(ns, key): (old, new)}
+        tx_records: [(tx_hash, record)] (records may come from
+        encode_tx_records, already encoded); changes: {(ns, key): (old, new)}
         (raw CBOR bytes)
         as gathered by StateView.finish; acc: the accumulator after the block.
         """
@@ -233,9 +271,14 @@ class Store:
             txdb = self._db["txs"]
             hdb = self._db["history"]
             for h, rec in tx_records:
-                t.put(h.encode(), _dumps(rec), db=txdb)
-                for k in _history_keys(rec):
-                    t.put(k, h.encode(), db=hdb)
+                hb = h.encode()
+                if isinstance(rec, EncodedRecord):
+                    raw, hkeys = rec.raw, rec.hkeys
+                else:
+                    raw, hkeys = _dumps(rec), _history_keys(rec)
+                t.put(hb, raw, db=txdb)
+                for k in hkeys:
+                    t.put(k, hb, db=hdb)
             udb = self._db["undo"]
             t.put(_height_key(height), _dumps({"acc": prev_acc, "entries": undo, "txs": [h for h, _ in tx_records]}), db=udb)
             if height >= UNDO_KEEP:
@@ -369,24 +412,30 @@ class StateView:
         self._new[ident] = value
         self._final = None
 
-    def finish(self):
-        """(acc, changes): changes maps (ns, key) -> (old raw, new raw)."""
+    def finish_steps(self, slice_size=512):
+        """finish() as a generator that yields every slice_size entries, so
+        a caller can let the reactor run in between (see run_steps)."""
         if self._final is None:
             acc = self.store.accumulator() if self._base_acc is None else self._base_acc
             changes = {}
-            for ident, value in self._new.items():
+            for n, (ident, value) in enumerate(list(self._new.items()), 1):
                 old = self._orig[ident]
                 new = None if value is None else canonical_unchecked(value)
-                if old == new:
-                    continue
-                prefix = _leaf_prefix(*ident)
-                if old is not None:
-                    acc -= _leaf_int(prefix + old)
-                if new is not None:
-                    acc += _leaf_int(prefix + new)
-                changes[ident] = (old, new)
+                if old != new:
+                    prefix = _leaf_prefix(*ident)
+                    if old is not None:
+                        acc -= _leaf_int(prefix + old)
+                    if new is not None:
+                        acc += _leaf_int(prefix + new)
+                    changes[ident] = (old, new)
+                if n % slice_size == 0:
+                    yield
             self._final = (acc % ACC_MOD, changes)
         return self._final
+
+    def finish(self):
+        """(acc, changes): changes maps (ns, key) -> (old raw, new raw)."""
+        return run_steps(self.finish_steps())
 
     @property
     def acc(self):

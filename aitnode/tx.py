@@ -10,12 +10,16 @@ as lowercase hex strings.  See docs/protocol.md.
 
 import json
 
+import cbor2
+
 from aitnode import crypto
 from aitnode.encoding import U64, canonical, canonical_unchecked, check_value, parse_hex, sha256
 from aitnode.errors import AitError
 
 WIRE_FIELDS = frozenset(("type", "sender", "nonce", "fee", "payload", "pubkey", "sig", "chain_id"))
 MAX_TEXT = 256
+
+_dumps = cbor2.dumps  # for text and integers, plain CBOR is canonical
 
 # type name -> payload validator; filled by register_type().
 _PAYLOADS = {}
@@ -98,12 +102,22 @@ class Transaction:
         self.payload = payload
         self.pubkey = pubkey
         self.sig = sig
-        body = self.body()
-        self.sign_hash = sha256(canonical_unchecked(body))
-        body["pubkey"] = pubkey.hex()
-        body["sig"] = sig.hex()
-        self.hash = sha256(canonical_unchecked(body)).hex()
-        self.payload_size = len(canonical_unchecked(payload))
+        # Each field is encoded once; the two maps (the signed body, and
+        # the body with pubkey and sig) are put together from those pieces
+        # in canonical key order, which for these keys is:
+        #   fee sig type nonce pubkey sender payload chain_id
+        # (shorter keys first, then bytewise).  Equal to canonical(body),
+        # and checked against it in tests/test_encoding.py.
+        enc = _dumps
+        p = canonical_unchecked(payload)
+        fee = b"\x63fee" + enc(fee)
+        mid = b"\x64type" + enc(type) + b"\x65nonce" + enc(nonce)
+        tail = b"\x66sender" + enc(sender) + b"\x67payload" + p + b"\x68chain_id" + enc(chain_id)
+        self.sign_hash = sha256(b"\xa6" + fee + mid + tail)
+        signed = (b"\xa8" + fee + b"\x63sig" + enc(sig.hex()) + mid
+                  + b"\x66pubkey" + enc(pubkey.hex()) + tail)
+        self.hash = sha256(signed).hex()
+        self.payload_size = len(p)
 
     def body(self):
         return {

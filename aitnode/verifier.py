@@ -42,6 +42,9 @@ class PoolVerifier:
         if self._pool is None:
             ctx = multiprocessing.get_context("forkserver")
             self._pool = concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=ctx)
+            # Start the workers now, at node start, not on the first batch.
+            for _ in range(self.workers):
+                self._pool.submit(verify_chunk, [])
 
     def stop(self):
         if self._pool is not None:

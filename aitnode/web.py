@@ -42,6 +42,7 @@ class Root(resource.Resource):
     def __init__(self, app_resource):
         super().__init__()
         self.app_resource = app_resource
+        self.fast = {}  # exact request path -> resource, served without the app
 
     def _watch(self, request):
         if self.observe is not None:
@@ -50,6 +51,9 @@ class Root(resource.Resource):
 
     def getChild(self, name, request):
         self._watch(request)
+        fast = self.fast.get(request.path)
+        if fast is not None:
+            return fast
         request.postpath.insert(0, request.prepath.pop())
         return self.app_resource
 
@@ -68,7 +72,9 @@ class QuietSite(server.Site):
 
 def make_site(app_resource, max_body):
     root = Root(app_resource)
-    site = QuietSite(root)
+    # No form parsing: every POST here is JSON, and parsing Content-Type with
+    # the email package would cost more than admitting a transaction.
+    site = QuietSite(root, parsePOSTFormSubmission=False)
 
     class Request(LimitedRequest):
         pass

@@ -60,6 +60,7 @@ def make_rpc(node, admin_token=ADMIN_TOKEN, **kw):
     """(rpc, StubTreq) serving node in process, through the real Site/Root."""
     rpc = RPC(node, admin_token=admin_token, **kw)
     site, root = make_site(rpc.resource(), 16 << 20)
+    root.fast.update(rpc.fast_routes())
     return rpc, StubTreq(root)
 
 

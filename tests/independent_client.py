@@ -2,15 +2,23 @@
 
 It deliberately imports nothing from the ``aitnode`` package: its
 canonical CBOR, bech32, transaction signing and hashing, fee rule, Merkle
-root, state root and genesis derivation are re-implemented here from the
-document, so that a test can show that the document is enough to talk to
-a node (tests/test_independent_client.py).  Dependencies: hashlib and
-PyNaCl's ``nacl.signing`` for Ed25519.
+root, state root and genesis derivation, compute receipts (the miner's
+signature, attestations, the claim's tx_root leaf, settlement) and the
+peer handshake's auth bytes are re-implemented here from the document,
+so that a test can show that the document is enough to talk to a node
+(tests/test_independent_client.py).  It also holds a coordinator of its
+own (``Coordinator``), a twisted.web resource that answers POST
+/attest/receipt as the document says.  Dependencies: hashlib, json,
+PyNaCl's ``nacl.signing`` for Ed25519, and twisted.web for the
+coordinator's HTTP.
 """
 
 import hashlib
+import json
 
 import nacl.signing
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 HRP = "ait"
 ZERO_HASH = "0" * 64
@@ -322,18 +330,193 @@ def block_hash(header):
 
 
 # --------------------------------------------------------------------------
-# A small state machine for TRANSFER and MINT (sections 6, 8, 10.2),
-# enough to follow a block from its parent's state.
+# Compute receipts ("Compute receipts")
+
+CLAIM = "RECEIPT_CLAIM"
+MINER_SIGNED = ("receipt_id", "job_id", "client_addr", "miner_addr", "compute_units", "price", "output_hash",
+                "client_payment_tx")
+CLAIM_FIELDS = MINER_SIGNED + ("miner_pubkey", "miner_sig")
+REQUEST_FIELDS = ("receipt_id", "job_id", "client", "miner", "price", "compute_units", "output_hash")
+ANSWER_FIELDS = REQUEST_FIELDS + ("exists", "paid", "not_double_spent", "coordinator", "sig")
+BPS = 10000
+
+
+def miner_signed_map(fields, chain_id):
+    m = {k: fields[k] for k in MINER_SIGNED}
+    m["chain_id"] = chain_id
+    return m
+
+
+def miner_sign_bytes(fields, chain_id):
+    return sha256(cbor(miner_signed_map(fields, chain_id)))
+
+
+def sign_receipt(miner_seed, chain_id, **fields):
+    """A RECEIPT_CLAIM payload: the eight signed members, miner_pubkey, miner_sig."""
+    _, pk, _ = keypair(miner_seed)
+    payload = {k: fields[k] for k in MINER_SIGNED}
+    payload["miner_pubkey"] = pk.hex()
+    payload["miner_sig"] = sign(miner_seed, miner_sign_bytes(payload, chain_id)).hex()
+    return payload
+
+
+def _verify(pk_hex, sig_hex, message):
+    try:
+        nacl.signing.VerifyKey(bytes.fromhex(pk_hex)).verify(message, bytes.fromhex(sig_hex))
+        return True
+    except Exception:
+        return False
+
+
+def miner_sig_ok(payload, chain_id):
+    pk = bytes.fromhex(payload["miner_pubkey"])
+    if sha256(pk)[:20] != address_bytes(payload["miner_addr"]):
+        return False
+    return _verify(payload["miner_pubkey"], payload["miner_sig"], miner_sign_bytes(payload, chain_id))
+
+
+def attestation_request(payload):
+    return {
+        "receipt_id": payload["receipt_id"], "job_id": payload["job_id"], "client": payload["client_addr"],
+        "miner": payload["miner_addr"], "price": payload["price"], "compute_units": payload["compute_units"],
+        "output_hash": payload["output_hash"],
+    }
+
+
+def attestation_signed_map(answer, chain_id):
+    m = {k: v for k, v in answer.items() if k != "sig"}
+    m["chain_id"] = chain_id
+    return m
+
+
+def attestation_sign_bytes(answer, chain_id):
+    return sha256(cbor(attestation_signed_map(answer, chain_id)))
+
+
+def sign_attestation(seed, chain_id, request, exists=True, paid=True, not_double_spent=True, coordinator=None):
+    """The coordinator's answer to request, signed with seed."""
+    answer = dict(request)
+    answer.update(exists=exists, paid=paid, not_double_spent=not_double_spent,
+                  coordinator=coordinator or keypair(seed)[2])
+    answer["sig"] = sign(seed, attestation_sign_bytes(answer, chain_id)).hex()
+    return answer
+
+
+def attestation_ok(answer, public_key_hex, chain_id):
+    return _verify(public_key_hex, answer["sig"], attestation_sign_bytes(answer, chain_id))
+
+
+def attestation_problem(answer, payload, coordinator, chain_id):
+    """The error code a node gives this attestation for this claim, or None.
+
+    coordinator: genesis params.coordinator ({"address", "public_key"}).
+    """
+    if type(answer) is not dict:
+        return "attestation_missing"
+    if set(answer) != set(ANSWER_FIELDS):
+        return "attestation_malformed"
+    try:
+        cbor(answer)
+    except ValueError:
+        return "attestation_malformed"
+    if answer["coordinator"] != coordinator["address"]:
+        return "attestation_wrong_coordinator"
+    sig = answer["sig"]
+    if type(sig) is not str or len(sig) != 128 or sig != sig.lower() or not all(c in "0123456789abcdef" for c in sig):
+        return "attestation_malformed"
+    if not attestation_ok(answer, coordinator["public_key"], chain_id):
+        return "attestation_bad_signature"
+    if cbor({k: answer[k] for k in REQUEST_FIELDS}) != cbor(attestation_request(payload)):
+        return "attestation_mismatch"
+    for flag, code in (("exists", "job_not_found"), ("paid", "job_not_paid"), ("not_double_spent", "job_double_spent")):
+        if answer[flag] is not True:
+            return code
+    return None
+
+
+def leaf_input(tx_hash_hex, attestation=None):
+    """What a transaction puts into the tx_root: its txHash, or for a claim
+    H(canonical([txHash, attestation]))."""
+    if attestation is None:
+        return tx_hash_hex
+    return hash_hex([tx_hash_hex, attestation])
+
+
+def block_tx_root(tx_hashes, attestations=None):
+    attestations = attestations or {}
+    return merkle_root([leaf_input(h, attestations.get(h)) for h in tx_hashes])
+
+
+def settlement(params, payload):
+    """(mint, coordinator cut, treasury cut) of a claim under params."""
+    mint = payload["compute_units"] * params["mint_per_unit"]
+    coordinator_cut = mint * params["coordinator_ratio_bps"] // BPS
+    treasury_cut = mint * params["treasury_ratio_bps"] // BPS if params.get("treasury") else 0
+    return mint, coordinator_cut, treasury_cut
+
+
+def claim_deltas(params, payload, sender, fee):
+    """{address: net balance change} of a claim, in the document's order
+    (escrow, miner, coordinator, treasury when its cut is not 0, sender)."""
+    mint, coordinator_cut, treasury_cut = settlement(params, payload)
+    parts = [
+        (params["escrow"], -payload["price"]),
+        (payload["miner_addr"], payload["price"] + mint),
+        (params["coordinator"]["address"], coordinator_cut),
+    ]
+    if treasury_cut:
+        parts.append((params["treasury"], treasury_cut))
+    parts.append((sender, -fee))
+    out = {}
+    for addr, delta in parts:
+        out[addr] = out.get(addr, 0) + delta
+    return out
+
+
+def claim_changes(params, payload, sender, fee):
+    """The claim receipt's "changes" list."""
+    return [{"address": a, "delta": d} for a, d in claim_deltas(params, payload, sender, fee).items() if d]
+
+
+# --------------------------------------------------------------------------
+# Peer handshake ("Peer protocol")
+
+
+def auth_bytes(chain_id, challenge_hex, node_id_hex):
+    return sha256(cbor({"chain_id": chain_id, "challenge": challenge_hex, "node_id": node_id_hex}))
+
+
+def frame(mtype, data):
+    return cbor({"type": mtype, "data": data})
+
+
+def locator_heights(head_height):
+    out, h, gap = [], head_height, 1
+    while h > 0 and len(out) < 63:
+        out.append(h)
+        if len(out) >= 9:
+            gap *= 2
+        h -= gap
+    return out + [0]
+
+
+# --------------------------------------------------------------------------
+# A small state machine for TRANSFER, MINT and RECEIPT_CLAIM (sections 6,
+# 8, 10.2, Compute receipts), enough to follow a block from its parent's
+# state.  Rules broken raise ValueError(<the node's error code>).
 
 
 class State:
-    def __init__(self, entries):
+    def __init__(self, entries, chain_id=None):
         self.entries = {(ns, key): value for ns, key, value in entries}
+        self.chain_id = chain_id
 
     def account(self, addr):
         return tuple(self.entries.get(("acct", addr), [0, 0]))
 
     def set_account(self, addr, balance, nonce):
+        if balance < 0 or balance >= U64:
+            raise ValueError("balance out of range")
         if balance == 0 and nonce == 0:
             self.entries.pop(("acct", addr), None)
         else:
@@ -345,36 +528,101 @@ class State:
     def authorities(self):
         return {a["address"] for a in self.entries[("chain", "authorities")]}
 
-    def apply(self, wire):
+    def supply(self):
+        return dict(self.entries[("chain", "supply")])
+
+    def apply(self, wire, height=None, attestation=None):
         """Apply one transaction; return its fee (ValueError if it does not apply)."""
         sender = wire["sender"]
         balance, nonce = self.account(sender)
         if wire["nonce"] != nonce + 1:
-            raise ValueError("wrong nonce")
-        if wire["fee"] < min_fee(self.params(), wire["payload"], wire["type"]):
-            raise ValueError("fee too low")
+            raise ValueError("nonce_too_low" if wire["nonce"] <= nonce else "nonce_too_far_ahead")
+        params = self.params()
+        if wire["fee"] < min_fee(params, wire["payload"], wire["type"]):
+            raise ValueError("fee_too_low")
+        if wire["type"] == CLAIM:
+            self._claim(wire, height, attestation, params)
+            return wire["fee"]
         to, amount = wire["payload"]["to"], wire["payload"]["amount"]
         if wire["type"] == "TRANSFER":
             if balance < amount + wire["fee"]:
-                raise ValueError("insufficient balance")
+                raise ValueError("insufficient_balance")
             self.set_account(sender, balance - amount - wire["fee"], nonce + 1)
+            escrow = params.get("escrow")
+            if to == escrow and sender != escrow:
+                self.entries[("pay", tx_hash(wire, self.chain_id))] = {"client": sender, "amount": amount, "claimed": ""}
         elif wire["type"] == "MINT":
-            if sender not in self.authorities() or not self.params().get("faucet"):
+            if sender not in self.authorities() or not params.get("faucet"):
                 raise ValueError("MINT not allowed")
             if balance < wire["fee"]:
-                raise ValueError("insufficient balance")
+                raise ValueError("insufficient_balance")
             self.set_account(sender, balance - wire["fee"], nonce + 1)
-            supply = dict(self.entries[("chain", "supply")])
+            supply = self.supply()
             supply["faucet"] += amount
             self.entries[("chain", "supply")] = supply
         else:
-            raise ValueError("this client follows TRANSFER and MINT only")
+            raise ValueError("this client follows TRANSFER, MINT and RECEIPT_CLAIM only")
         to_balance, to_nonce = self.account(to)
         self.set_account(to, to_balance + amount, to_nonce)
         return wire["fee"]
 
-    def apply_block(self, wires, proposer):
-        fees = sum(self.apply(w) for w in wires)
+    def _claim(self, wire, height, attestation, params):
+        p, sender = wire["payload"], wire["sender"]
+        if params.get("coordinator") is None or params.get("escrow") is None:
+            raise ValueError("receipts_disabled")
+        if sender not in (p["miner_addr"], params["coordinator"]["address"]):
+            raise ValueError("claim_sender_not_allowed")
+        if sha256(bytes.fromhex(p["miner_pubkey"]))[:20] != address_bytes(p["miner_addr"]):
+            raise ValueError("miner_pubkey_mismatch")
+        if not miner_sig_ok(p, self.chain_id):
+            raise ValueError("bad_miner_signature")
+        if ("rcpt", p["receipt_id"]) in self.entries:
+            raise ValueError("receipt_already_claimed")
+        pay = self.entries.get(("pay", p["client_payment_tx"]))
+        if pay is None:
+            raise ValueError("payment_not_found")
+        if pay["claimed"]:
+            raise ValueError("payment_already_used")
+        if pay["client"] != p["client_addr"]:
+            raise ValueError("payment_wrong_client")
+        if pay["amount"] < p["price"]:
+            raise ValueError("payment_too_small")
+        if self.account(params["escrow"])[0] < p["price"]:
+            raise ValueError("escrow_insufficient")
+        problem = attestation_problem(attestation, p, params["coordinator"], self.chain_id)
+        if problem:
+            raise ValueError(problem)
+        mint, coordinator_cut, treasury_cut = settlement(params, p)
+        supply = self.supply()
+        supply["receipts"] += mint
+        supply["coordinator"] += coordinator_cut
+        supply["treasury"] += treasury_cut
+        if sum(supply.values()) >= U64:
+            raise ValueError("balance_overflow")
+        deltas = claim_deltas(params, p, sender, wire["fee"])
+        for addr, delta in deltas.items():
+            if self.account(addr)[0] + delta < 0:
+                raise ValueError("insufficient_balance" if addr == sender else "escrow_insufficient")
+        for addr, delta in deltas.items():
+            balance, nonce = self.account(addr)
+            self.set_account(addr, balance + delta, nonce)
+        balance, nonce = self.account(sender)
+        self.set_account(sender, balance, nonce + 1)
+        self.entries[("pay", p["client_payment_tx"])] = dict(pay, claimed=p["receipt_id"])
+        self.entries[("rcpt", p["receipt_id"])] = {
+            "tx": tx_hash(wire, self.chain_id), "height": height, "job_id": p["job_id"], "client": p["client_addr"],
+            "miner": p["miner_addr"], "compute_units": p["compute_units"], "price": p["price"],
+            "payment_tx": p["client_payment_tx"], "mint": mint, "miner_paid": p["price"] + mint,
+            "coordinator_cut": coordinator_cut, "treasury_cut": treasury_cut, "fee": wire["fee"],
+        }
+        self.entries[("chain", "supply")] = supply
+
+    def apply_block(self, wires, proposer, height=None, attestations=None):
+        attestations = attestations or {}
+        fees = 0
+        for w in wires:
+            att = attestations.get(tx_hash(w, self.chain_id)) if w["type"] == CLAIM else None
+            fees += self.apply(w, height, att)
         if fees:
             balance, nonce = self.account(proposer)
             self.set_account(proposer, balance + fees, nonce)
@@ -384,3 +632,84 @@ class State:
 
     def root(self):
         return state_root(self.as_entries())
+
+
+# --------------------------------------------------------------------------
+# A coordinator of our own ("The attestation"): POST /attest/receipt.
+
+
+class Coordinator(Resource):
+    """Signs attestations with its own key, as the document says.
+
+    ``jobs`` are the jobs it knows; those in ``unpaid`` are known but not
+    paid; a job attested for one receipt and asked about for another is
+    double spent.  ``mode`` makes it misbehave: "wrong_key" (signs with
+    another key but names the right address), "wrong_address" (signs with
+    another key and names that key's address), "http_error" (answers 503),
+    "garbage" (answers 200 with a body that is not JSON), "hang" (never
+    answers).
+    """
+
+    isLeaf = True
+
+    def __init__(self, seed, chain_id, jobs=(), unpaid=()):
+        super().__init__()
+        self.seed = seed
+        self.chain_id = chain_id
+        self.address = keypair(seed)[2]
+        self.public_key = keypair(seed)[1].hex()
+        self.jobs = set(jobs)
+        self.unpaid = set(unpaid)
+        self.attested = {}  # job_id -> receipt_id
+        self.requests = []
+        self.mode = "ok"
+        self.wrong_seed = hashlib.sha256(b"not the coordinator").digest()
+        self.transports = set()
+        self.hanging = []
+
+    def params_entry(self):
+        """What genesis params.coordinator holds for this coordinator."""
+        return {"address": self.address, "public_key": self.public_key}
+
+    def answer(self, request):
+        job = request["job_id"]
+        exists = job in self.jobs
+        first = self.attested.setdefault(job, request["receipt_id"]) if exists else None
+        flags = {"exists": exists, "paid": exists and job not in self.unpaid,
+                 "not_double_spent": exists and first == request["receipt_id"]}
+        if self.mode == "wrong_key":
+            return sign_attestation(self.wrong_seed, self.chain_id, request, coordinator=self.address, **flags)
+        if self.mode == "wrong_address":
+            return sign_attestation(self.wrong_seed, self.chain_id, request, **flags)
+        return sign_attestation(self.seed, self.chain_id, request, **flags)
+
+    def _reply(self, request, status, obj):
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(obj).encode()
+
+    def render_POST(self, request):
+        self.transports.add(request.channel.transport)
+        if request.path != b"/attest/receipt":
+            return self._reply(request, 404, {"error": "no such route"})
+        try:
+            body = json.loads(request.content.read())
+        except ValueError:
+            return self._reply(request, 400, {"error": "not JSON"})
+        if type(body) is not dict or set(body) != set(REQUEST_FIELDS):
+            return self._reply(request, 400, {"error": "an attestation request has exactly " + ", ".join(REQUEST_FIELDS)})
+        self.requests.append(body)
+        if self.mode == "hang":
+            self.hanging.append(request)
+            return NOT_DONE_YET
+        if self.mode == "http_error":
+            return self._reply(request, 503, {"error": "unavailable"})
+        if self.mode == "garbage":
+            request.setHeader(b"content-type", b"text/plain")
+            return b"this is not JSON"
+        return self._reply(request, 200, self.answer(body))
+
+    def drop_connections(self):
+        for t in list(self.transports):
+            t.abortConnection()
+        self.transports.clear()

@@ -393,3 +393,31 @@ class LoadsJsonTests(SynchronousTestCase):
     def test_bad_json(self):
         for data in (b"", b"{", b'{"a": 1,}', b"{'a': 1}", b"[1] [2]", b"nul"):
             self.assertRefused(data, "malformed_json")
+
+
+class TransactionAssemblyTests(SynchronousTestCase):
+    """Transaction builds its two maps from pre-encoded pieces; they must
+    equal the canonical encoding of the same maps, for any field values."""
+
+    def test_pieces_equal_canonical_maps(self):
+        from hypothesis import given, strategies as st
+
+        from aitnode.encoding import canonical, sha256
+        from aitnode.tx import Transaction
+
+        texts = st.text(min_size=0, max_size=300)
+        ints = st.integers(min_value=0, max_value=2**64 - 1)
+        payloads = st.dictionaries(texts, st.one_of(ints, texts, st.booleans()), max_size=5)
+
+        @given(texts, texts, texts, ints, ints, payloads, st.binary(min_size=32, max_size=32),
+               st.binary(min_size=64, max_size=64))
+        def check(chain_id, ttype, sender, nonce, fee, payload, pubkey, sig):
+            tx = Transaction(chain_id, ttype, sender, nonce, fee, payload, pubkey, sig)
+            body = {"chain_id": chain_id, "type": ttype, "sender": sender, "nonce": nonce, "fee": fee,
+                    "payload": payload}
+            self.assertEqual(tx.sign_hash, sha256(canonical(body)))
+            body.update(pubkey=pubkey.hex(), sig=sig.hex())
+            self.assertEqual(tx.hash, sha256(canonical(body)).hex())
+            self.assertEqual(tx.payload_size, len(canonical(payload)))
+
+        check()

@@ -10,8 +10,12 @@ import subprocess
 import sys
 
 import nacl.signing
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web import server
 
+from aitnode.attest import Attestor
 from tests import independent_client as ic
 from tests.common import AUTHORITY, BOB, CHAIN_ID, genesis_doc, make_node, make_rpc
 
@@ -40,7 +44,8 @@ class IndependenceTests(SynchronousTestCase):
                 modules.update(a.name for a in node.names)
             elif isinstance(node, ast.ImportFrom):
                 modules.add(node.module or "")
-        self.assertEqual(modules, {"hashlib", "nacl.signing"})
+        # twisted.web serves the client's own coordinator; nothing of aitnode.
+        self.assertEqual(modules, {"hashlib", "json", "nacl.signing", "twisted.web.resource", "twisted.web.server"})
 
     def test_runs_without_aitnode(self):
         code = (
@@ -156,6 +161,133 @@ class VectorTests(SynchronousTestCase):
         self.assertEqual(ic.block_hash(header), b["hash"])
         self.assertEqual(ic.sign(bytes.fromhex(b["proposer_seed"]), bytes.fromhex(b["hash"])).hex(), b["sig"])
 
+    def seeded(self, kv):
+        label = re.fullmatch(r'sha256\("(.*)"\)', kv["seed_of"]).group(1)
+        seed = hashlib.sha256(label.encode()).digest()
+        self.assertEqual(seed.hex(), kv["private_key"])
+        _, pk, addr = ic.keypair(seed)
+        self.assertEqual(pk.hex(), kv["public_key"])
+        if "address" in kv:
+            self.assertEqual(addr, kv["address"])
+        return seed
+
+    def test_claim(self):
+        c = self.v["claim"]
+        cid = c["chain_id"]
+        seeds = {name: self.seeded(kv) for name, kv in c["keys"].items()}
+        addr = {name: ic.keypair(seed)[2] for name, seed in seeds.items()}
+        client_seed = bytes.fromhex(self.v["keys"]["sender"]["private_key"])
+        authority_seed = bytes.fromhex(self.v["keys"]["authority"]["private_key"])
+        doc = c["genesis_json"]
+        self.assertEqual(ic.block_hash(ic.genesis_header(doc)), c["genesis_hash"])
+        params = ic.genesis_params(doc)
+        self.assertEqual(params["coordinator"]["address"], addr["coordinator"])
+
+        # The client pays escrow.
+        pw = c["payment"]["wire"]
+        payment = ic.sign_transfer(client_seed, cid, 1, ic.min_fee(params, pw["payload"]), addr["escrow"], pw["payload"]["amount"])
+        self.assertEqual(payment, pw)
+        self.assertEqual(ic.tx_hash(payment, cid), c["payment"]["tx_hash"])
+
+        # The miner signs the receipt.
+        wire = c["claim"]["wire"]
+        fields = {k: wire["payload"][k] for k in ic.MINER_SIGNED}
+        self.assertEqual(fields["client_payment_tx"], c["payment"]["tx_hash"])
+        self.assertEqual(ic.miner_signed_map(fields, cid), c["miner_signed"])
+        self.assertEqual(ic.cbor(c["miner_signed"]).hex(), c["miner_signed_cbor"])
+        self.assertEqual(ic.miner_sign_bytes(fields, cid).hex(), c["miner_sign_bytes"])
+        payload = ic.sign_receipt(seeds["miner"], cid, **fields)
+        self.assertEqual(payload["miner_sig"], c["miner_sig"])
+        self.assertEqual(payload, wire["payload"])
+        self.assertTrue(ic.miner_sig_ok(payload, cid))
+        self.assertFalse(ic.miner_sig_ok(payload, "another-chain"))
+        self.assertFalse(ic.miner_sig_ok(dict(payload, price=payload["price"] + 1), cid))
+        claim = ic.sign_tx(seeds["miner"], cid, ic.CLAIM, 1, ic.min_fee(params, payload, ic.CLAIM), payload)
+        self.assertEqual(claim, wire)
+        self.assertEqual(ic.tx_hash(claim, cid), c["claim"]["tx_hash"])
+
+        # The coordinator attests.
+        request = ic.attestation_request(payload)
+        self.assertEqual(request, c["attestation_request"])
+        att = ic.sign_attestation(seeds["coordinator"], cid, request)
+        self.assertEqual(att, c["attestation"])
+        self.assertEqual(ic.attestation_signed_map(att, cid), c["attestation_signed"])
+        self.assertEqual(ic.cbor(c["attestation_signed"]).hex(), c["attestation_signed_cbor"])
+        self.assertEqual(ic.attestation_sign_bytes(att, cid).hex(), c["attestation_sign_bytes"])
+        self.assertIsNone(ic.attestation_problem(att, payload, params["coordinator"], cid))
+        self.assertEqual(ic.attestation_problem(att, payload, params["coordinator"], "x"), "attestation_bad_signature")
+        other = dict(request, price=True) if payload["price"] == 1 else dict(request, price=payload["price"] - 1)
+        self.assertEqual(ic.attestation_problem(ic.sign_attestation(seeds["coordinator"], cid, other), payload,
+                                                params["coordinator"], cid), "attestation_mismatch")
+        self.assertEqual(ic.attestation_problem(ic.sign_attestation(seeds["coordinator"], cid, request, exists=False),
+                                                payload, params["coordinator"], cid), "job_not_found")
+
+        # The claim's leaf and the blocks, followed from genesis.
+        h = c["claim"]["tx_hash"]
+        self.assertEqual(ic.leaf_input(h, att), c["leaf_input"])
+        self.assertEqual(ic.merkle_root([c["leaf_input"]]), c["leaf"])
+        self.assertEqual(ic.block_tx_root([h], {h: att}), c["block2"]["header"]["tx_root"])
+        _, _, proposer = ic.keypair(authority_seed)
+        state = ic.State(ic.genesis_entries(doc), cid)
+        parent = c["genesis_hash"]
+        for height, name, wires, atts in ((1, "block1", [payment], {}), (2, "block2", [claim], {h: att})):
+            state.apply_block(wires, proposer, height, atts)
+            b = c[name]
+            header = {
+                "chain_id": cid, "parent": parent, "height": height, "timestamp": b["header"]["timestamp"],
+                "proposer": proposer, "tx_root": ic.block_tx_root([ic.tx_hash(w, cid) for w in wires], atts),
+                "state_root": state.root(),
+            }
+            self.assertEqual(header, b["header"])
+            self.assertEqual(ic.block_hash(header), b["hash"])
+            self.assertEqual(ic.sign(authority_seed, bytes.fromhex(b["hash"])).hex(), b["sig"])
+            parent = b["hash"]
+            if height == 1:
+                pe = c["pay_entry"]
+                self.assertEqual(state.entries[(pe[0], pe[1])], pe[2])
+        self.assertEqual(c["block2"]["attestations"], {h: att})
+        key = lambda e: (e[0], e[1])  # noqa: E731
+        self.assertEqual(sorted(state.as_entries(), key=key), sorted(c["entries_after"], key=key))
+
+        # Settlement, by the document's formulas.
+        st = c["settlement"]
+        mint, coordinator_cut, treasury_cut = ic.settlement(params, payload)
+        self.assertEqual((mint, coordinator_cut, treasury_cut), (st["mint"], st["coordinator_cut"], st["treasury_cut"]))
+        self.assertEqual(st["miner_net"], payload["price"] + mint - claim["fee"])
+        receipt = c["receipt"]
+        self.assertEqual(receipt, {
+            "receipt_id": payload["receipt_id"], "minted": mint, "miner_paid": payload["price"] + mint,
+            "coordinator_cut": coordinator_cut, "treasury_cut": treasury_cut,
+            "changes": ic.claim_changes(params, payload, claim["sender"], claim["fee"]), "fee": claim["fee"],
+        })
+        supply = state.supply()
+        balances = sum(v[0] for (ns, _), v in state.entries.items() if ns == "acct")
+        self.assertEqual(sum(supply.values()), balances)
+        self.assertEqual(balances, st["supply_total_after"])
+
+        # A state that follows the chain refuses the claim a second time.
+        for wires in ([claim], [dict(claim, nonce=2)]):
+            with self.assertRaises(ValueError):
+                state.apply_block(wires, proposer, 3, {h: att})
+
+    def test_peer_auth(self):
+        pv = self.v["peer_auth"]
+        cid = pv["chain_id"]
+        a, b = self.seeded(pv["node_a"]), self.seeded(pv["node_b"])
+        a_id, b_id = ic.keypair(a)[1].hex(), ic.keypair(b)[1].hex()
+        hello = {"chain_id": cid, "genesis": self.v["genesis"]["hash"], "version": 1, "node_id": a_id,
+                 "challenge": pv["challenge_a"], "height": 0, "head": self.v["genesis"]["hash"]}
+        self.assertEqual(hello, pv["hello_a"])
+        self.assertEqual(ic.frame("hello", hello).hex(), pv["hello_a_frame"])
+        self.assertEqual(ic.cbor({"chain_id": cid, "challenge": pv["challenge_a"], "node_id": b_id}).hex(), pv["auth_b_signed_cbor"])
+        self.assertEqual(ic.auth_bytes(cid, pv["challenge_a"], b_id).hex(), pv["auth_b_bytes"])
+        self.assertEqual(ic.sign(b, ic.auth_bytes(cid, pv["challenge_a"], b_id)).hex(), pv["auth_b_sig"])
+        self.assertEqual(ic.frame("auth", {"sig": pv["auth_b_sig"]}).hex(), pv["auth_b_frame"])
+        self.assertEqual(ic.auth_bytes(cid, pv["challenge_b"], a_id).hex(), pv["auth_a_bytes"])
+        self.assertEqual(ic.sign(a, ic.auth_bytes(cid, pv["challenge_b"], a_id)).hex(), pv["auth_a_sig"])
+        nacl.signing.VerifyKey(bytes.fromhex(b_id)).verify(bytes.fromhex(pv["auth_b_bytes"]), bytes.fromhex(pv["auth_b_sig"]))
+        self.assertEqual(ic.locator_heights(pv["locator"]["head_height"]), pv["locator"]["heights"])
+
 
 class EndToEndTests(SynchronousTestCase):
     """(b) A transfer signed by the client is included by a real node and
@@ -250,7 +382,7 @@ class EndToEndTests(SynchronousTestCase):
         )
         self.assertEqual(genesis["hash"], ic.block_hash(ic.genesis_header(self.doc)))
         authorities = {a["address"]: bytes.fromhex(a["public_key"]) for a in self.doc["authorities"]}
-        state = ic.State(ic.genesis_entries(self.doc))
+        state = ic.State(ic.genesis_entries(self.doc), CHAIN_ID)
         parent = genesis["hash"]
         head = self.ok("GET", "/rpc/getHead")
         self.assertEqual(head["height"], 3)
@@ -263,11 +395,361 @@ class EndToEndTests(SynchronousTestCase):
             nacl.signing.VerifyKey(pk).verify(bytes.fromhex(blk["hash"]), bytes.fromhex(blk["sig"]))
             hashes = [ic.tx_hash(w) for w in blk["txs"]]
             self.assertEqual(ic.merkle_root(hashes), header["tx_root"])
+            self.assertEqual(blk["attestations"], {})
             self.assertTrue(all(ic.verify_tx(w, CHAIN_ID) for w in blk["txs"]))
-            state.apply_block(blk["txs"], header["proposer"])
+            state.apply_block(blk["txs"], header["proposer"], height, blk["attestations"])
             self.assertEqual(state.root(), header["state_root"], f"state root of block {height}")
             parent = blk["hash"]
         self.assertEqual(head["hash"], parent)
         spent = sum(a + ic.min_fee(params, {"to": BOB.address, "amount": a}) + n for n, a in ((1, 10), (2, 20), (3, 30)))
         self.assertEqual(state.account(self.addr), (5000 - spent, 3))
         self.assertEqual(self.ok("GET", f"/rpc/getBalance/{self.addr}"), {"balance": 5000 - spent, "nonce": 3})
+
+
+# --------------------------------------------------------------------------
+# (c) Compute receipts end to end: the client's own coordinator on loopback,
+# a real node in process asking it through aitnode.attest.Attestor.
+
+
+def _seed(label):
+    return hashlib.sha256(label.encode()).digest()
+
+
+class ReceiptEndToEndTests(TestCase):
+    """The independent client pays escrow, its miner claims, its own
+    coordinator (tests/independent_client.py, served on loopback) attests,
+    and every balance moves exactly as the document's formulas say; every
+    refused case is refused with its documented code; blocks keep coming."""
+
+    CLIENT = _seed("independent client: client")
+    MINER = _seed("independent client: miner")
+    COORDINATOR = _seed("independent client: coordinator")
+    STRANGER = _seed("independent client: stranger")
+    TREASURY = ic.keypair(_seed("independent client: treasury"))[2]
+    ESCROW = ic.keypair(_seed("independent client: escrow"))[2]
+    JOBS = [f"job_{i}" for i in range(1, 40)] + ["job_unpaid"]
+
+    def setUp(self):
+        self.client = ic.keypair(self.CLIENT)[2]
+        self.miner = ic.keypair(self.MINER)[2]
+        self.coordinator = ic.Coordinator(self.COORDINATOR, CHAIN_ID, jobs=self.JOBS, unpaid=["job_unpaid"])
+        self.port = reactor.listenTCP(0, server.Site(self.coordinator), interface="127.0.0.1")
+        self.url = f"http://127.0.0.1:{self.port.getHost().port}"
+        self.addCleanup(self.stop_coordinator)
+        self.doc = genesis_doc(
+            accounts=[(self.client, 10**9), (BOB.address, 10**6)],
+            coordinator=self.coordinator.params_entry(), escrow=self.ESCROW, treasury=self.TREASURY,
+            treasury_ratio_bps=300, mint_per_unit=1003,
+        )
+        self.node = make_node(self, doc=self.doc)
+        self.node.attestor = self.attestor(self.url)
+        self.rpc, self.http = make_rpc(self.node)
+        self.client_nonce = 0
+        self.jobs = iter(self.JOBS[:-1])
+
+    def attestor(self, url, allow=("127.0.0.1",), **kw):
+        a = Attestor(reactor, url, list(allow), **kw)
+        self.addCleanup(a.close)
+        return a
+
+    async def stop_coordinator(self):
+        if self.port is not None:
+            await self.port.stopListening()
+            self.port = None
+        self.coordinator.drop_connections()
+        self.coordinator.hanging.clear()
+        await deferLater(reactor, 0.01, lambda: None)
+
+    # -- talking to the node (StubTreq, pumped while the reactor runs) --------
+    async def pumped(self, d):
+        """d's result, flushing StubTreq's in-memory connection until it comes
+        (the node answers a claim only after the coordinator answered it)."""
+        done = []
+        d.addBoth(lambda r: done.append(r) or r)
+        while not done:
+            self.http.flush()
+            if not done:
+                await deferLater(reactor, 0.002, lambda: None)
+        return await d
+
+    async def call(self, method, path, body=None):
+        data = None if body is None else json.dumps(body).encode()
+        d = self.http.request(method, BASE + path, data=data, headers={b"content-type": [b"application/json"]})
+        resp = await self.pumped(d)
+        raw = await self.pumped(self.http.content(resp))
+        return resp.code, json.loads(raw)
+
+    async def ok(self, method, path, body=None):
+        status, out = await self.call(method, path, body)
+        self.assertEqual(status, 200, out)
+        return out
+
+    async def balance(self, addr):
+        return (await self.ok("GET", f"/rpc/getBalance/{addr}"))["balance"]
+
+    async def balances(self):
+        addrs = [self.client, self.miner, self.ESCROW, self.coordinator.address, self.TREASURY,
+                 AUTHORITY.address, BOB.address, ic.keypair(self.STRANGER)[2]]
+        return {a: await self.balance(a) for a in addrs}
+
+    # -- the client's side ------------------------------------------------------
+    async def pay(self, amount):
+        """A TRANSFER from the client to escrow, included; its txHash."""
+        params = await self.ok("GET", "/rpc/getParams")
+        self.client_nonce += 1
+        payload = {"to": self.ESCROW, "amount": amount}
+        wire = ic.sign_transfer(self.CLIENT, CHAIN_ID, self.client_nonce, ic.min_fee(params, payload), self.ESCROW, amount)
+        h = ic.tx_hash(wire, CHAIN_ID)
+        self.assertEqual(await self.ok("POST", "/rpc/sendTx", wire), {"txHash": h})
+        block = self.node.propose()
+        self.assertIn(h, block["txs"])
+        return h
+
+    async def claim(self, payment, receipt_id, price=5000, units=13, job=None, miner=None, sender=None,
+                    nonce=None, fee=None, tamper=None, **fields):
+        """A RECEIPT_CLAIM signed by the miner (and by sender, the miner by default)."""
+        params = await self.ok("GET", "/rpc/getParams")
+        f = dict(receipt_id=receipt_id, job_id=job or next(self.jobs), client_addr=self.client, miner_addr=self.miner,
+                 compute_units=units, price=price, output_hash=hashlib.sha256(receipt_id.encode()).hexdigest(),
+                 client_payment_tx=payment)
+        f.update(fields)
+        payload = ic.sign_receipt(miner or self.MINER, CHAIN_ID, **f)
+        if tamper:
+            payload.update(tamper)
+        sender = sender or self.MINER
+        if nonce is None:
+            nonce = (await self.ok("GET", f"/rpc/getBalance/{ic.keypair(sender)[2]}"))["nonce"] + 1
+        if fee is None:
+            fee = ic.min_fee(params, payload, ic.CLAIM)
+        return ic.sign_tx(sender, CHAIN_ID, ic.CLAIM, nonce, fee, payload)
+
+    async def submit(self, wire):
+        return await self.call("POST", "/rpc/submitReceipt", wire)
+
+    async def refused(self, wire, code, status=400):
+        got, out = await self.submit(wire)
+        self.assertEqual((got, out.get("error", {}).get("code")), (status, code), out)
+        h = ic.tx_hash(wire, CHAIN_ID)
+        self.assertEqual((await self.call("GET", f"/rpc/getTx/{h}"))[0], 404)
+        await self.blocks_keep_coming()
+        return out
+
+    async def blocks_keep_coming(self):
+        """A transfer sent now is in the next block."""
+        params = await self.ok("GET", "/rpc/getParams")
+        height = (await self.ok("GET", "/rpc/getHead"))["height"]
+        self.client_nonce += 1
+        payload = {"to": BOB.address, "amount": 1}
+        wire = ic.sign_transfer(self.CLIENT, CHAIN_ID, self.client_nonce, ic.min_fee(params, payload), BOB.address, 1)
+        await self.ok("POST", "/rpc/sendTx", wire)
+        block = self.node.propose()
+        self.assertEqual(block["header"]["height"], height + 1)
+        self.assertEqual(block["txs"], [ic.tx_hash(wire, CHAIN_ID)])
+        return block["txs"][0]
+
+    async def follow_chain(self):
+        """Recompute every block from genesis: tx_root with the claims' leaves,
+        attestations, state roots; return the client's state."""
+        state = ic.State(ic.genesis_entries(self.doc), CHAIN_ID)
+        head = await self.ok("GET", "/rpc/getHead")
+        parent = (await self.ok("GET", "/rpc/getBlock/0"))["hash"]
+        for height in range(1, head["height"] + 1):
+            blk = await self.ok("GET", f"/rpc/getBlock/{height}?full=true")
+            self.assertEqual(blk["parent"], parent)
+            hashes = [ic.tx_hash(w) for w in blk["txs"]]
+            self.assertEqual(ic.block_tx_root(hashes, blk["attestations"]), blk["tx_root"])
+            self.assertEqual(set(blk["attestations"]), {ic.tx_hash(w) for w in blk["txs"] if w["type"] == ic.CLAIM})
+            state.apply_block(blk["txs"], blk["proposer"], height, blk["attestations"])
+            self.assertEqual(state.root(), blk["state_root"], f"state root of block {height}")
+            header = {k: blk[k] for k in ("chain_id", "parent", "height", "timestamp", "proposer", "tx_root", "state_root")}
+            self.assertEqual(ic.block_hash(header), blk["hash"])
+            parent = blk["hash"]
+        return state
+
+    # -- the tests ----------------------------------------------------------------
+    async def test_miner_paid_and_minted_exactly_once(self):
+        params = await self.ok("GET", "/rpc/getParams")
+        payment = await self.pay(7000)
+        before = await self.balances()
+        supply_before = await self.ok("GET", "/rpc/getSupply")
+        self.assertEqual(before[self.miner], 0)  # the fee comes out of the claim's payout
+
+        wire = await self.claim(payment, "receipt-1", price=5000, units=13, job="job_1")
+        h = ic.tx_hash(wire, CHAIN_ID)
+        self.assertEqual(await self.ok("POST", "/rpc/submitReceipt", wire), {"txHash": h})
+        self.assertEqual(self.coordinator.requests, [ic.attestation_request(wire["payload"])])
+        pending = await self.ok("GET", f"/rpc/getTx/{h}")
+        self.assertEqual(pending["status"], "pending")
+        att = pending["attestation"]
+        self.assertIsNone(ic.attestation_problem(att, wire["payload"], self.coordinator.params_entry(), CHAIN_ID))
+
+        block = self.node.propose()
+        self.assertEqual(block["txs"], [h])
+        self.assertEqual(block["attestations"], {h: att})
+
+        # Balances, exactly as the document's formulas say.
+        payload, fee = wire["payload"], wire["fee"]
+        mint, coordinator_cut, treasury_cut = ic.settlement(params, payload)
+        self.assertEqual(mint, 13 * 1003)
+        self.assertEqual(coordinator_cut, 13 * 1003 * 500 // 10000)
+        self.assertEqual(treasury_cut, 13 * 1003 * 300 // 10000)
+        expected = dict(before)
+        for addr, delta in ic.claim_deltas(params, payload, self.miner, fee).items():
+            expected[addr] += delta
+        expected[AUTHORITY.address] += fee  # the proposer's fee credit
+        after = await self.balances()
+        self.assertEqual(after, expected)
+        self.assertEqual(after[self.miner], 5000 + mint - fee)
+        self.assertEqual(after[self.ESCROW], 7000 - 5000)
+        self.assertEqual(after[self.coordinator.address], coordinator_cut)
+        self.assertEqual(after[self.TREASURY], treasury_cut)
+
+        got = await self.ok("GET", f"/rpc/getTx/{h}")
+        self.assertEqual(got["status"], "included")
+        self.assertEqual(got["attestation"], att)
+        self.assertEqual(got["receipt"], {
+            "receipt_id": "receipt-1", "minted": mint, "miner_paid": 5000 + mint, "coordinator_cut": coordinator_cut,
+            "treasury_cut": treasury_cut, "changes": ic.claim_changes(params, payload, self.miner, fee), "fee": fee,
+        })
+
+        # Supply: its parts, their total, and the sum of all balances.
+        supply = await self.ok("GET", "/rpc/getSupply")
+        self.assertEqual(supply, dict(supply_before, receipts=mint, coordinator=coordinator_cut, treasury=treasury_cut,
+                                      total=supply_before["total"] + mint + coordinator_cut + treasury_cut))
+        self.assertEqual(supply["total"], sum(v for k, v in supply.items() if k != "total"))
+        self.assertEqual(supply["total"], sum(after.values()))
+
+        # The client follows the chain and agrees on every root and on the receipt.
+        state = await self.follow_chain()
+        receipt = await self.ok("GET", "/rpc/getReceipt/receipt-1")
+        self.assertEqual(receipt["paid"], state.entries[("rcpt", "receipt-1")])
+        self.assertEqual(receipt["claim"], dict(wire, chain_id=CHAIN_ID))
+        self.assertEqual(receipt["attestation"], att)
+        self.assertEqual(receipt["block"], {"height": block["header"]["height"], "hash": block["hash"]})
+        self.assertEqual(state.entries[("pay", payment)], {"client": self.client, "amount": 7000, "claimed": "receipt-1"})
+        self.assertEqual(sum(v[0] for (ns, _), v in state.entries.items() if ns == "acct"), supply["total"])
+
+        # Nothing pays twice: the same claim again, re-encoded, re-signed with
+        # another nonce or fee, sent by the coordinator, or a new receipt on
+        # the same payment.
+        self.assertEqual(await self.ok("POST", "/rpc/submitReceipt", wire), {"txHash": h})
+        reordered = {k: wire[k] for k in reversed(list(wire))}
+        self.assertEqual(await self.ok("POST", "/rpc/submitReceipt", reordered), {"txHash": h})
+        self.assertEqual(len(self.coordinator.requests), 1)
+        resigned = ic.sign_tx(self.MINER, CHAIN_ID, ic.CLAIM, wire["nonce"] + 1, fee, payload)
+        await self.refused(resigned, "receipt_already_claimed", 409)
+        await self.refused(ic.sign_tx(self.MINER, CHAIN_ID, ic.CLAIM, wire["nonce"] + 1, fee + 1, payload),
+                           "receipt_already_claimed", 409)
+        coordinator_sent = ic.sign_tx(self.COORDINATOR, CHAIN_ID, ic.CLAIM, 1, fee, payload)
+        await self.refused(coordinator_sent, "receipt_already_claimed", 409)
+        await self.refused(await self.claim(payment, "receipt-2", job="job_2"), "payment_already_used", 409)
+        self.node.propose()
+        final = await self.balances()
+        self.assertEqual(final[self.miner], after[self.miner])
+        self.assertEqual(final[self.ESCROW], after[self.ESCROW])
+        self.assertEqual(final[self.coordinator.address], after[self.coordinator.address])
+        self.assertEqual(final[self.TREASURY], after[self.TREASURY])
+        self.assertEqual(await self.ok("GET", "/rpc/getSupply"), supply)
+        state = await self.follow_chain()
+        self.assertEqual([k for (ns, k) in state.entries if ns == "rcpt"], ["receipt-1"])
+
+    async def test_coordinator_may_send_the_claim(self):
+        params = await self.ok("GET", "/rpc/getParams")
+        payment = await self.pay(5000)
+        wire = await self.claim(payment, "receipt-c", job="job_3", sender=self.COORDINATOR)
+        before = await self.balances()
+        # The coordinator has no balance yet: its fee comes out of its cut.
+        self.assertEqual(before[self.coordinator.address], 0)
+        mint, cut, _ = ic.settlement(params, wire["payload"])
+        self.assertGreaterEqual(cut, wire["fee"])
+        await self.ok("POST", "/rpc/submitReceipt", wire)
+        self.node.propose()
+        after = await self.balances()
+        self.assertEqual(after[self.miner], 5000 + mint)
+        self.assertEqual(after[self.coordinator.address], cut - wire["fee"])
+        await self.follow_chain()
+
+    async def test_every_refusal_has_its_code(self):
+        params = await self.ok("GET", "/rpc/getParams")
+        p1 = await self.pay(5000)
+        p2 = await self.pay(5000)
+        before = await self.balances()
+        supply = await self.ok("GET", "/rpc/getSupply")
+        coordinator = self.coordinator
+
+        # Rules that need no coordinator: it is never asked.
+        await self.refused(await self.claim(p1, "r-zero", units=0), "zero_compute_units")
+        await self.refused(await self.claim(p1, "r-fee", fee=params["base_fee"]), "fee_too_low")
+        await self.refused(await self.claim(p1, "r-sender", sender=self.STRANGER), "claim_sender_not_allowed")
+        other_pk = ic.keypair(self.STRANGER)[1].hex()
+        await self.refused(await self.claim(p1, "r-pk", tamper={"miner_pubkey": other_pk}), "miner_pubkey_mismatch")
+        await self.refused(await self.claim(p1, "r-sig", tamper={"price": 4999}), "bad_miner_signature")
+        await self.refused(await self.claim(p1, "r-sig2", miner=self.STRANGER,
+                                            tamper={"miner_pubkey": ic.keypair(self.MINER)[1].hex()}),
+                           "bad_miner_signature")
+        await self.refused(await self.claim("ab" * 32, "r-unknown"), "payment_not_found")
+        not_to_escrow = await self.blocks_keep_coming()  # an included transfer to someone else
+        await self.refused(await self.claim(not_to_escrow, "r-not-escrow"), "payment_not_found")
+        await self.refused(await self.claim(p1, "r-client", client_addr=BOB.address), "payment_wrong_client")
+        await self.refused(await self.claim(p1, "r-small", price=5001), "payment_too_small")
+        self.assertEqual(coordinator.requests, [])
+
+        # The coordinator's answers.
+        await self.refused(await self.claim(p1, "r-nojob", job="job_missing"), "job_not_found")
+        await self.refused(await self.claim(p1, "r-unpaid", job="job_unpaid"), "job_not_paid")
+        coordinator.attested["job_20"] = "a receipt of another miner"
+        await self.refused(await self.claim(p1, "r-double", job="job_20"), "job_double_spent")
+        coordinator.mode = "wrong_key"
+        await self.refused(await self.claim(p1, "r-key"), "attestation_bad_signature")
+        coordinator.mode = "wrong_address"
+        await self.refused(await self.claim(p1, "r-addr"), "attestation_wrong_coordinator")
+        coordinator.mode = "http_error"
+        await self.refused(await self.claim(p1, "r-503"), "coordinator_error", 424)
+        coordinator.mode = "garbage"
+        await self.refused(await self.claim(p1, "r-garbage"), "coordinator_bad_answer", 424)
+        coordinator.mode = "ok"
+
+        # The node's side of the call: allow list, in-flight bound, timeout.
+        good = self.node.attestor
+        asked = len(coordinator.requests)
+        self.node.attestor = self.attestor(self.url.replace("127.0.0.1", "localhost"))
+        await self.refused(await self.claim(p1, "r-allow"), "coordinator_not_allowed", 424)
+        self.assertEqual(len(coordinator.requests), asked)
+        self.node.attestor = self.attestor(self.url, timeout=0.3, max_in_flight=1)
+        coordinator.mode = "hang"
+        slow = await self.claim(p1, "r-slow")
+        first = self.http.post(BASE + "/rpc/submitReceipt", data=json.dumps(slow).encode())
+        while not coordinator.hanging:
+            self.http.flush()
+            await deferLater(reactor, 0.002, lambda: None)
+        busy = await self.claim(p2, "r-busy")
+        await self.refused(busy, "coordinator_busy", 429)
+        resp = await self.pumped(first)
+        body = json.loads(await self.pumped(self.http.content(resp)))
+        self.assertEqual((resp.code, body["error"]["code"]), (424, "coordinator_timeout"))
+        self.assertEqual((await self.call("GET", f"/rpc/getTx/{ic.tx_hash(slow, CHAIN_ID)}"))[0], 404)
+        coordinator.mode = "ok"
+        self.node.attestor = good
+        await self.blocks_keep_coming()
+
+        # Nobody was paid, nothing was minted.
+        now = await self.balances()
+        for addr in (self.miner, self.ESCROW, self.coordinator.address, self.TREASURY):
+            self.assertEqual(now[addr], before[addr])
+        self.assertEqual((await self.ok("GET", "/rpc/getSupply"))["receipts"], supply["receipts"])
+
+        # A good claim still settles; then its payment and receipt id are spent.
+        ok = await self.claim(p1, "r-good")
+        await self.ok("POST", "/rpc/submitReceipt", ok)
+        self.node.propose()
+        mint, _, _ = ic.settlement(params, ok["payload"])
+        self.assertEqual(await self.balance(self.miner), 5000 + mint - ok["fee"])
+        await self.refused(await self.claim(p1, "r-reuse"), "payment_already_used", 409)
+        await self.refused(await self.claim(p2, "r-good"), "receipt_already_claimed", 409)
+
+        # The coordinator goes down.
+        await self.stop_coordinator()
+        await self.refused(await self.claim(p2, "r-down"), "coordinator_unavailable", 424)
+        state = await self.follow_chain()
+        self.assertEqual([k for (ns, k) in state.entries if ns == "rcpt"], ["r-good"])
+        self.assertEqual(state.entries[("pay", p2)]["claimed"], "")

@@ -8,15 +8,19 @@ So the document and the node cannot drift apart unnoticed.
 """
 
 import ast
+import copy
 import hashlib
 import json
 import os
 import re
 import stat
+from types import SimpleNamespace
 
+import cbor2
 from twisted.trial.unittest import SynchronousTestCase
 
-from aitnode import chain as chainmod, crypto, encoding, params as P
+from aitnode import chain as chainmod, crypto, encoding, p2p, params as P, receipts
+from aitnode.errors import AitError
 from aitnode.chain import Chain, Genesis
 from aitnode.crypto import KeyPair
 from aitnode.state import ACC_BYTES, ACC_MOD, Store, leaf_hash, root_of
@@ -27,7 +31,7 @@ DOC = os.path.join(ROOT, "docs", "protocol.md")
 PACKAGE = os.path.join(ROOT, "aitnode")
 
 _VECTOR = re.compile(r"^```json vector:([a-z0-9_]+)\n(.*?)\n```$", re.M | re.S)
-EXPECTED_VECTORS = {"cbor", "keys", "transfer", "min_fee", "merkle", "genesis", "block1"}
+EXPECTED_VECTORS = {"cbor", "keys", "transfer", "min_fee", "merkle", "genesis", "block1", "claim", "peer_auth"}
 
 
 def doc_text():
@@ -128,6 +132,25 @@ class DocumentTests(SynchronousTestCase):
         self.assertIn("\n## Compute receipts\n", self.text)
         self.assertIn("\n## Peer protocol\n", self.text)
 
+    def test_sections_are_written(self):
+        # The sections replaced the placeholders of the first version.
+        self.assertNotIn("Specified with the", self.text)
+        receipts_part = self.text[self.text.index("\n## Compute receipts\n"):self.text.index("\n## Peer protocol\n")]
+        peers_part = self.text[self.text.index("\n## Peer protocol\n"):self.text.index("\n## Test vectors\n")]
+        for code in receipts.ANSWER_FIELDS + receipts.CLAIM_FIELDS:
+            self.assertIn(f"`{code}`", receipts_part)
+        for mtype in ("hello", "auth", "reject", "status", "tx", "block", "get_blocks", "blocks"):
+            self.assertIn(f"`{mtype}`", peers_part)
+        for kind, points in p2p.PENALTY.items():
+            self.assertIn(f"| *{kind}* | {points} |", peers_part)
+        self.assertIn(f"last {p2p.SEEN_SIZE:,} transactions", peers_part)
+        self.assertIn(f"banned for {p2p.BAN_SECONDS} s", peers_part)
+        self.assertIn(f"reaches {p2p.BAN_SCORE} or lower", peers_part)
+        self.assertIn(str(p2p.MAX_MESSAGE), peers_part)
+        self.assertIn(f"(code {p2p.CLOSE_PROTOCOL})", peers_part)
+        self.assertIn(f"(code {p2p.CLOSE_BANNED})", peers_part)
+        self.assertIn(f'"limit": {p2p.SYNC_BATCH}', peers_part)
+
     def test_every_error_code_documented(self):
         rows = doc_tables(self.text, "code")
         self.assertTrue(rows, "no error table (first header cell 'code') in docs/protocol.md")
@@ -158,7 +181,10 @@ class DocumentTests(SynchronousTestCase):
                 if name != "rpc.py":
                     continue
                 with open(os.path.join(dirpath, name), encoding="utf-8") as f:
-                    routes = re.findall(r'@app\.route\("([^"]+)"', f.read())
+                    source = f.read()
+                # Klein routes, and the hot routes served as plain resources.
+                routes = re.findall(r'@app\.route\("([^"]+)"', source)
+                routes += re.findall(r'b"(/rpc/[A-Za-z]+)": FastRoute', source)
                 self.assertIn("/rpc/sendTx", routes)
                 for route in routes:
                     prefix = route.split("<")[0].rstrip("/")
@@ -341,6 +367,191 @@ class VectorTests(SynchronousTestCase):
         chain2.commit(checked, records2, view2)
         self.assertEqual(chain2.head(), (1, b["hash"]))
         self.assertEqual(self._state(store2), self._state(store))
+
+    # -- compute receipts ----------------------------------------------------
+
+    def _seeded(self, kv):
+        label = re.fullmatch(r'sha256\("(.*)"\)', kv["seed_of"]).group(1)
+        seed = hashlib.sha256(label.encode()).digest()
+        self.assertEqual(seed.hex(), kv["private_key"])
+        k = KeyPair(seed)
+        self.assertEqual(k.public_key.hex(), kv["public_key"])
+        if "address" in kv:
+            self.assertEqual(k.address, kv["address"])
+        return k
+
+    def test_claim(self):
+        c = self.v["claim"]
+        cid = c["chain_id"]
+        keys = {name: self._seeded(kv) for name, kv in c["keys"].items()}
+        miner, coord = keys["miner"], keys["coordinator"]
+        client = self.key("sender")
+        authority = self.key("authority")
+        g = Genesis(c["genesis_json"])
+        self.assertEqual(g.hash, c["genesis_hash"])
+        params = P.defaults_applied(c["genesis_json"]["params"])
+        self.assertEqual(params["escrow"], keys["escrow"].address)
+        self.assertEqual(params["treasury"], keys["treasury"].address)
+        self.assertEqual(params["coordinator"], {"address": coord.address, "public_key": coord.public_key.hex()})
+
+        # The escrow payment.
+        payment = parse_tx(c["payment"]["wire"], cid)
+        self.assertEqual(payment.hash, c["payment"]["tx_hash"])
+        self.assertTrue(payment.verify_signature())
+        self.assertEqual((payment.sender, payment.payload["to"]), (client.address, params["escrow"]))
+        self.assertEqual(c["pay_entry"], ["pay", payment.hash, {"client": client.address, "amount": payment.payload["amount"], "claimed": ""}])
+
+        # The miner's signature.
+        wire = c["claim"]["wire"]
+        payload = wire["payload"]
+        self.assertEqual(c["miner_signed"], dict({k: payload[k] for k in receipts.MINER_SIGNED}, chain_id=cid))
+        self.assertEqual(encoding.canonical(c["miner_signed"]).hex(), c["miner_signed_cbor"])
+        self.assertEqual(hashlib.sha256(bytes.fromhex(c["miner_signed_cbor"])).hexdigest(), c["miner_sign_bytes"])
+        self.assertEqual(receipts.miner_sign_bytes(payload, cid).hex(), c["miner_sign_bytes"])
+        self.assertEqual(miner.sign(bytes.fromhex(c["miner_sign_bytes"])).hex(), c["miner_sig"])
+        fields = {k: payload[k] for k in receipts.MINER_SIGNED}
+        self.assertEqual(receipts.sign_claim(miner, cid, **fields), payload)
+        self.assertEqual(payload["miner_sig"], c["miner_sig"])
+        self.assertEqual(payload["client_payment_tx"], payment.hash)
+
+        # The claim transaction, sent by the miner at the minimum fee.
+        tx = sign_tx(miner, cid, receipts.CLAIM, wire["nonce"], wire["fee"], payload)
+        w = tx.to_wire()
+        del w["chain_id"]
+        self.assertEqual(w, wire)
+        self.assertEqual(tx.hash, c["claim"]["tx_hash"])
+        self.assertEqual(parse_tx(json.loads(json.dumps(wire)), cid).hash, tx.hash)
+        self.assertEqual(wire["fee"], P.min_fee(params, receipts.CLAIM, tx.payload_size))
+
+        # The attestation.
+        request = receipts.attestation_request(payload)
+        self.assertEqual(request, c["attestation_request"])
+        att = receipts.sign_attestation(coord, cid, request)
+        self.assertEqual(att, c["attestation"])
+        signed = dict({k: v for k, v in att.items() if k != "sig"}, chain_id=cid)
+        self.assertEqual(signed, c["attestation_signed"])
+        self.assertEqual(encoding.canonical(signed).hex(), c["attestation_signed_cbor"])
+        self.assertEqual(hashlib.sha256(bytes.fromhex(c["attestation_signed_cbor"])).hexdigest(), c["attestation_sign_bytes"])
+        self.assertEqual(receipts.attestation_sign_bytes(att, cid).hex(), c["attestation_sign_bytes"])
+        receipts.check_attestation(att, payload, params, cid)  # the node's own check passes
+        self.assertRaises(AitError, receipts.check_attestation, att, payload, params, "another-chain")
+
+        # The claim's tx_root leaf.
+        self.assertEqual(chainmod.tx_leaf(tx.hash, att), c["leaf_input"])
+        self.assertEqual(encoding.sha256_hex(encoding.canonical([tx.hash, att])), c["leaf_input"])
+        self.assertEqual(hashlib.sha256(b"\x00" + bytes.fromhex(c["leaf_input"])).hexdigest(), c["leaf"])
+        self.assertEqual(chainmod.tx_root([tx.hash], {tx.hash: att}), c["leaf"])
+        self.assertEqual(c["block2"]["header"]["tx_root"], c["leaf"])
+
+        # Settlement numbers.
+        st = c["settlement"]
+        self.assertEqual(st["params"], {
+            "mint_per_unit": params["mint_per_unit"], "coordinator_ratio_bps": params["coordinator_ratio_bps"],
+            "treasury_ratio_bps": params["treasury_ratio_bps"], "treasury_set": True,
+        })
+        self.assertEqual((st["compute_units"], st["price"]), (payload["compute_units"], payload["price"]))
+        mint, coord_cut, treasury_cut = receipts.settlement(payload, params)
+        self.assertEqual((st["mint"], st["coordinator_cut"], st["treasury_cut"]), (mint, coord_cut, treasury_cut))
+        self.assertEqual(st["mint"], st["compute_units"] * st["params"]["mint_per_unit"])
+        self.assertEqual(st["coordinator_cut"], st["mint"] * st["params"]["coordinator_ratio_bps"] // 10000)
+        self.assertEqual(st["treasury_cut"], st["mint"] * st["params"]["treasury_ratio_bps"] // 10000)
+        self.assertEqual((st["miner_paid"], st["fee"], st["miner_net"]), (st["price"] + mint, tx.fee, st["price"] + mint - tx.fee))
+
+        # The chain: block 1 holds the payment, block 2 the claim.
+        store = Store(self.mktemp())
+        self.addCleanup(store.close)
+        chain = Chain(store, g)
+        b1 = c["block1"]
+        block, records, view, failed = chain.build_block([payment], authority, b1["header"]["timestamp"])
+        self.assertEqual(failed, {})
+        self.assertEqual((block["header"], block["hash"], block["sig"]), (b1["header"], b1["hash"], b1["sig"]))
+        chain.commit(block, records, view)
+        self.assertEqual(["pay", payment.hash, store.entry("pay", payment.hash)], c["pay_entry"])
+        b2 = c["block2"]
+        block, records, view, failed = chain.build_block([tx], authority, b2["header"]["timestamp"], attestations={tx.hash: att})
+        self.assertEqual(failed, {})
+        self.assertEqual((block["header"], block["hash"], block["sig"]), (b2["header"], b2["hash"], b2["sig"]))
+        self.assertEqual(block["attestations"], b2["attestations"])
+        self.assertEqual(b2["attestations"], {tx.hash: att})
+        self.assertEqual(records[0][1]["result"], c["receipt"])
+        chain.commit(block, records, view)
+        after = sorted([[ns, k, v] for ns in ("acct", "chain", "param", "pay", "rcpt") for k, v in store.entries(ns)],
+                       key=lambda e: (e[0], e[1]))
+        self.assertEqual(len(after), store.count_entries())
+        self.assertEqual(after, sorted(c["entries_after"], key=lambda e: (e[0], e[1])))
+        acc = sum(leaf_hash(*e) for e in c["entries_after"]) % ACC_MOD
+        self.assertEqual(root_of(acc), b2["header"]["state_root"])
+        entries = {(e[0], e[1]): e[2] for e in c["entries_after"]}
+        supply = entries[("chain", "supply")]
+        balances = sum(v[0] for (ns, _), v in entries.items() if ns == "acct")
+        self.assertEqual(sum(supply.values()), balances)
+        self.assertEqual(sum(supply.values()), st["supply_total_after"])
+        rcpt = entries[("rcpt", payload["receipt_id"])]
+        self.assertEqual((rcpt["mint"], rcpt["coordinator_cut"], rcpt["treasury_cut"], rcpt["miner_paid"], rcpt["fee"]),
+                         (mint, coord_cut, treasury_cut, st["miner_paid"], tx.fee))
+        self.assertEqual(entries[("pay", payment.hash)]["claimed"], payload["receipt_id"])
+
+        # Another node imports both blocks as the document gives them, and
+        # refuses block 2 with its attestation changed.
+        store2 = Store(self.mktemp())
+        self.addCleanup(store2.close)
+        chain2 = Chain(store2, g)
+        given1 = dict(b1, txs=[payment.hash])
+        chain2.commit(*chain2.verify_block(given1, [parse_tx(c["payment"]["wire"], cid)]))
+        forged = copy.deepcopy(b2)
+        forged["attestations"][tx.hash]["compute_units"] += 1
+        forged["txs"] = [tx.hash]
+        err = self.assertRaises(AitError, chain2.verify_block, forged, [parse_tx(wire, cid)])
+        self.assertIn("tx_root", err.message)
+        chain2.commit(*chain2.verify_block(dict(b2, txs=[tx.hash]), [parse_tx(wire, cid)]))
+        self.assertEqual(chain2.head(), (2, b2["hash"]))
+
+    # -- peers ---------------------------------------------------------------
+
+    def test_peer_auth(self):
+        pv = self.v["peer_auth"]
+        cid, ghash = pv["chain_id"], pv["genesis"]
+        self.assertEqual(ghash, self.v["genesis"]["hash"])
+        a, b = self._seeded(pv["node_a"]), self._seeded(pv["node_b"])
+        a_id, b_id = a.public_key.hex(), b.public_key.hex()
+        for name in ("a", "b"):
+            self.assertEqual(hashlib.sha256(f"aitnode vector challenge {name}".encode()).hexdigest(), pv[f"challenge_{name}"])
+
+        # A's hello, as the node builds it.
+        fake = SimpleNamespace(
+            node=SimpleNamespace(chain_id=cid, chain=SimpleNamespace(head=lambda: (0, ghash), genesis=SimpleNamespace(hash=ghash))),
+            node_id=a_id,
+        )
+        hello = p2p.P2P.hello(fake, pv["challenge_a"])
+        self.assertEqual(hello, pv["hello_a"])
+        self.assertEqual(p2p.encode("hello", hello).hex(), pv["hello_a_frame"])
+        self.assertEqual(encoding.canonical({"type": "hello", "data": hello}).hex(), pv["hello_a_frame"])
+        self.assertEqual(cbor2.loads(bytes.fromhex(pv["hello_a_frame"])), {"type": "hello", "data": hello})
+
+        # B proves its id by signing A's challenge.
+        self.assertEqual(pv["auth_b_signed"], {"chain_id": cid, "challenge": pv["challenge_a"], "node_id": b_id})
+        self.assertEqual(encoding.canonical(pv["auth_b_signed"]).hex(), pv["auth_b_signed_cbor"])
+        self.assertEqual(hashlib.sha256(bytes.fromhex(pv["auth_b_signed_cbor"])).hexdigest(), pv["auth_b_bytes"])
+        self.assertEqual(p2p.auth_bytes(cid, pv["challenge_a"], b_id).hex(), pv["auth_b_bytes"])
+        self.assertEqual(b.sign(bytes.fromhex(pv["auth_b_bytes"])).hex(), pv["auth_b_sig"])
+        self.assertEqual(p2p.encode("auth", {"sig": pv["auth_b_sig"]}).hex(), pv["auth_b_frame"])
+        self.assertEqual(p2p.auth_bytes(cid, pv["challenge_b"], a_id).hex(), pv["auth_a_bytes"])
+        self.assertEqual(a.sign(bytes.fromhex(pv["auth_a_bytes"])).hex(), pv["auth_a_sig"])
+
+        # A's node accepts B's auth as given; with the challenges swapped it does not.
+        ready = []
+        me = SimpleNamespace(node=SimpleNamespace(chain_id=cid), _maybe_ready=ready.append)
+        conn = SimpleNamespace(remote_id=b_id, challenge=pv["challenge_a"], authed_in=False)
+        p2p.P2P._on_auth(me, conn, {"sig": pv["auth_b_sig"]})
+        self.assertEqual((conn.authed_in, ready), (True, [conn]))
+        conn = SimpleNamespace(remote_id=b_id, challenge=pv["challenge_b"], authed_in=False)
+        self.assertRaises(p2p.PeerError, p2p.P2P._on_auth, me, conn, {"sig": pv["auth_b_sig"]})
+
+        # The locator's heights.
+        loc = pv["locator"]
+        fake = SimpleNamespace(node=SimpleNamespace(
+            store=SimpleNamespace(hash_at=lambda h: h), chain=SimpleNamespace(head=lambda: (loc["head_height"], None))))
+        self.assertEqual(p2p.P2P.locator(fake), loc["heights"])
 
 
 class ToolTests(SynchronousTestCase):
