@@ -154,6 +154,8 @@ class Node:
             check_fee(tx, params)
             receipts.check_claim_offline(view, tx, params, self.chain_id)
             balance, nonce = view.account(tx.sender)
+            if balance + receipts.payout_to(tx.payload, params, tx.sender) < tx.fee:
+                raise AitError("insufficient_balance", f"fee {tx.fee} is more than the sender has and the claim pays it")
             self.mempool.check(tx, balance, nonce)
             del view
             if self.attestor is None:

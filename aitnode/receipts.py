@@ -191,6 +191,19 @@ def settlement(p, params):
     return mint, coord_cut, treasury_cut
 
 
+def payout_to(p, params, address):
+    """What a claim credits address (before any fee)."""
+    mint, coord_cut, treasury_cut = settlement(p, params)
+    total = 0
+    if address == p["miner_addr"]:
+        total += p["price"] + mint
+    if address == params["coordinator"]["address"]:
+        total += coord_cut
+    if address == params.get("treasury"):
+        total += treasury_cut
+    return total
+
+
 def _apply_claim(ctx, tx, bal, nonce):
     view, params, p = ctx.view, ctx.params, tx.payload
     att = ctx.attestations.get(tx.hash)
