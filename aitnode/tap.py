@@ -10,6 +10,7 @@ import sys
 
 from twisted.application import service
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 from twisted.web import resource
@@ -22,6 +23,7 @@ from aitnode.crypto import KeyPair
 from aitnode.errors import ConfigError
 from aitnode.logs import make_observer
 from aitnode.mempool import Mempool
+from aitnode import page
 from aitnode.node import Node
 from aitnode.p2p import P2P
 from aitnode.proposer import ProposerService
@@ -178,6 +180,7 @@ def build(cfg, reactor):
             raise ConfigError("[coordinator] serve_mock needs [coordinator] mock_key (the coordinator's key file)")
         mock = MockCoordinator(KeyPair.load(cfg.coordinator.mock_key), genesis.chain_id)
     node = Node(chain, mempool, verifier, key=key, clock=reactor, attestor=attestor)
+    node.pause = lambda: deferLater(reactor, 0, lambda: None)
 
     top = NodeService(node, store, verifier)
     top.log_observer = make_observer(cfg.log.format, cfg.log.level)
@@ -189,6 +192,8 @@ def build(cfg, reactor):
     )
     site, root = make_site(rpc.resource(), max(cfg.rpc.max_body_bytes, cfg.rpc.max_batch_bytes))
     root.observe = rpc.observer()
+    root.fast.update(rpc.fast_routes())
+    page.install(root)  # the client page: GET / and /static/*
     ListenService(reactor, cfg.rpc.listen, site, "rpc").setServiceParent(top)
     if cfg.p2p.listen:
         p2p = P2P(node, node_key(cfg.node.data_dir), reactor, peers=cfg.p2p.peers)
@@ -203,7 +208,7 @@ def build(cfg, reactor):
     elif cfg.p2p.peers:
         raise ConfigError("[p2p] peers needs [p2p] listen (the node's own peer address)")
     if node.is_proposer:
-        ProposerService(node, reactor, cfg.proposer.interval).setServiceParent(top)
+        ProposerService(node, reactor, cfg.proposer.interval, pause=node.pause).setServiceParent(top)
     top.node, top.rpc, top.site = node, rpc, site
     return top
 
