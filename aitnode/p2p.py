@@ -45,6 +45,7 @@ SYNC_BATCH = 64
 SEEN_SIZE = 50_000
 BAN_SCORE = -100
 BAN_SECONDS = 600
+HOST_BAN_SECONDS = 30
 # Close codes: autobahn lets an application send only 1000 or 3000-4999
 # (1002/1008 are the library's own), so ours are in the private range.
 CLOSE_PROTOCOL = 4002  # garbage or a protocol violation
@@ -547,9 +548,15 @@ class P2P(service.MultiService):
         self._log.warn("peer {peer} misbehaved ({kind}): {reason}; score {score}", peer=conn.addr, kind=kind,
                        reason=reason[:200], score=score, component="p2p", event="peer_penalized")
         if score <= BAN_SCORE:
-            until = self.reactor.seconds() + BAN_SECONDS
-            self.bans[key] = until
-            self._log.warn("peer {peer} banned for {s} s", peer=conn.addr, s=BAN_SECONDS, component="p2p", event="peer_banned")
+            # A peer that proved a node id is banned by it.  One that never
+            # finished the handshake is known only by its host, which honest
+            # peers (behind the same NAT, or on the same machine) may share:
+            # that ban is short, enough to stop a reconnect loop.
+            seconds = BAN_SECONDS if who else HOST_BAN_SECONDS
+            self.bans[key] = self.reactor.seconds() + seconds
+            if not who:
+                self.scores[key] = 0  # start afresh once the short ban ends
+            self._log.warn("peer {peer} banned for {s} s", peer=conn.addr, s=seconds, component="p2p", event="peer_banned")
             conn.dropConnection(abort=True)
         if who:
             self._touch(conn)
