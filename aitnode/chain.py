@@ -7,10 +7,9 @@ order; the fees they pay are credited to the proposer after the last one.
 """
 
 import json
-import os
 
 from aitnode import crypto, params as P
-from aitnode.encoding import U64, ZERO_HASH, canonical, is_hex, merkle_root, sha256, sha256_hex
+from aitnode.encoding import U64, ZERO_HASH, canonical, is_hex, merkle_root, sha256_hex
 from aitnode.errors import AitError, ConfigError
 from aitnode.state import ACC_MOD, StateView, encode_tx_records, leaf_hash, root_of, run_steps
 

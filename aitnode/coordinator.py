@@ -9,12 +9,10 @@ devnet node's config asks for it, at the node's POST /rpc/attest.
 import re
 
 from klein import Klein
-from werkzeug.exceptions import MethodNotAllowed, NotFound
-
 from aitnode import crypto
 from aitnode.errors import AitError
 from aitnode.receipts import REQUEST_FIELDS, sign_attestation
-from aitnode.rpc import json_response
+from aitnode.rpc import add_json_error_handlers, json_response
 from aitnode.tx import loads_json, require_fields, require_int, require_text
 
 _JOB = re.compile(r"^job_([1-9][0-9]{0,6})$")
@@ -61,14 +59,4 @@ class MockCoordinator:
             raise AitError("body_too_large", "request body is too large", status=413)
         return json_response(request, self.attest(loads_json(data)))
 
-    @app.handle_errors(AitError)
-    def _error(self, request, failure):
-        return json_response(request, failure.value.as_json(), failure.value.status)
-
-    @app.handle_errors(NotFound)
-    def _not_found(self, request, failure):
-        return json_response(request, AitError("not_found", "no such route").as_json(), 404)
-
-    @app.handle_errors(MethodNotAllowed)
-    def _bad_method(self, request, failure):
-        return json_response(request, AitError("method_not_allowed", "use POST").as_json(), 405)
+    add_json_error_handlers(app)

@@ -33,6 +33,23 @@ def json_response(request, obj, status=200):
     return dump(obj)
 
 
+def add_json_error_handlers(app):
+    """Render refusals, unknown routes and wrong methods of a Klein app
+    (one whose routes are methods) as {"error": {"code", "message"}}."""
+
+    @app.handle_errors(AitError)
+    def _ait_error(self, request, failure):
+        return json_response(request, failure.value.as_json(), failure.value.status)
+
+    @app.handle_errors(NotFound)
+    def _not_found(self, request, failure):
+        return json_response(request, AitError("not_found", "no such route").as_json(), 404)
+
+    @app.handle_errors(MethodNotAllowed)
+    def _bad_method(self, request, failure):
+        return json_response(request, AitError("method_not_allowed", "this route takes another HTTP method").as_json(), 405)
+
+
 class FastRoute(resource.Resource):
     """One route served without Klein: a handler(request) that returns
     bytes or a Deferred of bytes, with RPC's JSON errors."""
@@ -103,17 +120,7 @@ class RPC:
         return observe
 
     # -- plumbing -------------------------------------------------------
-    @app.handle_errors(AitError)
-    def _ait_error(self, request, failure):
-        return json_response(request, failure.value.as_json(), failure.value.status)
-
-    @app.handle_errors(NotFound)
-    def _not_found(self, request, failure):
-        return json_response(request, AitError("not_found", "no such route").as_json(), 404)
-
-    @app.handle_errors(MethodNotAllowed)
-    def _bad_method(self, request, failure):
-        return json_response(request, AitError("method_not_allowed", "this route takes another HTTP method").as_json(), 405)
+    add_json_error_handlers(app)
 
     @app.handle_errors(Exception)
     def _internal(self, request, failure):

@@ -139,6 +139,47 @@ def post(url, body=None, **kw):
 
 # -- node processes ------------------------------------------------------
 
+def twistd_environ(extra=()):
+    """The environment for a twistd child: ours less AITNODE_* (a node
+    refuses unknown ones), with the repository on PYTHONPATH."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("AITNODE_")}
+    old = environ.get("PYTHONPATH")
+    environ["PYTHONPATH"] = REPO_ROOT + (os.pathsep + old if old else "")
+    environ["PYTHONUNBUFFERED"] = "1"
+    environ.update(extra)
+    return environ
+
+
+def stop_process(proto, sig=signal.SIGTERM, timeout=30):
+    """Send sig to a child; a Deferred firing with its protocol once it
+    ended (SIGKILL past timeout seconds)."""
+    if proto is None or proto.done:
+        return defer.succeed(proto)
+    try:
+        proto.transport.signalProcess(sig)
+    except ProcessExitedAlready:
+        pass
+    d = defer.Deferred()
+
+    def kill():
+        if not proto.done:
+            try:
+                proto.transport.signalProcess(signal.SIGKILL)
+            except ProcessExitedAlready:
+                pass
+
+    killer = reactor.callLater(timeout, kill)
+
+    def ended(result):
+        if killer.active():
+            killer.cancel()
+        d.callback(proto)
+        return result
+
+    proto.ended.addBoth(ended)
+    return d
+
+
 class _NodeProtocol(ProcessProtocol):
     def __init__(self, owner):
         self.owner = owner
@@ -271,11 +312,7 @@ class NodeProcess:
     def spawn(self, env=None):
         """Start twistd without waiting; returns the run's protocol."""
         assert not self.running, "node is already running"
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("AITNODE_")}
-        old = environ.get("PYTHONPATH")
-        environ["PYTHONPATH"] = REPO_ROOT + (os.pathsep + old if old else "")
-        environ["PYTHONUNBUFFERED"] = "1"
-        environ.update(self.env)
+        environ = twistd_environ(self.env)
         environ.update(env or {})
         args = [sys.executable, "-c", TWISTD, "--pidfile=", "-n", "aitnode", "--config", self.config_path]
         self.url = self.port = None
@@ -335,32 +372,7 @@ class NodeProcess:
 
         Past ``timeout`` seconds the process is SIGKILLed (and the Deferred
         still fires when it ends)."""
-        proto = self.proto
-        if proto is None or proto.done:
-            return defer.succeed(proto)
-        try:
-            proto.transport.signalProcess(sig)
-        except ProcessExitedAlready:
-            pass
-        d = defer.Deferred()
-
-        def kill():
-            if not proto.done:
-                try:
-                    proto.transport.signalProcess(signal.SIGKILL)
-                except ProcessExitedAlready:
-                    pass
-
-        killer = reactor.callLater(timeout, kill)
-
-        def ended(result):
-            if killer.active():
-                killer.cancel()
-            d.callback(proto)
-            return result
-
-        proto.ended.addBoth(ended)
-        return d
+        return stop_process(self.proto, sig, timeout)
 
     def kill(self):
         return self.stop(signal.SIGKILL)

@@ -17,7 +17,6 @@ import signal
 import sys
 
 from twisted.internet import defer, reactor
-from twisted.internet.error import ProcessExitedAlready
 from twisted.trial import unittest
 
 from aitnode.chain import Genesis
@@ -27,7 +26,7 @@ from aitnode.tx import sign_tx
 from tests.common import (
     ALICE, AUTHORITY, BOB, CHAIN_ID, COORDINATOR, ESCROW, GENESIS_BALANCE, MINER, genesis_doc, key, transfer, wire,
 )
-from tests.procs import REPO_ROOT, TWISTD, NodeProcess, _NodeProtocol, inline, wait_for
+from tests.procs import TWISTD, NodeProcess, _NodeProtocol, inline, stop_process, twistd_environ, wait_for
 
 PRICE = 5000
 UNITS = 7
@@ -59,9 +58,7 @@ class CoordinatorProcess:
         return (bytes(self.proto.out) + bytes(self.proto.err)).decode("utf-8", "replace")
 
     async def start(self, timeout=30):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AITNODE_")}
-        env["PYTHONPATH"] = REPO_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        env["PYTHONUNBUFFERED"] = "1"
+        env = twistd_environ()
         args = [sys.executable, "-c", TWISTD, "--pidfile=", "-n", "aitcoordinator",
                 "--listen", "tcp:0:interface=127.0.0.1", "--key", self.key_path, "--chain-id", self.chain_id]
         self.proto = proto = _NodeProtocol(self)
@@ -81,32 +78,7 @@ class CoordinatorProcess:
 
     def stop(self, sig=signal.SIGTERM, timeout=20):
         """Send sig; a Deferred that fires once the process ended (SIGKILL after timeout)."""
-        proto = self.proto
-        if proto is None or proto.done:
-            return defer.succeed(None)
-        try:
-            proto.transport.signalProcess(sig)
-        except ProcessExitedAlready:
-            pass
-
-        def kill():
-            if not proto.done:
-                try:
-                    proto.transport.signalProcess(signal.SIGKILL)
-                except ProcessExitedAlready:
-                    pass
-
-        killer = reactor.callLater(timeout, kill)
-        d = defer.Deferred()
-
-        def ended(result):
-            if killer.active():
-                killer.cancel()
-            d.callback(None)
-            return result
-
-        proto.ended.addBoth(ended)
-        return d
+        return stop_process(self.proto, sig, timeout)
 
     def kill(self):
         return self.stop(signal.SIGKILL)
