@@ -386,9 +386,16 @@ class Node:
 
     def import_block(self, block, txs):
         """Verify a block built elsewhere on top of the head, and commit it."""
+        started = time.perf_counter()
         checked, records, view = self.chain.verify_block(block, txs)
         self.chain.commit(checked, records, view)
         self._after_commit(checked, records, {})
+        self._log.info(
+            "block imported height={height} txs={txs} latency_ms={latency_ms}",
+            component="chain", event="block_imported", height=checked["header"]["height"],
+            hash=checked["hash"], txs=len(checked["txs"]), proposer=checked["header"]["proposer"],
+            latency_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
         return checked
 
     # -- mempool persistence -------------------------------------------
