@@ -21,14 +21,25 @@ _CHARMAP = {c: i for i, c in enumerate(_CHARSET)}
 _GEN = (0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3)
 
 
-def _polymod(values):
-    chk = 1
-    for v in values:
-        top = chk >> 25
-        chk = (chk & 0x1FFFFFF) << 5 ^ v
+def _gen_table():
+    table = []
+    for top in range(32):
+        x = 0
         for i in range(5):
             if (top >> i) & 1:
-                chk ^= _GEN[i]
+                x ^= _GEN[i]
+        table.append(x)
+    return tuple(table)
+
+
+_GEN_TABLE = _gen_table()  # the generator terms for each 5-bit top, precomputed
+
+
+def _polymod(values):
+    chk = 1
+    table = _GEN_TABLE
+    for v in values:
+        chk = ((chk & 0x1FFFFFF) << 5 ^ v) ^ table[chk >> 25]
     return chk
 
 
@@ -68,7 +79,8 @@ def bech32_decode(text):
     """Decode a BIP-173 string into (hrp, 5-bit groups), or None if invalid."""
     if type(text) is not str or len(text) > 90:
         return None
-    if any(ord(c) < 33 or ord(c) > 126 for c in text):
+    # Only characters 33 to 126: ASCII, printable, and no space.
+    if not (text.isascii() and text.isprintable()) or " " in text:
         return None
     if text.lower() != text and text.upper() != text:
         return None

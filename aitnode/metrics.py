@@ -35,6 +35,7 @@ class Metrics:
         self.sync_lag = Gauge("aitnode_sync_lag_blocks", "Blocks the best peer is ahead of this node", registry=r)
         self._last_block_at = None
         self._tx_children = {}
+        self._rpc_children = {}
 
     def tx_event(self, ttype, result):
         """Count one transaction; label children are cached (labels() is slow)."""
@@ -61,7 +62,10 @@ class Metrics:
                 self.receipts.inc()
 
     def observe_request(self, route, code, seconds):
-        self.rpc_requests.labels(route, str(code)).inc()
+        child = self._rpc_children.get((route, code))
+        if child is None:
+            child = self._rpc_children[(route, code)] = self.rpc_requests.labels(route, str(code))
+        child.inc()
         self.rpc_latency.observe(seconds)
 
 
