@@ -61,6 +61,7 @@ class Child(protocol.ProcessProtocol):
         self.ready = defer.Deferred()
         self.ended = defer.Deferred()
         self.buffer = b""
+        self._partial = b""
         self.running = False
 
     def connectionMade(self):
@@ -74,8 +75,11 @@ class Child(protocol.ProcessProtocol):
         if not self.ready.called and READY.search(self.buffer):
             self.ready.callback(self)
         if self.echo:
-            for line in data.decode("utf-8", "replace").splitlines():
-                print(f"[{self.name}] {line}", flush=True)
+            self._partial += data
+            *lines, self._partial = self._partial.split(b"\n")
+            for line in lines:
+                if line.strip():
+                    print(f"[{self.name}] {line.decode('utf-8', 'replace')}", flush=True)
 
     errReceived = outReceived
 
