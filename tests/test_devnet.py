@@ -1,6 +1,7 @@
 """The one-command devnet: real processes, receipts minting, clean Ctrl-C."""
 
 import os
+import re
 import signal
 import socket
 import sys
@@ -57,7 +58,9 @@ class DevnetTests(TestCase):
             return status == 200 and supply["receipts"] > 0
 
         await wait_for(minted, timeout=60, message=lambda: "a receipt to mint:\n" + out())
-        self.assertRegex(out(), r"\[miner\] job_\d+: block \d+ minted 10000")
+        # and the miner reports what it earned
+        await wait_for(lambda: re.search(r"\[miner\] job_\d+: block \d+ minted 10000", out()), timeout=30,
+                       message=lambda: "the miner's report:\n" + out())
         _, head_a = await get(f"http://127.0.0.1:{base}/rpc/getHead")
         _, block = await get(follower + f"/rpc/getBlock/{head_a['height']}")
         self.assertEqual(block["hash"], head_a["hash"])  # the follower follows
