@@ -42,6 +42,7 @@ from aitnode.errors import AitError
 VERSION = 1
 MAX_MESSAGE = 16 * 1024 * 1024
 SYNC_BATCH = 64
+SYNC_TIMEOUT = 30  # seconds to wait for a get_blocks answer
 SEEN_SIZE = 50_000
 BAN_SCORE = -100
 BAN_SECONDS = 600
@@ -178,6 +179,7 @@ class P2P(service.MultiService):
         self.bans = {}  # node_id or host -> until (seconds)
         self.scores = {}  # node_id -> score
         self.syncing = None  # the connection a sync is running with
+        self._sync_timer = None  # the pending get_blocks request's timeout
         self.outgoing = {}  # url -> ClientService
         self.server_factory = WebSocketServerFactory()
         self.server_factory.protocol = ServerPeer
@@ -201,6 +203,7 @@ class P2P(service.MultiService):
         super().startService()
 
     def stopService(self):
+        self._cancel_sync_timer()
         d = super().stopService()
         for conn in list(self.conns):
             conn.dropConnection(abort=True)
@@ -275,6 +278,7 @@ class P2P(service.MultiService):
             return
         conn.ready = True
         self.conns.add(conn)
+        self._update_peer_height()  # its hello told us its height
         self.scores.setdefault(conn.remote_id, 0)
         self._touch(conn)
         self._log.info("peer joined {peer} ({direction}) height={height}", peer=conn.addr, direction=conn.direction,
@@ -402,6 +406,7 @@ class P2P(service.MultiService):
         conn.remote_height = max(conn.remote_height, d["height"])
         if self.syncing is not conn:
             return
+        self._cancel_sync_timer()
         dd = self.importing.run(self._sync_entries, conn, entries)
 
         def done(progressed):
@@ -440,12 +445,26 @@ class P2P(service.MultiService):
             return
         self.syncing = conn
         conn.send("get_blocks", {"locator": self.locator(), "limit": self.sync_batch})
-        # A peer that never answers must not stall sync for ever.
-        self.reactor.callLater(30, self._sync_timeout, conn)
+        # A peer that never answers must not stall sync for ever; the
+        # timer belongs to this request and is cancelled by its answer.
+        self._cancel_sync_timer()
+        self._sync_timer = self.reactor.callLater(SYNC_TIMEOUT, self._sync_timeout, conn)
+
+    def _cancel_sync_timer(self):
+        timer, self._sync_timer = self._sync_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
     def _sync_timeout(self, conn):
+        self._sync_timer = None
         if self.syncing is conn:
             self.syncing = None
+            self._log.warn("peer {peer} did not answer get_blocks; asking again", peer=conn.addr,
+                           component="p2p", event="sync_timeout")
+            for other in list(self.conns):
+                self.maybe_sync(other)
+                if self.syncing is not None:
+                    break
 
     def locator(self):
         """Hashes of our chain at heights h, h-1, h-2, h-4, ... 0."""
@@ -466,9 +485,14 @@ class P2P(service.MultiService):
         Fork choice: the valid chain with the greater height wins; at
         equal height the current head stays.
         """
-        if not entries:
-            return False
         store = self.node.store
+        # Blocks we already hold (an answer that started lower than it had
+        # to, e.g. because blocks arrived by gossip meanwhile) are skipped:
+        # they are no fork.
+        while entries and store.hash_at(entries[0]["block"]["header"]["height"]) == entries[0]["block"]["hash"]:
+            entries = entries[1:]
+        if not entries:
+            return self.node.chain.head()[0] < conn.remote_height
         first = entries[0]["block"]["header"]
         fork_height = first["height"] - 1
         if store.hash_at(fork_height) != first["parent"]:
@@ -579,6 +603,7 @@ class P2P(service.MultiService):
             self._log.info("peer left {peer}", peer=conn.addr, component="p2p", event="peer_left")
         if self.syncing is conn:
             self.syncing = None
+            self._cancel_sync_timer()
         self._update_peer_height()
 
     def peer_list(self):

@@ -500,6 +500,44 @@ class SyncTests(P2PTestCase):
         self.net.settle()
         self.assertEqual(len(self.assertSameChain(auth, follower)), 7)
 
+    def test_an_answer_starting_below_the_head_is_no_fork(self):
+        """Blocks we already hold at the start of an answer (it was asked
+        for before gossip brought them) are skipped, not rolled back."""
+        auth = self.net.peer()
+        follower = self.net.peer(key=None)
+        for _ in range(8):
+            auth.node.propose()
+        link = self.net.connect(follower, auth)
+        self.assertSameChain(auth, follower)
+        for _ in range(3):
+            auth.node.propose()
+        rollbacks = []
+        follower.node.rollback = rollbacks.append
+        conn = link.client
+        conn.remote_height = 11
+        follower.syncing = conn
+        stale = {"blocks": [auth.node.block_entry(h) for h in range(4, 12)], "height": 11}
+        follower._on_blocks(conn, stale)
+        self.net.settle()
+        self.assertEqual(rollbacks, [])
+        self.assertEqual(len(self.assertSameChain(auth, follower)), 12)
+
+    def test_unanswered_get_blocks_is_asked_again(self):
+        auth = self.net.peer()
+        follower = self.net.peer(key=None, sync_batch=2)
+        answer = auth._on_get_blocks
+        auth._on_get_blocks = lambda conn, d: None  # deaf, for now
+        for _ in range(4):
+            auth.node.propose()
+        self.net.connect(follower, auth)
+        self.assertIsNotNone(follower.syncing)
+        self.assertEqual(follower.node.get_head()["height"], 0)
+        auth._on_get_blocks = answer
+        self.net.advance(p2pmod.SYNC_TIMEOUT)
+        self.assertEqual(len(self.assertSameChain(auth, follower)), 5)
+        self.assertIsNone(follower.syncing)
+        self.assertIsNone(follower._sync_timer)
+
     def test_get_blocks_by_height_and_locator(self):
         auth = self.net.peer()
         for _ in range(5):
