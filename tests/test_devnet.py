@@ -44,7 +44,9 @@ class DevnetTests(TestCase):
         argv = [sys.executable, "-m", "aitnode.devnet", "--state", state, "--port", str(base),
                 "--p2p-port", str(p2p), "--interval", "0.3", "--miner-interval", "0.1"]
         reactor.spawnProcess(proto, sys.executable, argv, env=twistd_environ(), path=REPO_ROOT)
-        self.addCleanup(stop_process, proto, signal.SIGKILL)
+        # SIGTERM, like Ctrl-C, so the devnet stops its children too (SIGKILL
+        # would orphan them); stop_process escalates if that hangs.
+        self.addCleanup(stop_process, proto, signal.SIGTERM)
 
         def out():
             return (bytes(proto.out) + bytes(proto.err)).decode("utf-8", "replace")
