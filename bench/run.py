@@ -91,6 +91,22 @@ now = time.perf_counter  # CLOCK_MONOTONIC: comparable across processes on Linux
 
 # -- the machine ---------------------------------------------------------------
 
+
+def stop_session(proc):
+    """SIGTERM a child started in its own session, wait, then SIGKILL the
+    whole session (node, forkserver, workers) so nothing is left behind."""
+    if proc is None:
+        return
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            pass
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
 def machine_info():
     model = "unknown cpu"
     try:
@@ -326,16 +342,7 @@ class NodeProcess:
             fn()
         self.cleanup = []
         proc = getattr(self, "proc", None)
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                pass
-        if proc is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)  # our own session: node, forkserver, workers
-            proc.wait()
+        stop_session(proc)
 
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -1271,16 +1278,7 @@ class TwistdProcess:
 
     def stop(self):
         proc = self.proc
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                pass
-        if proc is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)  # our own session: node, forkserver, workers
-            proc.wait()
+        stop_session(proc)
 
 
 class JsonNode(TwistdProcess):
