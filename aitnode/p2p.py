@@ -180,6 +180,7 @@ class P2P(service.MultiService):
         self.scores = {}  # node_id -> score
         self.syncing = None  # the connection a sync is running with
         self._sync_timer = None  # the pending get_blocks request's timeout
+        self._importing_from = None  # the peer whose block is being imported
         self.outgoing = {}  # url -> ClientService
         self.server_factory = WebSocketServerFactory()
         self.server_factory.protocol = ServerPeer
@@ -527,8 +528,12 @@ class P2P(service.MultiService):
             if store_has(self.node.store, block["hash"]):
                 continue
             try:
-                txs = [self.node.parse(w) for w in entry["txs"]]
-                await self.node.import_block_async(block, txs)
+                txs = self._block_txs(block, entry["txs"])
+                self._importing_from = conn
+                try:
+                    await self.node.import_block_async(block, txs)
+                finally:
+                    self._importing_from = None
             except AitError as e:
                 self.penalize(conn, "bad_block", e.message)
                 return imported > 0
@@ -539,11 +544,26 @@ class P2P(service.MultiService):
         return imported > 0
 
     # -- gossip ----------------------------------------------------------------
+    def _block_txs(self, block, wires):
+        """The block's transactions: those already in the mempool (parsed and
+        checked on arrival) are taken from it, by the hashes the block
+        commits to; only the others are parsed from the wire."""
+        hashes = block.get("txs")
+        if type(hashes) is not list or len(hashes) != len(wires):
+            raise AitError("bad_block", "block transaction list does not match")
+        mempool = self.node.mempool
+        out = []
+        for h, wire in zip(hashes, wires):
+            tx = mempool.get(h) if type(h) is str else None
+            out.append(tx if tx is not None else self.node.parse(wire))
+        return out
+
     def on_local_block(self, block):
         self.seen_block.add(block["hash"])
         if self.conns:
             entry = self.node.block_entry(block["header"]["height"])
-            self.broadcast("block", entry)
+            # Not back to the peer it came from: it has it.
+            self.broadcast("block", entry, exclude=self._importing_from)
 
     def on_local_tx(self, tx):
         self.seen_tx.add(tx.hash)
