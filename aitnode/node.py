@@ -8,7 +8,9 @@ authority) or one it imports.
 
 import time
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from aitnode import receipts
 from aitnode.chain import check_fee
@@ -19,6 +21,7 @@ from aitnode.state import run_steps, run_steps_async
 from aitnode.tx import known_types, parse_tx, sign_tx
 
 KNOWN_TYPES = frozenset(known_types())
+
 BATCH_SLICE = 256  # batch items handled between two chances for the reactor to run
 
 
@@ -35,6 +38,7 @@ class Node:
         self.pause = None  # set by tap: awaitable that lets the reactor run
         self.attestor = attestor
         self.attestations = {}  # pending claim txHash -> its attestation
+        self._verifying = {}  # txHash being checked -> Deferreds waiting for its verdict
         self.chain_id = chain.chain_id
         self.block_listeners = list(observers)  # called with each committed block
         self.tx_listeners = []  # called with each newly admitted transaction
@@ -200,7 +204,7 @@ class Node:
             else:
                 first[tx.hash] = i
                 todo.append((i, tx))
-        oks = await self.verifier.verify_many([(tx.pubkey, tx.sig, tx.sign_hash) for _, tx in todo])
+        oks = await self._verify_once([tx for _, tx in todo])
         for n, ((i, tx), ok) in enumerate(zip(todo, oks), 1):
             if self.pause is not None and n % BATCH_SLICE == 0:
                 await self.pause()
@@ -228,6 +232,38 @@ class Node:
             else:
                 out.append({"txHash": r})
         return out
+
+    async def _verify_once(self, txs):
+        """Signature verdicts for txs; a transaction another batch is
+        checking right now waits for that verdict instead of being checked
+        again (two overlapping sendTxs carrying the same transactions)."""
+        verdict, waiting, mine = {}, {}, []
+        for tx in txs:
+            if tx.hash in verdict or tx.hash in waiting:
+                continue
+            waiters = self._verifying.get(tx.hash)
+            if waiters is not None:
+                waiting[tx.hash] = d = Deferred()
+                waiters.append(d)
+            else:
+                self._verifying[tx.hash] = []
+                verdict[tx.hash] = None
+                mine.append(tx)
+        try:
+            oks = await self.verifier.verify_many([(tx.pubkey, tx.sig, tx.sign_hash) for tx in mine]) if mine else []
+        except BaseException:
+            failure = Failure()
+            for tx in mine:
+                for d in self._verifying.pop(tx.hash):
+                    d.errback(failure)
+            raise
+        for tx, ok in zip(mine, oks):
+            verdict[tx.hash] = ok
+            for d in self._verifying.pop(tx.hash):
+                d.callback(ok)
+        for h, d in waiting.items():
+            verdict[h] = await d
+        return [verdict[tx.hash] for tx in txs]
 
     def submit_signed_by_node(self, ttype, payload):
         """Sign and admit a transaction with the node's authority key."""

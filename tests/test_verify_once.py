@@ -1,0 +1,60 @@
+"""No signature is checked twice, even by two overlapping batches."""
+
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import SynchronousTestCase
+
+from aitnode.verifier import verify_chunk
+from tests.common import ALICE, BOB, make_node, transfer, wire
+
+
+class SlowVerifier:
+    """Answers only when told to, counting what it was asked to check."""
+
+    def __init__(self):
+        self.checked = 0
+        self.pending = []
+
+    def verify_many(self, items):
+        self.checked += len(items)
+        d = Deferred()
+        self.pending.append((d, items))
+        return d
+
+    def answer_all(self):
+        while self.pending:
+            d, items = self.pending.pop(0)
+            d.callback(verify_chunk(items))
+
+
+class VerifyOnceTests(SynchronousTestCase):
+    def test_overlapping_batches_share_verdicts(self):
+        verifier = SlowVerifier()
+        node = make_node(self, verifier=verifier)
+        txs = [wire(transfer(ALICE, n, BOB, n)) for n in range(1, 6)]
+        bad = dict(wire(transfer(ALICE, 6, BOB, 6)), fee=2000)  # signature no longer matches
+        first = Deferred.fromCoroutine(node.submit_many(txs + [bad]))
+        second = Deferred.fromCoroutine(node.submit_many(txs + [bad, txs[0]]))
+        self.assertNoResult(first)
+        self.assertNoResult(second)
+        verifier.answer_all()
+        one, two = self.successResultOf(first), self.successResultOf(second)
+        self.assertEqual(verifier.checked, 6)  # each distinct transaction once
+        self.assertEqual([r.get("txHash") is not None for r in one], [True] * 5 + [False])
+        self.assertEqual(one[5]["error"]["code"], "bad_signature")
+        self.assertEqual(two[5]["error"]["code"], "bad_signature")
+        self.assertEqual({r["txHash"] for r in two if "txHash" in r}, {r["txHash"] for r in one[:5]})
+        self.assertEqual(len(node.mempool), 5)
+        self.assertEqual(node._verifying, {})
+
+    def test_a_failed_check_fails_the_waiters_too(self):
+        verifier = SlowVerifier()
+        node = make_node(self, verifier=verifier)
+        txs = [wire(transfer(ALICE, 1, BOB, 1))]
+        first = Deferred.fromCoroutine(node.submit_many(txs))
+        second = Deferred.fromCoroutine(node.submit_many(txs))
+        d, _ = verifier.pending.pop(0)
+        d.errback(RuntimeError("worker died"))
+        self.failureResultOf(first, RuntimeError)
+        self.failureResultOf(second, RuntimeError)
+        self.assertEqual(node._verifying, {})
+        self.assertEqual(len(node.mempool), 0)
