@@ -105,9 +105,25 @@ class Node:
                 raise AitError("claim_needs_attestation", "send RECEIPT_CLAIM through submit_claim (POST /rpc/submitReceipt)")
             if self.known(tx):
                 return tx.hash
+            if tx.hash in self._verifying:
+                # A batch is checking this very transaction: wait for its
+                # verdict rather than check it again (answers a Deferred).
+                return Deferred.fromCoroutine(self._submit_checked_elsewhere(obj, tx))
             if not tx.verify_signature():
                 raise AitError("bad_signature", "sig is not a valid signature of this transaction by pubkey (signed for another chain_id?)")
             self._admit(tx)
+        except AitError as e:
+            self.refused(obj, e)
+            raise
+        return tx.hash
+
+    async def _submit_checked_elsewhere(self, obj, tx):
+        (ok,) = await self._verify_once([tx])
+        try:
+            if not ok:
+                raise AitError("bad_signature", "sig is not a valid signature of this transaction by pubkey")
+            if not self.known(tx):
+                self._admit(tx)
         except AitError as e:
             self.refused(obj, e)
             raise

@@ -170,7 +170,10 @@ class RPC:
             raise
         if type(obj) is dict and obj.get("type") == "RECEIPT_CLAIM":
             return self._claim(request, obj)
-        return json_response(request, {"txHash": self.node.submit(obj)})
+        tx_hash = self.node.submit(obj)
+        if isinstance(tx_hash, Deferred):  # its signature was being checked by a batch
+            return tx_hash.addCallback(lambda h: json_response(request, {"txHash": h}))
+        return json_response(request, {"txHash": tx_hash})
 
     @app.route("/rpc/submitReceipt", methods=["POST"])
     def submit_receipt(self, request):

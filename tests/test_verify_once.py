@@ -58,3 +58,21 @@ class VerifyOnceTests(SynchronousTestCase):
         self.failureResultOf(second, RuntimeError)
         self.assertEqual(node._verifying, {})
         self.assertEqual(len(node.mempool), 0)
+
+    def test_send_tx_during_a_batch_waits_for_its_verdict(self):
+        from tests.common import make_rpc
+
+        verifier = SlowVerifier()
+        node = make_node(self, verifier=verifier)
+        _, http = make_rpc(node)
+        tx = wire(transfer(ALICE, 1, BOB, 1))
+        batch = Deferred.fromCoroutine(node.submit_many([tx]))
+        single = http.post("http://n/rpc/sendTx", json=tx)
+        self.assertNoResult(single)
+        verifier.answer_all()
+        http.flush()
+        self.assertEqual(verifier.checked, 1)
+        response = self.successResultOf(single)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(self.successResultOf(response.json()), self.successResultOf(batch)[0])
+        self.assertEqual(len(node.mempool), 1)
