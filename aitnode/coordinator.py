@@ -9,11 +9,11 @@ devnet node's config asks for it, at the node's POST /rpc/attest.
 import re
 
 from klein import Klein
-from aitnode import crypto
+
 from aitnode.errors import AitError
-from aitnode.receipts import REQUEST_FIELDS, sign_attestation
+from aitnode.receipts import check_attestation_request, sign_attestation
 from aitnode.rpc import add_json_error_handlers, json_response
-from aitnode.tx import loads_json, require_fields, require_int, require_text
+from aitnode.tx import loads_json
 
 _JOB = re.compile(r"^job_([1-9][0-9]{0,6})$")
 MAX_JOB = 1_000_000
@@ -34,14 +34,7 @@ class MockCoordinator:
 
     def attest(self, request):
         """The signed answer for one attestation request (a dict)."""
-        require_fields(request, REQUEST_FIELDS, "request")
-        require_text(request["receipt_id"], "receipt_id", 128)
-        require_text(request["job_id"], "job_id", 128)
-        crypto.check_address(request["client"], "client")
-        crypto.check_address(request["miner"], "miner")
-        require_int(request["price"], "price")
-        require_int(request["compute_units"], "compute_units")
-        require_text(request["output_hash"], "output_hash", 256)
+        check_attestation_request(request)
         job = request["job_id"]
         m = _JOB.match(job)
         exists = bool(m) and int(m.group(1)) <= MAX_JOB

@@ -32,17 +32,35 @@ ANSWER_FIELDS = REQUEST_FIELDS + ("exists", "paid", "not_double_spent", "coordin
 
 # -- the payload -------------------------------------------------------
 
+# The job's fields, in the order of REQUEST_FIELDS, and their rules.
+_JOB_RULES = (
+    lambda v, f: require_text(v, f, 128),  # receipt_id
+    lambda v, f: require_text(v, f, 128),  # job_id
+    crypto.check_address,  # client
+    crypto.check_address,  # miner
+    require_int,  # price
+    require_int,  # compute_units
+    lambda v, f: require_text(v, f, 256),  # output_hash
+)
+_CLAIM_JOB_KEYS = ("receipt_id", "job_id", "client_addr", "miner_addr", "price", "compute_units", "output_hash")
+
+
+def _check_job_fields(obj, keys, where):
+    for rule, key in zip(_JOB_RULES, keys):
+        rule(obj[key], f"{where}{key}")
+
+
+def check_attestation_request(request):
+    """An attestation request (what a coordinator is asked) is well formed."""
+    require_fields(request, REQUEST_FIELDS, "request")
+    _check_job_fields(request, REQUEST_FIELDS, "")
+
+
 def validate_claim_payload(p):
     require_fields(p, CLAIM_FIELDS, "payload")
-    require_text(p["receipt_id"], "payload.receipt_id", 128)
-    require_text(p["job_id"], "payload.job_id", 128)
-    crypto.check_address(p["client_addr"], "payload.client_addr")
-    crypto.check_address(p["miner_addr"], "payload.miner_addr")
-    require_int(p["compute_units"], "payload.compute_units")
+    _check_job_fields(p, _CLAIM_JOB_KEYS, "payload.")
     if p["compute_units"] == 0:
         raise AitError("zero_compute_units", "compute_units must be greater than 0")
-    require_int(p["price"], "payload.price")
-    require_text(p["output_hash"], "payload.output_hash", 256)
     for name, n in (("client_payment_tx", 32), ("miner_pubkey", 32), ("miner_sig", 64)):
         if type(p[name]) is not str:
             raise AitError("wrong_type", f"payload.{name} must be a hex string")
