@@ -18,7 +18,7 @@ import time
 import urllib.error
 import urllib.request
 
-from aitnode.chain import Genesis, make_genesis
+from aitnode.genesis import Genesis, make_genesis
 from aitnode.crypto import KeyPair, check_address
 from aitnode.errors import AitError, ConfigError
 from aitnode.tx import sign_tx

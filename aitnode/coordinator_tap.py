@@ -8,8 +8,8 @@ from twisted.python import usage
 from aitnode.coordinator import MockCoordinator
 from aitnode.crypto import KeyPair
 from aitnode.errors import ConfigError
-from aitnode.tap import ListenService
-from aitnode.web import make_site
+from aitnode.listen import listen_service
+from aitnode.web import Root, make_site
 
 
 class Options(usage.Options):
@@ -35,8 +35,8 @@ def makeService(options, reactor=None):
         print(f"aitcoordinator: cannot start: {e}", file=sys.stderr)
         raise SystemExit(1)
     coordinator = MockCoordinator(key, options["chain-id"])
-    site, _ = make_site(coordinator.resource(), 65536)
+    site = make_site(Root(coordinator.resource()), 65536)
     top = service.MultiService()
-    ListenService(reactor, options["listen"], site, "coordinator").setServiceParent(top)
+    listen_service(reactor, options["listen"], site, "coordinator").setServiceParent(top)
     top.coordinator = coordinator
     return top

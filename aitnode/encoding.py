@@ -108,3 +108,38 @@ def merkle_root(hashes_hex):
             nxt.append(level[-1])
         level = nxt
     return level[0].hex()
+
+
+# -- validators of decoded JSON values ------------------------------------
+
+MAX_TEXT = 256
+
+
+def require_int(value, field, minimum=0, maximum=U64 - 1):
+    if type(value) is not int:
+        if type(value) is float:
+            raise AitError("float_not_allowed", f"{field} must be an integer, not a float")
+        raise AitError("wrong_type", f"{field} must be an integer")
+    if value < minimum or value > maximum:
+        raise AitError("number_out_of_range", f"{field} must be between {minimum} and {maximum}")
+    return value
+
+
+def require_text(value, field, maximum=MAX_TEXT):
+    if type(value) is not str:
+        raise AitError("wrong_type", f"{field} must be a string")
+    if not value or len(value) > maximum:
+        raise AitError("bad_text", f"{field} must be 1 to {maximum} characters")
+    return value
+
+
+def require_fields(obj, fields, where):
+    """obj must be a map with exactly these keys."""
+    if type(obj) is not dict:
+        raise AitError("wrong_type", f"{where} must be an object")
+    missing = [f for f in fields if f not in obj]
+    if missing:
+        raise AitError("missing_field", f"{where} lacks field {missing[0]!r}")
+    extra = [k for k in obj if k not in fields]
+    if extra:
+        raise AitError("unknown_field", f"{where} has unknown field {extra[0]!r}")

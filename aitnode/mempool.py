@@ -7,6 +7,7 @@ sender's pending transactions may spend is checked against its balance at
 admission; everything is checked again when the block is built.
 """
 
+from aitnode import receipts
 from aitnode.errors import AitError
 
 
@@ -19,19 +20,15 @@ def _cost_fee(tx):
 
 
 # What a pending transaction takes from its sender's balance, by type.
-COSTS = {"TRANSFER": _cost_transfer, "MINT": _cost_fee, "PARAM_UPDATE": _cost_fee}
-
-
-def register_cost(ttype, fn):
-    COSTS[ttype] = fn
-
+COSTS = {
+    "TRANSFER": _cost_transfer,
+    "MINT": _cost_fee,
+    "PARAM_UPDATE": _cost_fee,
+    receipts.CLAIM: receipts.pending_cost,
+}
 
 # Keys no two pending transactions may share, by type: fn(tx) -> [(key, code, message)].
-UNIQUE = {}
-
-
-def register_unique(ttype, fn):
-    UNIQUE[ttype] = fn
+UNIQUE = {receipts.CLAIM: receipts.unique_keys}
 
 
 class Mempool:
@@ -42,6 +39,7 @@ class Mempool:
         self.by_sender = {}  # sender -> {nonce: tx}, nonces contiguous
         self._spend = {}  # sender -> total cost of its pending txs
         self._unique = {}  # key -> hash of the pending tx holding it
+        self._attestations = {}  # hash of a pending claim -> its coordinator attestation
 
     def __len__(self):
         return len(self.by_hash)
@@ -51,6 +49,14 @@ class Mempool:
 
     def get(self, tx_hash):
         return self.by_hash.get(tx_hash)
+
+    def attestation(self, tx_hash):
+        """The attestation a pending claim was admitted with, or None."""
+        return self._attestations.get(tx_hash)
+
+    def attestations(self):
+        """{txHash: attestation} of every pending claim (do not mutate)."""
+        return self._attestations
 
     def check(self, tx, balance, account_nonce):
         """Raise AitError if tx cannot be admitted; return the tx it replaces."""
@@ -94,12 +100,16 @@ class Mempool:
             )
         return replaced
 
-    def add(self, tx, balance, account_nonce):
-        """Admit tx (or raise AitError); return the transaction it replaced."""
+    def add(self, tx, balance, account_nonce, attestation=None):
+        """Admit tx (or raise AitError); return the transaction it replaced.
+
+        attestation: a claim's coordinator attestation, kept with it."""
         replaced = self.check(tx, balance, account_nonce)
         if replaced is not None:
             self._remove(replaced)
         self.by_hash[tx.hash] = tx
+        if attestation is not None:
+            self._attestations[tx.hash] = attestation
         self.by_sender.setdefault(tx.sender, {})[tx.nonce] = tx
         self._spend[tx.sender] = self._spend.get(tx.sender, 0) + COSTS[tx.type](tx)
         unique = UNIQUE.get(tx.type)
@@ -110,6 +120,7 @@ class Mempool:
 
     def _remove(self, tx):
         del self.by_hash[tx.hash]
+        self._attestations.pop(tx.hash, None)
         unique = UNIQUE.get(tx.type)
         if unique is not None:
             for key, _, _ in unique(tx):
@@ -178,3 +189,4 @@ class Mempool:
         self.by_sender.clear()
         self._spend.clear()
         self._unique.clear()
+        self._attestations.clear()

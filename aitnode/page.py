@@ -86,13 +86,16 @@ def load(static_dir=STATIC_DIR):
     return out
 
 
-def install(root, static_dir=STATIC_DIR):
-    """Serve the page from root: / is index.html, /static/* the assets.
-
-    root is a twisted.web Resource whose named children take precedence
-    (web.Root): the empty child is what a request for / resolves to.
-    """
+def children(static_dir=STATIC_DIR):
+    """[(name, resource)] serving the page from a root whose named children
+    take precedence (web.Root): / (the empty child) is index.html,
+    /static/* the assets."""
     files = load(static_dir)
-    root.putChild(b"", files[b"index.html"])
-    root.putChild(b"static", StaticDir({k: v for k, v in files.items() if k != b"index.html"}))
+    return [(b"", files[b"index.html"]), (b"static", StaticDir({k: v for k, v in files.items() if k != b"index.html"}))]
+
+
+def install(root, static_dir=STATIC_DIR):
+    """Serve the page from root (see children)."""
+    for name, child in children(static_dir):
+        root.putChild(name, child)
     return root

@@ -1,4 +1,5 @@
-"""Block production on a timer that no exception can stop."""
+"""Block production: the authorities' turn schedule, on a timer that no
+exception can stop."""
 
 from twisted.application import service
 from twisted.internet.defer import Deferred
@@ -8,31 +9,52 @@ from twisted.python.failure import Failure
 
 
 class ProposerService(service.Service):
-    """Every ``interval`` seconds, ask the node for a block.
+    """Every ``interval`` seconds, propose a block if it is this node's turn.
 
     An exception in one round is logged and the next round runs as usual.
     """
 
     _log = Logger()
 
-    def __init__(self, node, clock, interval, pause=None):
-        """pause: an awaitable factory (e.g. a zero-delay deferLater) to let
-        the reactor run between slices of block building; None builds in
-        one go (tests drive the loop with a Clock)."""
+    def __init__(self, pipeline, clock, interval, pause=None):
+        """pause: an awaitable factory (cooperate.pause_for) to let the
+        reactor run between slices of block building; None builds in one
+        go (tests drive the loop with a Clock)."""
         self.pause = pause
-        self.node = node
+        self.pipeline = pipeline
         self.clock = clock
         self.interval = interval
         self._loop = None
         self.failures = 0
 
+    def due(self):
+        """Whether this authority should propose now.
+
+        The in-turn authority for height h is authorities[h mod N]; it
+        proposes once the head is ``interval`` old.  The others back it up
+        in rotation order, the r-th after ``interval * (1 + 2r)``.
+        """
+        pipeline = self.pipeline
+        if pipeline.key is None:
+            return False
+        head = pipeline.chain.head()[0]
+        if pipeline.peer_height > head:
+            return False  # behind a peer: catch up before building on a stale head
+        auths = pipeline.chain.authority_list
+        if len(auths) == 1:
+            return True
+        height = head + 1
+        rank = (auths.index(pipeline.key.address) - height) % len(auths)
+        elapsed = self.clock.seconds() - pipeline.head_changed_at
+        return elapsed + 1e-6 >= self.interval * (1 + 2 * rank)
+
     def tick(self):
         try:
-            if not self.node.propose_due(self.interval):
+            if not self.due():
                 return None
             if self.pause is None:
-                return self.node.propose()
-            d = Deferred.fromCoroutine(self.node.propose_async(self.pause))
+                return self.pipeline.propose()
+            d = Deferred.fromCoroutine(self.pipeline.propose_async(self.pause))
         except Exception:
             self._failed(Failure())
             return None
@@ -52,7 +74,7 @@ class ProposerService(service.Service):
         self._loop.clock = self.clock
         # With several authorities, look more often so a silent in-turn
         # authority is backed up soon after its slot.
-        several = len(self.node.chain.authority_list) > 1
+        several = len(self.pipeline.chain.authority_list) > 1
         self._loop.start(self.interval / 4 if several else self.interval, now=False)
 
     def stopService(self):

@@ -7,18 +7,15 @@ chain checks every mint offline.  See docs/protocol.md, "Compute receipts".
 
 State this module keeps (all under the state root):
   ("pay", txHash)      -> {"client", "amount", "claimed"}  every TRANSFER to escrow
-  ("rcpt", receipt_id) -> what the claim did (see _apply_claim)
+  ("rcpt", receipt_id) -> what the claim did (see apply_claim)
 """
 
 import collections
 
 from aitnode import crypto
-from aitnode.chain import register_executor
-from aitnode.encoding import U64, canonical, check_value, is_hex, sha256
+from aitnode.encoding import U64, canonical, check_value, is_hex, require_fields, require_int, require_text, sha256
 from aitnode.errors import AitError
-from aitnode.mempool import register_cost, register_unique
 from aitnode.params import BPS
-from aitnode.tx import register_type, require_fields, require_int, require_text
 
 CLAIM = "RECEIPT_CLAIM"
 CLAIM_FIELDS = (
@@ -67,12 +64,6 @@ def validate_claim_payload(p):
         if not is_hex(p[name], n):
             raise AitError("bad_hex", f"payload.{name} must be {2 * n} lowercase hex characters")
 
-
-register_type(CLAIM, validate_claim_payload)
-# A claim spends nothing from the sender's balance up front: the fee comes
-# out of what the claim pays (the miner) or the sender's balance (checked
-# when the claim is applied).
-register_cost(CLAIM, lambda tx: 0)
 
 
 def miner_sign_bytes(payload, chain_id):
@@ -222,11 +213,12 @@ def payout_to(p, params, address):
     return total
 
 
-def _apply_claim(ctx, tx, bal, nonce):
+def apply_claim(ctx, tx, bal, nonce):
+    """The RECEIPT_CLAIM executor (see rules.EXECUTORS)."""
     view, params, p = ctx.view, ctx.params, tx.payload
     att = ctx.attestations.get(tx.hash)
-    pay = check_claim_offline(view, tx, params, ctx.chain.chain_id)
-    check_attestation(att, p, params, ctx.chain.chain_id)
+    pay = check_claim_offline(view, tx, params, ctx.chain_id)
+    check_attestation(att, p, params, ctx.chain_id)
     mint, coord_cut, treasury_cut = settlement(p, params)
     escrow, miner = params["escrow"], p["miner_addr"]
     coord = params["coordinator"]["address"]
@@ -276,21 +268,17 @@ def _apply_claim(ctx, tx, bal, nonce):
     }
 
 
-register_executor(CLAIM, _apply_claim)
+def pending_cost(tx):
+    """What a pending claim takes from its sender's balance up front:
+    nothing, as its fee comes out of what the claim pays (the miner) or
+    the sender's balance (checked when the claim is applied)."""
+    return 0
 
 
-def _unique_keys(tx):
+def unique_keys(tx):
+    """Keys no two pending claims may share (see mempool.UNIQUE)."""
     p = tx.payload
     return [
         (("rcpt", p["receipt_id"]), "receipt_already_claimed", "a claim for this receipt is already pending"),
         (("pay", p["client_payment_tx"]), "payment_already_used", "a pending claim already uses this payment"),
     ]
-
-
-register_unique(CLAIM, _unique_keys)
-
-
-__all__ = [
-    "CLAIM", "sign_claim", "sign_attestation", "attestation_request", "check_attestation",
-    "check_claim_offline", "settlement",
-]

@@ -5,102 +5,32 @@ with a 4xx status; the codes are listed in docs/protocol.md.
 """
 
 import hmac
-import json
 
 from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
-from twisted.web import resource, server
-from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from aitnode import crypto
-from aitnode.encoding import is_hex
+from aitnode.encoding import is_hex, require_fields, require_int
 from aitnode.errors import AitError
 from aitnode.metrics import CONTENT_TYPE, RouteTemplates
-from aitnode.tx import loads_json, require_fields, require_int
-
-JSON = b"application/json"
-
-
-def dump(obj):
-    return json.dumps(obj, separators=(",", ":")).encode()
-
-
-def json_response(request, obj, status=200):
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", JSON)
-    return dump(obj)
-
-
-def add_json_error_handlers(app):
-    """Render refusals, unknown routes and wrong methods of a Klein app
-    (one whose routes are methods) as {"error": {"code", "message"}}."""
-
-    @app.handle_errors(AitError)
-    def _ait_error(self, request, failure):
-        return json_response(request, failure.value.as_json(), failure.value.status)
-
-    @app.handle_errors(NotFound)
-    def _not_found(self, request, failure):
-        return json_response(request, AitError("not_found", "no such route").as_json(), 404)
-
-    @app.handle_errors(MethodNotAllowed)
-    def _bad_method(self, request, failure):
-        return json_response(request, AitError("method_not_allowed", "this route takes another HTTP method").as_json(), 405)
-
-
-class FastRoute(resource.Resource):
-    """One route served without Klein: a handler(request) that returns
-    bytes or a Deferred of bytes, with RPC's JSON errors."""
-
-    isLeaf = True
-    _log = Logger()
-
-    def __init__(self, handler, method):
-        super().__init__()
-        self.handler = handler
-        self.method = method
-
-    def render(self, request):
-        if request.method != self.method:
-            return error_response(request, AitError("method_not_allowed", "this route takes another HTTP method", 405))
-        try:
-            result = self.handler(request)
-        except Exception as e:
-            return error_response(request, e)
-        if not isinstance(result, Deferred):
-            return result
-        result.addErrback(lambda f: error_response(request, f.value))
-        result.addCallback(_finish, request)
-        return server.NOT_DONE_YET
-
-
-def _finish(body, request):
-    if not request._disconnected:
-        request.write(body)
-        request.finish()
-
-
-def error_response(request, exc):
-    if not isinstance(exc, AitError):
-        RPC._log.failure("RPC handler failed", Failure(exc), component="rpc", event="internal_error")
-        exc = AitError("internal_error", "the node failed to answer; see its log", status=500)
-    return json_response(request, exc.as_json(), exc.status)
-
+from aitnode.web import FastRoute, add_json_error_handlers, json_response, loads_json
 
 class RPC:
-    """The node's RPC routes, bound to one Node."""
+    """The node's RPC routes, bound to one Node: admission for what is
+    sent, queries for what is read.  Errors render in web."""
 
     app = Klein()
     _log = Logger()
 
     def __init__(self, node, admin_token=None, max_body=65536, max_batch_bytes=16 << 20, max_batch_items=20000,
-                 mock_coordinator=None, limiter=None):
+                 mock_coordinator=None, limiter=None, p2p=None):
         self.node = node
+        self.admission = node.admission
+        self.queries = node.queries
         self.limiter = limiter
         self.mock_coordinator = mock_coordinator
-        self.p2p = None  # set when the node has peers
+        self.p2p = p2p  # the peer manager, when the node has peers
         self.admin_token = admin_token.encode() if admin_token else None
         self.max_body = max_body
         self.max_batch_bytes = max_batch_bytes
@@ -121,11 +51,6 @@ class RPC:
 
     # -- plumbing -------------------------------------------------------
     add_json_error_handlers(app)
-
-    @app.handle_errors(Exception)
-    def _internal(self, request, failure):
-        self._log.failure("RPC handler failed", failure, component="rpc", event="internal_error")
-        return json_response(request, AitError("internal_error", "the node failed to answer; see its log").as_json(), 500)
 
     def body(self, request, limit=None):
         limit = self.max_body if limit is None else limit
@@ -166,35 +91,33 @@ class RPC:
         try:
             obj = self.body(request)
         except AitError as e:
-            self.node.refused(None, e)
+            self.admission.refused(None, e)
             raise
-        if type(obj) is dict and obj.get("type") == "RECEIPT_CLAIM":
-            return self._claim(request, obj)
-        tx_hash = self.node.submit(obj)
-        if isinstance(tx_hash, Deferred):  # its signature was being checked by a batch
-            return tx_hash.addCallback(lambda h: json_response(request, {"txHash": h}))
-        return json_response(request, {"txHash": tx_hash})
+        return self._submitted(request, self.admission.submit(obj))
 
     @app.route("/rpc/submitReceipt", methods=["POST"])
     def submit_receipt(self, request):
         self.limit(request)
-        return self._claim(request, self.body(request))
+        return self._submitted(request, self.admission.submit(self.body(request), claims_only=True))
 
-    def _claim(self, request, obj):
-        d = Deferred.fromCoroutine(self.node.submit_claim(obj))
-        d.addCallback(lambda tx_hash: json_response(request, {"txHash": tx_hash}))
-        return d
+    @staticmethod
+    def _submitted(request, tx_hash):
+        # A Deferred for a claim (the coordinator is asked) or a transaction
+        # whose signature a batch is checking right now.
+        if isinstance(tx_hash, Deferred):
+            return tx_hash.addCallback(lambda h: json_response(request, {"txHash": h}))
+        return json_response(request, {"txHash": tx_hash})
 
     @app.route("/rpc/getReceipt/<receipt_id>", methods=["GET"])
     def get_receipt(self, request, receipt_id):
-        out = self.node.get_receipt(receipt_id)
+        out = self.queries.get_receipt(receipt_id)
         if out is None:
             raise AitError("not_found", f"no included receipt {receipt_id!r}", status=404)
         return json_response(request, out)
 
     @app.route("/rpc/getSupply", methods=["GET"])
     def get_supply(self, request):
-        return json_response(request, self.node.get_supply())
+        return json_response(request, self.queries.get_supply())
 
     @app.route("/rpc/attest", methods=["POST"])
     @app.route("/rpc/attest/receipt", methods=["POST"])
@@ -210,7 +133,7 @@ class RPC:
         if len(items) > self.max_batch_items:
             raise AitError("batch_too_large", f"at most {self.max_batch_items} transactions per call", status=413)
         self.limit(request, max(1, len(items)))
-        d = Deferred.fromCoroutine(self.node.submit_many(items))
+        d = Deferred.fromCoroutine(self.admission.submit_batch(items))
         d.addCallback(lambda results: json_response(request, {"results": results}))
         return d
 
@@ -218,7 +141,7 @@ class RPC:
     def get_tx(self, request, tx_hash):
         if not is_hex(tx_hash, 32):
             raise AitError("bad_hex", "txHash must be 64 lowercase hex characters")
-        out = self.node.get_tx(tx_hash)
+        out = self.queries.get_tx(tx_hash)
         if out is None:
             raise AitError("not_found", f"no transaction {tx_hash}", status=404)
         return json_response(request, out)
@@ -230,18 +153,18 @@ class RPC:
         if not is_height and not is_hex(ref, 32):
             raise AitError("bad_block_ref", "give a height (decimal) or a block hash (64 lowercase hex)")
         full = request.args.get(b"full", [b"false"])[0].lower() in (b"true", b"1")
-        out = self.node.get_block(ref, full=full)
+        out = self.queries.get_block(ref, full=full)
         if out is None:
             raise AitError("not_found", f"no block {ref}", status=404)
         return json_response(request, out)
 
     def get_head(self, request):
-        return json_response(request, self.node.get_head())
+        return json_response(request, self.queries.get_head())
 
     @app.route("/rpc/getBalance/<address>", methods=["GET"])
     def get_balance(self, request, address):
         crypto.check_address(address)
-        return json_response(request, self.node.get_balance(address))
+        return json_response(request, self.queries.get_balance(address))
 
     @app.route("/rpc/getHistory/<address>", methods=["GET"])
     def get_history(self, request, address):
@@ -249,11 +172,11 @@ class RPC:
         raw = request.args.get(b"limit", [b"50"])[0]
         if not raw.isdigit() or not 1 <= int(raw) <= 500:
             raise AitError("bad_limit", "limit must be an integer from 1 to 500")
-        return json_response(request, self.node.get_history(address, int(raw)))
+        return json_response(request, self.queries.get_history(address, int(raw)))
 
     @app.route("/rpc/estimateFee", methods=["POST"])
     def estimate_fee(self, request):
-        return json_response(request, {"fee": self.node.estimate_fee(self.body(request))})
+        return json_response(request, {"fee": self.queries.estimate_fee(self.body(request))})
 
     @app.route("/rpc/metrics", methods=["GET"])
     def metrics(self, request):
@@ -262,7 +185,7 @@ class RPC:
 
     @app.route("/rpc/getParams", methods=["GET"])
     def get_params(self, request):
-        return json_response(request, self.node.get_params())
+        return json_response(request, self.queries.get_params())
 
     @app.route("/p2p/peers", methods=["GET"])
     def peers(self, request):
@@ -288,7 +211,7 @@ class RPC:
         require_fields(body, ("address", "amount"), "body")
         crypto.check_address(body["address"])
         amount = require_int(body["amount"], "amount", minimum=1)
-        tx_hash = self.node.submit_signed_by_node("MINT", {"to": body["address"], "amount": amount})
+        tx_hash = self.admission.submit_own("MINT", {"to": body["address"], "amount": amount})
         return json_response(request, {"txHash": tx_hash})
 
     @app.route("/admin/paramSet", methods=["POST"])
@@ -296,5 +219,5 @@ class RPC:
         self.require_admin(request)
         body = self.body(request)
         require_fields(body, ("key", "value"), "body")
-        tx_hash = self.node.submit_signed_by_node("PARAM_UPDATE", {"key": body["key"], "value": body["value"]})
+        tx_hash = self.admission.submit_own("PARAM_UPDATE", {"key": body["key"], "value": body["value"]})
         return json_response(request, {"txHash": tx_hash})

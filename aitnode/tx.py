@@ -8,61 +8,18 @@ the transaction is sha256(canonical(body + pubkey + sig)), the last two
 as lowercase hex strings.  See docs/protocol.md.
 """
 
-import json
-
 import cbor2
 
-from aitnode import crypto
-from aitnode.encoding import U64, canonical, canonical_unchecked, check_value, parse_hex, sha256
+from aitnode import crypto, receipts
+from aitnode.encoding import (
+    canonical, canonical_unchecked, check_value, parse_hex, require_fields, require_int, sha256,
+)
 from aitnode.errors import AitError
+from aitnode.params import check_update
 
 WIRE_FIELDS = frozenset(("type", "sender", "nonce", "fee", "payload", "pubkey", "sig", "chain_id"))
-MAX_TEXT = 256
 
 _dumps = cbor2.dumps  # for text and integers, plain CBOR is canonical
-
-# type name -> payload validator; filled by register_type().
-_PAYLOADS = {}
-AUTHORITY_TYPES = frozenset(("MINT", "PARAM_UPDATE"))
-
-
-def register_type(name, validator):
-    """Make a transaction type known; validator(payload) raises AitError."""
-    _PAYLOADS[name] = validator
-
-
-def known_types():
-    return sorted(_PAYLOADS)
-
-
-def require_int(value, field, minimum=0, maximum=U64 - 1):
-    if type(value) is not int:
-        if type(value) is float:
-            raise AitError("float_not_allowed", f"{field} must be an integer, not a float")
-        raise AitError("wrong_type", f"{field} must be an integer")
-    if value < minimum or value > maximum:
-        raise AitError("number_out_of_range", f"{field} must be between {minimum} and {maximum}")
-    return value
-
-
-def require_text(value, field, maximum=MAX_TEXT):
-    if type(value) is not str:
-        raise AitError("wrong_type", f"{field} must be a string")
-    if not value or len(value) > maximum:
-        raise AitError("bad_text", f"{field} must be 1 to {maximum} characters")
-    return value
-
-
-def require_fields(obj, fields, where):
-    """obj must be a map with exactly these keys."""
-    if type(obj) is not dict:
-        raise AitError("wrong_type", f"{where} must be an object")
-    missing = [f for f in fields if f not in obj]
-    if missing:
-        raise AitError("missing_field", f"{where} lacks field {missing[0]!r}")
-    extra = [k for k in obj if k not in fields]
-    if extra:
-        raise AitError("unknown_field", f"{where} has unknown field {extra[0]!r}")
 
 
 def _amount_payload(payload):
@@ -71,18 +28,24 @@ def _amount_payload(payload):
     require_int(payload["amount"], "payload.amount", minimum=1)
 
 
-register_type("TRANSFER", _amount_payload)
-register_type("MINT", _amount_payload)
-
-
 def _param_payload(payload):
-    from aitnode.params import check_update
-
     require_fields(payload, ("key", "value"), "payload")
     check_update(payload["key"], payload["value"])
 
 
-register_type("PARAM_UPDATE", _param_payload)
+# Every transaction type and its payload check: the one table of types.
+_PAYLOADS = {
+    "TRANSFER": _amount_payload,
+    "MINT": _amount_payload,
+    "PARAM_UPDATE": _param_payload,
+    receipts.CLAIM: receipts.validate_claim_payload,
+}
+# Types only an authority may send.
+AUTHORITY_TYPES = frozenset(("MINT", "PARAM_UPDATE"))
+
+
+def known_types():
+    return sorted(_PAYLOADS)
 
 
 class Transaction:
@@ -189,33 +152,6 @@ def parse_tx(obj, chain_id, require_sig=True):
     else:
         sig = bytes(64)
     return Transaction(chain_id, ttype, sender, nonce, fee, payload, pubkey, sig)
-
-
-def _no_duplicates(pairs):
-    out = {}
-    for k, v in pairs:
-        if k in out:
-            raise AitError("duplicate_field", f"field {k!r} appears twice")
-        out[k] = v
-    return out
-
-
-def _no_constants(name):
-    raise AitError("float_not_allowed", f"{name} is not a number this node accepts")
-
-
-def loads_json(data):
-    """Decode a request body: UTF-8 JSON, no duplicate keys, no NaN."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise AitError("malformed_json", "request body is not UTF-8")
-    try:
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
-    except ValueError as e:
-        raise AitError("malformed_json", f"request body is not valid JSON: {e}")
-    except RecursionError:
-        raise AitError("malformed_json", "request body is nested too deeply")
 
 
 def sign_tx(key, chain_id, ttype, nonce, fee, payload):

@@ -5,15 +5,12 @@ import json
 from twisted.internet.task import Clock
 from treq.testing import StubTreq
 
-from aitnode.chain import Chain, Genesis, make_genesis
 from aitnode.crypto import KeyPair
-from aitnode.mempool import Mempool
-from aitnode.node import Node
+from aitnode.genesis import Genesis, make_genesis
+from aitnode.node import compose
 from aitnode.rpc import RPC
-from aitnode.state import Store
 from aitnode.tx import sign_tx
-from aitnode.verifier import InlineVerifier
-from aitnode.web import make_site
+from aitnode.web import make_web_server
 
 CHAIN_ID = "ait-test"
 ADMIN_TOKEN = "test-admin-token-0123456789"
@@ -46,22 +43,20 @@ def genesis_doc(faucet=True, accounts=None, authorities=(AUTHORITY,), **params):
     return make_genesis(CHAIN_ID, list(authorities), accounts, p, timestamp=1_700_000_000)
 
 
-def make_node(testcase, doc=None, key=AUTHORITY, clock=None, mempool=None, verifier=None):
-    """A Node on a fresh LMDB folder under the test's temp dir."""
-    genesis = Genesis(doc or genesis_doc())
-    store = Store(testcase.mktemp())
-    testcase.addCleanup(store.close)
-    chain = Chain(store, genesis)
-    clock = clock or Clock()
-    return Node(chain, mempool or Mempool(), verifier or InlineVerifier(), key=key, clock=clock)
+def make_node(testcase, doc=None, key=AUTHORITY, clock=None, mempool=None, verifier=None, **kw):
+    """A Node (node.compose, as twistd builds it) on a fresh LMDB folder
+    under the test's temp dir, its time on a Clock."""
+    node = compose(testcase.mktemp(), Genesis(doc or genesis_doc()), clock or Clock(), key=key,
+                   mempool=mempool, verifier=verifier, **kw)
+    testcase.addCleanup(node.store.close)
+    return node
 
 
 def make_rpc(node, admin_token=ADMIN_TOKEN, **kw):
     """(rpc, StubTreq) serving node in process, through the real Site/Root."""
     rpc = RPC(node, admin_token=admin_token, **kw)
-    site, root = make_site(rpc.resource(), 16 << 20)
-    root.fast.update(rpc.fast_routes())
-    return rpc, StubTreq(root)
+    site = make_web_server(rpc, 16 << 20)
+    return rpc, StubTreq(site.resource)
 
 
 def transfer(sender, nonce, to, amount, fee=1000, chain_id=CHAIN_ID):

@@ -14,7 +14,7 @@ from twisted.trial import unittest
 from twisted.web import resource, server
 
 from aitnode.attest import MAX_ANSWER, Attestor
-from aitnode.chain import Genesis
+from aitnode.genesis import Genesis
 from aitnode.coordinator import MockCoordinator
 from aitnode.errors import AitError
 from aitnode.receipts import CLAIM, attestation_request, check_attestation, sign_claim
@@ -261,27 +261,27 @@ class AttestorTests(unittest.TestCase):
         """A node with a real Attestor admits a claim the loopback mock attests."""
         mock = MockCoordinator(COORDINATOR, CHAIN_ID)
         node = make_node(self)
-        node.attestor = self.attestor(self.serve(mock.resource()))
+        node.admission.attestor = self.attestor(self.serve(mock.resource()))
         pay = transfer(ALICE, 1, ESCROW, 100)
-        node.submit(wire(pay))
-        node.propose()
+        node.admission.submit(wire(pay))
+        node.pipeline.propose()
         claim = sign_tx(MINER, CHAIN_ID, CLAIM, 1, 1000, payload(payment=pay.hash))
-        self.assertEqual(await node.submit_claim(wire(claim)), claim.hash)
-        block = node.propose()
+        self.assertEqual(await node.admission.submit(wire(claim)), claim.hash)
+        block = node.pipeline.propose()
         self.assertEqual(block["txs"], [claim.hash])
         check_attestation(block["attestations"][claim.hash], claim.payload, PARAMS, CHAIN_ID)
-        self.assertEqual(node.get_balance(MINER.address)["balance"], 100 + 2 * 1000 - 1000)
+        self.assertEqual(node.queries.get_balance(MINER.address)["balance"], 100 + 2 * 1000 - 1000)
         # The same node, coordinator gone: refused with a clear code, blocks go on.
-        node.attestor = self.attestor(await self.closed_url())
+        node.admission.attestor = self.attestor(await self.closed_url())
         pay2 = transfer(ALICE, 2, ESCROW, 100)
-        node.submit(wire(pay2))
-        node.propose()
+        node.admission.submit(wire(pay2))
+        node.pipeline.propose()
         claim2 = sign_tx(MINER, CHAIN_ID, CLAIM, 2, 1000, payload("r2", "job_2", pay2.hash))
         with self.assertRaises(AitError) as cm:
-            await node.submit_claim(wire(claim2))
+            await node.admission.submit(wire(claim2))
         self.assertEqual((cm.exception.code, cm.exception.status), ("coordinator_unavailable", 424))
-        height = node.get_head()["height"]
-        self.assertEqual(node.propose()["header"]["height"], height + 1)
+        height = node.queries.get_head()["height"]
+        self.assertEqual(node.pipeline.propose()["header"]["height"], height + 1)
         self.assertEqual(len(node.mempool), 0)
 
     def test_node_with_a_loopback_coordinator(self):

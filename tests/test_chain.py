@@ -11,7 +11,8 @@ import cbor2
 from twisted.trial.unittest import SynchronousTestCase
 
 from aitnode import crypto
-from aitnode.chain import Genesis, block_hash
+from aitnode.blocks import block_hash
+from aitnode.genesis import Genesis
 from aitnode.encoding import ZERO_HASH, merkle_root
 from aitnode.errors import AitError, ConfigError
 from aitnode.tx import parse_tx, sign_tx
@@ -136,8 +137,8 @@ class GenesisBlockTests(SynchronousTestCase):
 
     def test_two_nodes_same_genesis_block(self):
         n1, n2 = make_node(self), make_node(self)
-        self.assertEqual(n1.get_head(), {"height": 0, "hash": Genesis(genesis_doc()).hash})
-        self.assertEqual(n1.get_head(), n2.get_head())
+        self.assertEqual(n1.queries.get_head(), {"height": 0, "hash": Genesis(genesis_doc()).hash})
+        self.assertEqual(n1.queries.get_head(), n2.queries.get_head())
         self.assertEqual(n1.store.block_at(0), n2.store.block_at(0))
 
 
@@ -271,7 +272,7 @@ class FeeParamTests(RulesTestBase):
     def test_min_fee_formula(self):
         payload = {"to": CAROL.address, "amount": 2**30}
         need = 7 + 3 * payload_size(payload)
-        self.assertEqual(self.node.estimate_fee({
+        self.assertEqual(self.node.queries.estimate_fee({
             "type": "TRANSFER", "sender": ALICE.address, "nonce": 1, "fee": 0, "payload": payload,
         }), need)
         low = transfer(ALICE, 1, CAROL, 2**30, fee=need - 1)
@@ -421,12 +422,12 @@ class VerifyBlockTests(SynchronousTestCase):
         return block
 
     def refused(self, block, txs, word):
-        head = self.b.get_head()
+        head = self.b.queries.get_head()
         root = self.b.chain.head_header()["state_root"]
-        e = self.assertRaises(AitError, self.b.import_block, block, txs)
+        e = self.assertRaises(AitError, self.b.pipeline.import_block, block, txs)
         self.assertEqual(e.code, "bad_block")
         self.assertIn(word, e.message)
-        self.assertEqual(self.b.get_head(), head)
+        self.assertEqual(self.b.queries.get_head(), head)
         self.assertEqual(self.b.chain.head_header()["state_root"], root)
         return e
 
@@ -434,29 +435,29 @@ class VerifyBlockTests(SynchronousTestCase):
         txs = [transfer(ALICE, 1, BOB, 10), transfer(BOB, 1, CAROL, 20)]
         self.a.mempool.add(txs[0], GENESIS_BALANCE, 0)
         self.a.mempool.add(txs[1], 10**6, 0)
-        block = self.a.propose()
+        block = self.a.pipeline.propose()
         self.assertEqual(block["txs"], [t.hash for t in txs])
-        checked = self.b.import_block(block, txs)
+        checked = self.b.pipeline.import_block(block, txs)
         self.assertEqual(checked["hash"], block["hash"])
-        self.assertEqual(self.b.get_head(), self.a.get_head())
+        self.assertEqual(self.b.queries.get_head(), self.a.queries.get_head())
         self.assertEqual(self.b.chain.head_header()["state_root"], self.a.chain.head_header()["state_root"])
         self.assertEqual(self.b.store.accumulator(), self.a.store.accumulator())
         self.assertEqual(dict(self.b.store.entries("acct")), dict(self.a.store.entries("acct")))
-        self.assertEqual(self.b.get_tx(txs[1].hash)["block"]["hash"], block["hash"])
+        self.assertEqual(self.b.queries.get_tx(txs[1].hash)["block"]["hash"], block["hash"])
         # And the next one on top of it.
         t3 = transfer(BOB, 2, ALICE, 1)
         block2 = self.a.chain.build_block([t3], AUTHORITY, T1 + 5)
         self.assertEqual(block2[3], {})
         self.a.chain.commit(*block2[:3])
-        self.b.import_block(block2[0], [t3])
-        self.assertEqual(self.b.get_head(), {"height": 2, "hash": block2[0]["hash"]})
+        self.b.pipeline.import_block(block2[0], [t3])
+        self.assertEqual(self.b.queries.get_head(), {"height": 2, "hash": block2[0]["hash"]})
 
     def test_import_removes_from_mempool(self):
         t = transfer(ALICE, 1, BOB, 10)
-        self.b.submit(t.to_wire())
-        self.b.submit(transfer(ALICE, 2, BOB, 10).to_wire())
+        self.b.admission.submit(t.to_wire())
+        self.b.admission.submit(transfer(ALICE, 2, BOB, 10).to_wire())
         block = self.build([t])
-        self.b.import_block(block, [t])
+        self.b.pipeline.import_block(block, [t])
         self.assertNotIn(t.hash, self.b.mempool)
         self.assertEqual(len(self.b.mempool), 1)
 
@@ -469,7 +470,7 @@ class VerifyBlockTests(SynchronousTestCase):
         self.refused(bad, [t], "hash")
         # Re-signed by the authority, the state root itself is wrong.
         self.refused(self.resign(bad), [t], "state_root")
-        self.b.import_block(block, [t])
+        self.b.pipeline.import_block(block, [t])
 
     def test_tampered_tx_root(self):
         t = transfer(ALICE, 1, BOB, 10)
@@ -484,7 +485,7 @@ class VerifyBlockTests(SynchronousTestCase):
         self.refused(self.resign(bad), [other], "tx_root")
         self.refused(block, [other], "transaction list")
         self.refused(block, [], "transaction list")
-        self.b.import_block(block, [t])
+        self.b.pipeline.import_block(block, [t])
 
     def test_bad_sig(self):
         t = transfer(ALICE, 1, BOB, 10)
@@ -499,7 +500,7 @@ class VerifyBlockTests(SynchronousTestCase):
         self.refused(bad, [t], "sig")
         del bad["sig"]
         self.refused(bad, [t], "sig")
-        self.b.import_block(block, [t])
+        self.b.pipeline.import_block(block, [t])
 
     def test_wrong_parent(self):
         block = self.build([])
@@ -540,8 +541,8 @@ class VerifyBlockTests(SynchronousTestCase):
             bad["txs"] = [t.hash for t in txs]
             bad["header"]["tx_root"] = merkle_root(bad["txs"])
             self.refused(self.resign(bad), txs, "invalid")
-        self.b.import_block(block, [good])
-        self.assertEqual(self.b.get_head()["height"], 1)
+        self.b.pipeline.import_block(block, [good])
+        self.assertEqual(self.b.queries.get_head()["height"], 1)
 
     def test_bad_header_fields(self):
         block = self.build([])

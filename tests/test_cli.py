@@ -11,7 +11,7 @@ from twisted.internet import utils
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from aitnode import cli
-from aitnode.chain import Genesis
+from aitnode.genesis import Genesis
 from aitnode.crypto import KeyPair
 from tests.common import ALICE, AUTHORITY, BOB
 from tests.procs import REPO_ROOT, NodeProcess, inline

@@ -6,7 +6,7 @@ import json
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from aitnode import encoding, tx
+from aitnode import encoding, tx, web
 from aitnode.crypto import KeyPair
 from aitnode.errors import AitError
 
@@ -270,7 +270,7 @@ class TransactionTests(SynchronousTestCase):
 
     def test_round_trip(self):
         text = json.dumps(self.tx.to_wire()).encode()
-        parsed = tx.parse_tx(tx.loads_json(text), CHAIN)
+        parsed = tx.parse_tx(web.loads_json(text), CHAIN)
         self.assertEqual(parsed.to_wire(), self.tx.to_wire())
         self.assertEqual(parsed.hash, self.tx.hash)
         self.assertEqual(parsed.sign_hash, self.tx.sign_hash)
@@ -370,12 +370,12 @@ _DROP = object()
 
 class LoadsJsonTests(SynchronousTestCase):
     def assertRefused(self, data, code):
-        e = self.assertRaises(AitError, tx.loads_json, data)
+        e = self.assertRaises(AitError, web.loads_json, data)
         self.assertEqual(e.code, code, data)
 
     def test_good(self):
-        self.assertEqual(tx.loads_json(b'{"a": [1, "x", true]}'), {"a": [1, "x", True]})
-        self.assertEqual(tx.loads_json('{"k": "\u00fc"}'.encode()), {"k": "\u00fc"})
+        self.assertEqual(web.loads_json(b'{"a": [1, "x", true]}'), {"a": [1, "x", True]})
+        self.assertEqual(web.loads_json('{"k": "\u00fc"}'.encode()), {"k": "\u00fc"})
 
     def test_duplicate_keys(self):
         self.assertRefused(b'{"a": 1, "a": 2}', "duplicate_field")

@@ -315,8 +315,8 @@ class EndToEndTests(SynchronousTestCase):
     def test_transfer_included(self):
         # Fund the client's address through the authority (a MINT).
         funding = 10**6
-        self.node.submit_signed_by_node("MINT", {"to": self.addr, "amount": funding})
-        self.node.propose()
+        self.node.admission.submit_own("MINT", {"to": self.addr, "amount": funding})
+        self.node.pipeline.propose()
         self.assertEqual(self.ok("GET", f"/rpc/getBalance/{self.addr}"), {"balance": funding, "nonce": 0})
 
         chain_id = self.ok("GET", "/rpc/getBlock/0")["chain_id"]
@@ -342,7 +342,7 @@ class EndToEndTests(SynchronousTestCase):
         self.assertEqual(self.ok("POST", "/rpc/sendTx", wire), {"txHash": mine})
         self.assertEqual(self.ok("GET", f"/rpc/getTx/{mine}")["status"], "pending")
 
-        block = self.node.propose()
+        block = self.node.pipeline.propose()
         self.assertEqual(block["txs"], [mine])
         got = self.ok("GET", f"/rpc/getTx/{mine}")
         self.assertEqual(got["status"], "included")
@@ -365,15 +365,15 @@ class EndToEndTests(SynchronousTestCase):
     def test_client_follows_the_chain(self):
         """The client recomputes every block's hash, signature, tx_root and
         state_root from genesis.json and the blocks the node serves."""
-        self.node.submit_signed_by_node("MINT", {"to": self.addr, "amount": 5000})
-        self.node.propose()
+        self.node.admission.submit_own("MINT", {"to": self.addr, "amount": 5000})
+        self.node.pipeline.propose()
         params = self.ok("GET", "/rpc/getParams")
         for nonce, amount in ((1, 10), (2, 20), (3, 30)):
             payload = {"to": BOB.address, "amount": amount}
             wire = ic.sign_transfer(self.SEED, CHAIN_ID, nonce, ic.min_fee(params, payload) + nonce, BOB.address, amount)
             self.ok("POST", "/rpc/sendTx", wire)
-        self.node.propose()
-        self.node.propose()  # an empty block
+        self.node.pipeline.propose()
+        self.node.pipeline.propose()  # an empty block
 
         genesis = self.ok("GET", "/rpc/getBlock/0")
         self.assertEqual(
@@ -442,7 +442,7 @@ class ReceiptEndToEndTests(TestCase):
             treasury_ratio_bps=300, mint_per_unit=1003,
         )
         self.node = make_node(self, doc=self.doc)
-        self.node.attestor = self.attestor(self.url)
+        self.node.admission.attestor = self.attestor(self.url)
         self.rpc, self.http = make_rpc(self.node)
         self.client_nonce = 0
         self.jobs = iter(self.JOBS[:-1])
@@ -501,7 +501,7 @@ class ReceiptEndToEndTests(TestCase):
         wire = ic.sign_transfer(self.CLIENT, CHAIN_ID, self.client_nonce, ic.min_fee(params, payload), self.ESCROW, amount)
         h = ic.tx_hash(wire, CHAIN_ID)
         self.assertEqual(await self.ok("POST", "/rpc/sendTx", wire), {"txHash": h})
-        block = self.node.propose()
+        block = self.node.pipeline.propose()
         self.assertIn(h, block["txs"])
         return h
 
@@ -542,7 +542,7 @@ class ReceiptEndToEndTests(TestCase):
         payload = {"to": BOB.address, "amount": 1}
         wire = ic.sign_transfer(self.CLIENT, CHAIN_ID, self.client_nonce, ic.min_fee(params, payload), BOB.address, 1)
         await self.ok("POST", "/rpc/sendTx", wire)
-        block = self.node.propose()
+        block = self.node.pipeline.propose()
         self.assertEqual(block["header"]["height"], height + 1)
         self.assertEqual(block["txs"], [ic.tx_hash(wire, CHAIN_ID)])
         return block["txs"][0]
@@ -583,7 +583,7 @@ class ReceiptEndToEndTests(TestCase):
         att = pending["attestation"]
         self.assertIsNone(ic.attestation_problem(att, wire["payload"], self.coordinator.params_entry(), CHAIN_ID))
 
-        block = self.node.propose()
+        block = self.node.pipeline.propose()
         self.assertEqual(block["txs"], [h])
         self.assertEqual(block["attestations"], {h: att})
 
@@ -643,7 +643,7 @@ class ReceiptEndToEndTests(TestCase):
         coordinator_sent = ic.sign_tx(self.COORDINATOR, CHAIN_ID, ic.CLAIM, 1, fee, payload)
         await self.refused(coordinator_sent, "receipt_already_claimed", 409)
         await self.refused(await self.claim(payment, "receipt-2", job="job_2"), "payment_already_used", 409)
-        self.node.propose()
+        self.node.pipeline.propose()
         final = await self.balances()
         self.assertEqual(final[self.miner], after[self.miner])
         self.assertEqual(final[self.ESCROW], after[self.ESCROW])
@@ -663,7 +663,7 @@ class ReceiptEndToEndTests(TestCase):
         mint, cut, _ = ic.settlement(params, wire["payload"])
         self.assertGreaterEqual(cut, wire["fee"])
         await self.ok("POST", "/rpc/submitReceipt", wire)
-        self.node.propose()
+        self.node.pipeline.propose()
         after = await self.balances()
         self.assertEqual(after[self.miner], 5000 + mint)
         self.assertEqual(after[self.coordinator.address], cut - wire["fee"])
@@ -710,12 +710,12 @@ class ReceiptEndToEndTests(TestCase):
         coordinator.mode = "ok"
 
         # The node's side of the call: allow list, in-flight bound, timeout.
-        good = self.node.attestor
+        good = self.node.admission.attestor
         asked = len(coordinator.requests)
-        self.node.attestor = self.attestor(self.url.replace("127.0.0.1", "localhost"))
+        self.node.admission.attestor = self.attestor(self.url.replace("127.0.0.1", "localhost"))
         await self.refused(await self.claim(p1, "r-allow"), "coordinator_not_allowed", 424)
         self.assertEqual(len(coordinator.requests), asked)
-        self.node.attestor = self.attestor(self.url, timeout=0.3, max_in_flight=1)
+        self.node.admission.attestor = self.attestor(self.url, timeout=0.3, max_in_flight=1)
         coordinator.mode = "hang"
         slow = await self.claim(p1, "r-slow")
         first = self.http.post(BASE + "/rpc/submitReceipt", data=json.dumps(slow).encode())
@@ -729,7 +729,7 @@ class ReceiptEndToEndTests(TestCase):
         self.assertEqual((resp.code, body["error"]["code"]), (424, "coordinator_timeout"))
         self.assertEqual((await self.call("GET", f"/rpc/getTx/{ic.tx_hash(slow, CHAIN_ID)}"))[0], 404)
         coordinator.mode = "ok"
-        self.node.attestor = good
+        self.node.admission.attestor = good
         await self.blocks_keep_coming()
 
         # Nobody was paid, nothing was minted.
@@ -741,7 +741,7 @@ class ReceiptEndToEndTests(TestCase):
         # A good claim still settles; then its payment and receipt id are spent.
         ok = await self.claim(p1, "r-good")
         await self.ok("POST", "/rpc/submitReceipt", ok)
-        self.node.propose()
+        self.node.pipeline.propose()
         mint, _, _ = ic.settlement(params, ok["payload"])
         self.assertEqual(await self.balance(self.miner), 5000 + mint - ok["fee"])
         await self.refused(await self.claim(p1, "r-reuse"), "payment_already_used", 409)

@@ -38,7 +38,7 @@ class MetricsTests(SynchronousTestCase):
     def busy_node(self):
         """A node that has seen blocks, transfers, a receipt, refusals and requests."""
         node = make_node(self)
-        node.attestor = _Attestor(MockCoordinator(COORDINATOR, CHAIN_ID))
+        node.admission.attestor = _Attestor(MockCoordinator(COORDINATOR, CHAIN_ID))
         rpc, http = make_rpc(node)
         root = http._agent._rootResource
         root.observe = rpc.observer()
@@ -46,15 +46,15 @@ class MetricsTests(SynchronousTestCase):
         self.successResultOf(http.post("http://n/rpc/sendTx", json=wire(pay)))
         self.successResultOf(http.post("http://n/rpc/sendTx", data=b"{not json"))
         self.successResultOf(http.get("http://n/rpc/getTx/" + "ab" * 32))
-        node.propose()
+        node.pipeline.propose()
         claim = sign_tx(MINER, CHAIN_ID, "RECEIPT_CLAIM", 1, 1_000, sign_claim(
             MINER, CHAIN_ID, receipt_id="r1", job_id="job_7", client_addr=ALICE.address,
             miner_addr=MINER.address, compute_units=4, price=5000, output_hash="sha256:00",
             client_payment_tx=pay.hash))
         response = self.successResultOf(http.post("http://n/rpc/submitReceipt", json=wire(claim)))
         self.assertEqual(self.successResultOf(response.json()), {"txHash": claim.hash})
-        node.propose()
-        node.submit(wire(transfer(BOB, 1, ALICE, 1)))
+        node.pipeline.propose()
+        node.admission.submit(wire(transfer(BOB, 1, ALICE, 1)))
         response = self.successResultOf(http.get("http://n/rpc/metrics"))
         self.assertEqual(response.code, 200)
         self.assertTrue(response.headers.getRawHeaders("content-type")[0].startswith("text/plain"))

@@ -19,7 +19,8 @@ from txaio._common import _BatchedTimer
 
 from aitnode import crypto
 from aitnode import p2p as p2pmod
-from aitnode.chain import block_hash, make_genesis
+from aitnode.blocks import block_hash
+from aitnode.genesis import make_genesis
 from aitnode.crypto import KeyPair
 from aitnode.p2p import P2P, ClientPeer, auth_bytes, encode
 
@@ -217,14 +218,14 @@ class HandshakeTests(P2PTestCase):
         self.assertEqual(seen_by_follower["height"], 0)
         self.assertEqual(seen_by_follower["head"], auth.node.chain.genesis.hash)
         # The peer table in LMDB remembers the peer.
-        self.assertIn(follower.node_id, auth.node.store.peers())
-        self.assertIn(auth.node_id, follower.node.store.peers())
+        self.assertIn(follower.node_id, auth.node.local.peers())
+        self.assertIn(auth.node_id, follower.node.local.peers())
         self.assertEqual(len(self.logged("peer_joined")), 2)
 
     def test_hello_carries_head(self):
         auth = self.net.peer()
         for _ in range(3):
-            auth.node.propose()
+            auth.node.pipeline.propose()
         raw = self.net.connect(None, auth, protocol=RawClient).client
         hello = raw.first("hello")
         self.assertEqual(hello["chain_id"], CHAIN_ID)
@@ -306,7 +307,10 @@ class HandshakeTests(P2PTestCase):
         link = self.raw_handshake(auth, nk, sign_challenge="cd" * 32)  # not the challenge it was given
         self.assertTrue(link.closed)
         self.assertEqual(auth.conns, set())
-        self.assertEqual(auth.scores[nk.public_key.hex()], p2pmod.PENALTY["protocol"])
+        # Before auth proved an id, misbehaviour counts against the address
+        # only: an id it merely claimed is never penalised (or banned).
+        self.assertEqual(auth.scores["127.0.0.1"], p2pmod.PENALTY["protocol"])
+        self.assertNotIn(nk.public_key.hex(), auth.scores)
         self.assertTrue(self.logged("peer_penalized"))
 
     def test_auth_by_another_key_refused(self):
@@ -358,15 +362,15 @@ class GossipTests(P2PTestCase):
         auth = self.net.peer()
         follower = self.net.peer(key=None)
         self.net.connect(follower, auth)
-        block = auth.node.propose()
+        block = auth.node.pipeline.propose()
         self.net.settle()
-        self.assertEqual(follower.node.get_head(), {"height": 1, "hash": block["hash"]})
-        self.assertEqual(follower.node.get_block(1), auth.node.get_block(1))
+        self.assertEqual(follower.node.queries.get_head(), {"height": 1, "hash": block["hash"]})
+        self.assertEqual(follower.node.queries.get_block(1), auth.node.queries.get_block(1))
 
     def test_block_relayed_through_line(self):
         auth, f1, f2 = self.line()
         for _ in range(3):
-            auth.node.propose()
+            auth.node.pipeline.propose()
             self.net.settle()
         self.assertEqual(len(self.assertSameChain(auth, f1, f2)), 4)
         for p in (auth, f1, f2):  # each node passed each block on once
@@ -380,21 +384,21 @@ class GossipTests(P2PTestCase):
         auth, f1, f2 = self.line()
         txs = [transfer(ALICE, n, BOB, n) for n in (1, 2, 3)]
         for t in txs:
-            auth.node.submit(t.to_wire())
+            auth.node.admission.submit(t.to_wire())
         self.net.settle()
-        block = auth.node.propose()
+        block = auth.node.pipeline.propose()
         self.net.settle()
         self.assertEqual(block["txs"], [t.hash for t in txs])
         self.assertSameChain(auth, f1, f2)
         for p in (f1, f2):
             self.assertEqual(len(p.node.mempool), 0)
-            self.assertEqual(p.node.get_tx(txs[2].hash)["status"], "included")
-            self.assertEqual(p.node.get_balance(BOB.address), auth.node.get_balance(BOB.address))
+            self.assertEqual(p.node.queries.get_tx(txs[2].hash)["status"], "included")
+            self.assertEqual(p.node.queries.get_balance(BOB.address), auth.node.queries.get_balance(BOB.address))
 
     def test_tx_relayed_to_authority_once(self):
         auth, f1, f2 = self.line()
         t = transfer(ALICE, 1, BOB, 77)
-        f2.node.submit(t.to_wire())
+        f2.node.admission.submit(t.to_wire())
         self.net.settle()
         for p in (auth, f1, f2):
             self.assertIn(t.hash, p.node.mempool)
@@ -409,11 +413,11 @@ class GossipTests(P2PTestCase):
         self.assertEqual(len([m for m, _ in f1.broadcasts if m == "tx"]), 1)
         self.assertEqual(len(frames(auth, "tx")), 1)
         # The authority includes it; every node sees it included.
-        auth.node.propose()
+        auth.node.pipeline.propose()
         self.net.settle()
         self.assertSameChain(auth, f1, f2)
         for p in (auth, f1, f2):
-            self.assertEqual(p.node.get_tx(t.hash)["status"], "included")
+            self.assertEqual(p.node.queries.get_tx(t.hash)["status"], "included")
             self.assertNotIn(t.hash, p.node.mempool)
 
     def test_broadcast_skips_closing_connection(self):
@@ -426,11 +430,11 @@ class GossipTests(P2PTestCase):
         closing = conn_to(auth, f1)
         closing.dropConnection(abort=True)
         self.assertIn(closing, auth.conns)
-        block = auth.node.propose()  # broadcasts; must not raise
+        block = auth.node.pipeline.propose()  # broadcasts; must not raise
         closing.send("status", {"height": 1, "head": block["hash"]})  # a no-op now
         self.net.settle()
-        self.assertEqual(f2.node.get_head()["hash"], block["hash"])
-        self.assertEqual(f1.node.get_head()["height"], 0)
+        self.assertEqual(f2.node.queries.get_head()["hash"], block["hash"])
+        self.assertEqual(f1.node.queries.get_head()["height"], 0)
         self.assertEqual(len(auth.conns), 1)
 
     def test_bad_tx_signature_penalized(self):
@@ -461,29 +465,29 @@ class SyncTests(P2PTestCase):
         auth = self.net.peer()
         follower = self.net.peer(key=None, sync_batch=3)
         for n in range(1, 11):
-            auth.node.submit(transfer(ALICE, n, BOB, n).to_wire())
-            auth.node.propose()
+            auth.node.admission.submit(transfer(ALICE, n, BOB, n).to_wire())
+            auth.node.pipeline.propose()
         self.net.connect(follower, auth)
         self.assertEqual(len(self.assertSameChain(auth, follower)), 11)
         asks = frames(auth, "get_blocks")
         self.assertEqual(len(asks), 4)  # 10 blocks in batches of 3
         self.assertTrue(all(a["limit"] == 3 for a in asks))
-        self.assertEqual(follower.node.get_balance(BOB.address), auth.node.get_balance(BOB.address))
+        self.assertEqual(follower.node.queries.get_balance(BOB.address), auth.node.queries.get_balance(BOB.address))
         self.assertEqual(follower.node.chain.view().root(), auth.node.chain.view().root())
-        self.assertIsNone(follower.syncing)
+        self.assertIsNone(follower.sync.syncing)
 
     def test_sync_after_missing_blocks(self):
         """A follower that was connected, missed blocks while away, catches up."""
         auth = self.net.peer()
         follower = self.net.peer(key=None, sync_batch=2)
         link = self.net.connect(follower, auth)
-        auth.node.propose()
+        auth.node.pipeline.propose()
         self.net.settle()
         link.client.dropConnection(abort=True)
         self.net.settle()
         for _ in range(7):
-            auth.node.propose()
-        self.assertEqual(follower.node.get_head()["height"], 1)
+            auth.node.pipeline.propose()
+        self.assertEqual(follower.node.queries.get_head()["height"], 1)
         self.net.connect(follower, auth)
         self.assertEqual(len(self.assertSameChain(auth, follower)), 9)
 
@@ -494,9 +498,9 @@ class SyncTests(P2PTestCase):
         # Blocks the follower does not hear of (as if their frames were lost).
         auth.conns.clear()
         for _ in range(5):
-            auth.node.propose()
+            auth.node.pipeline.propose()
         auth.conns.add(link.server)
-        auth.node.propose()  # the next announcement does not extend the follower's head
+        auth.node.pipeline.propose()  # the next announcement does not extend the follower's head
         self.net.settle()
         self.assertEqual(len(self.assertSameChain(auth, follower)), 7)
 
@@ -506,17 +510,17 @@ class SyncTests(P2PTestCase):
         auth = self.net.peer()
         follower = self.net.peer(key=None)
         for _ in range(8):
-            auth.node.propose()
+            auth.node.pipeline.propose()
         link = self.net.connect(follower, auth)
         self.assertSameChain(auth, follower)
         for _ in range(3):
-            auth.node.propose()
+            auth.node.pipeline.propose()
         rollbacks = []
-        follower.node.rollback = rollbacks.append
+        follower.node.pipeline.rollback = rollbacks.append
         conn = link.client
         conn.remote_height = 11
-        follower.syncing = conn
-        stale = {"blocks": [auth.node.block_entry(h) for h in range(4, 12)], "height": 11}
+        follower.sync.syncing = conn
+        stale = {"blocks": [auth.node.chain.block_entry(h) for h in range(4, 12)], "height": 11}
         follower._on_blocks(conn, stale)
         self.net.settle()
         self.assertEqual(rollbacks, [])
@@ -528,20 +532,20 @@ class SyncTests(P2PTestCase):
         answer = auth._on_get_blocks
         auth._on_get_blocks = lambda conn, d: None  # deaf, for now
         for _ in range(4):
-            auth.node.propose()
+            auth.node.pipeline.propose()
         self.net.connect(follower, auth)
-        self.assertIsNotNone(follower.syncing)
-        self.assertEqual(follower.node.get_head()["height"], 0)
+        self.assertIsNotNone(follower.sync.syncing)
+        self.assertEqual(follower.node.queries.get_head()["height"], 0)
         auth._on_get_blocks = answer
         self.net.advance(p2pmod.SYNC_TIMEOUT)
         self.assertEqual(len(self.assertSameChain(auth, follower)), 5)
-        self.assertIsNone(follower.syncing)
-        self.assertIsNone(follower._sync_timer)
+        self.assertIsNone(follower.sync.syncing)
+        self.assertIsNone(follower.sync._timer)
 
     def test_get_blocks_by_height_and_locator(self):
         auth = self.net.peer()
         for _ in range(5):
-            auth.node.propose()
+            auth.node.pipeline.propose()
         raw = self.net.connect(None, auth, protocol=RawClient)
         nk = KeyPair.generate()
         theirs = raw.client.first("hello")
@@ -561,9 +565,9 @@ class SyncTests(P2PTestCase):
         auth = self.net.peer()
         follower = self.net.peer(key=None, sync_batch=5)
         for _ in range(3):
-            auth.node.propose()
+            auth.node.pipeline.propose()
         # Corrupt what the authority answers: block 2's sig.
-        real = auth.node.block_entry
+        real = auth.node.chain.block_entry
 
         def tampered(height):
             entry = real(height)
@@ -571,15 +575,15 @@ class SyncTests(P2PTestCase):
                 entry = {"block": dict(entry["block"], sig="00" * 64), "txs": entry["txs"]}
             return entry
 
-        auth.node.block_entry = tampered
+        auth.node.chain.block_entry = tampered
         link = self.net.connect(follower, auth)
         # Block 1 is kept; block 2 is refused each time it comes, and a
         # peer that keeps sending it is banned.
-        self.assertEqual(follower.node.get_head()["height"], 1)
+        self.assertEqual(follower.node.queries.get_head()["height"], 1)
         self.assertEqual(follower.scores[auth.node_id], 2 * p2pmod.PENALTY["bad_block"])
         self.assertTrue(follower.is_banned(node_id=auth.node_id))
         self.assertTrue(link.closed)
-        self.assertIsNone(follower.syncing)
+        self.assertIsNone(follower.sync.syncing)
 
 
 # -- misbehaviour ------------------------------------------------------------
@@ -685,7 +689,7 @@ class MisbehaviourTests(P2PTestCase):
 
     def forged(self, auth, resign):
         """A block on auth's head with a wrong state_root."""
-        block, records, view, failed = auth.node.chain.build_block([], AUTHORITY, auth.node.now())
+        block, records, view, failed = auth.node.chain.build_block([], AUTHORITY, auth.node.pipeline.now())
         view.release()
         header = dict(block["header"], state_root=("11" if resign else "22") * 32)
         h = block_hash(header)
@@ -699,7 +703,7 @@ class MisbehaviourTests(P2PTestCase):
         for resign in (True, False):
             conn.send("block", self.forged(auth, resign))
             self.net.settle()
-            self.assertEqual(follower.node.get_head()["height"], 0)
+            self.assertEqual(follower.node.queries.get_head()["height"], 0)
         # Two bad blocks: -60 each, over the ban score.
         self.assertTrue(follower.is_banned(node_id=auth.node_id))
         self.assertTrue(link.closed)
@@ -710,17 +714,17 @@ class MisbehaviourTests(P2PTestCase):
     def test_block_from_non_authority_penalized(self):
         auth, follower, link = self.pair()
         outsider = KeyPair.generate()
-        block, _, view, _ = auth.node.chain.build_block([], AUTHORITY, auth.node.now())
+        block, _, view, _ = auth.node.chain.build_block([], AUTHORITY, auth.node.pipeline.now())
         view.release()
         header = dict(block["header"], proposer=outsider.address)
         h = block_hash(header)
         entry = {"block": dict(block, header=header, hash=h, sig=outsider.sign(bytes.fromhex(h)).hex()), "txs": []}
         conn_to(auth, follower).send("block", entry)
         self.net.settle()
-        self.assertEqual(follower.node.get_head()["height"], 0)
+        self.assertEqual(follower.node.queries.get_head()["height"], 0)
         self.assertEqual(follower.scores[auth.node_id], p2pmod.PENALTY["bad_block"])
         # The real block still goes through afterwards.
-        auth.node.propose()
+        auth.node.pipeline.propose()
         self.net.settle()
         self.assertSameChain(auth, follower)
 
@@ -747,9 +751,9 @@ class ReorgTests(P2PTestCase):
 
     def build(self, p, n, txs=()):
         for t in txs:
-            p.node.submit(t.to_wire())
+            p.node.admission.submit(t.to_wire())
         for _ in range(n):
-            p.node.propose()
+            p.node.pipeline.propose()
 
     def check_reorg(self, batch):
         a, b = self.two(batch)
@@ -763,24 +767,24 @@ class ReorgTests(P2PTestCase):
         self.net.connect(a, b)
         # The shorter chain rolled back to genesis and adopted the longer.
         self.assertEqual(self.assertSameChain(a, b), b_chain)
-        self.assertEqual(a.node.get_head(), {"height": 5, "hash": b_chain[5]})
+        self.assertEqual(a.node.queries.get_head(), {"height": 5, "hash": b_chain[5]})
         for h in a_chain[1:]:
-            self.assertIsNone(a.node.get_block(h))
+            self.assertIsNone(a.node.queries.get_block(h))
         self.assertEqual(a.node.chain.view().root(), b.node.chain.view().root())
-        self.assertEqual(a.node.get_tx(kept.hash)["status"], "included")
+        self.assertEqual(a.node.queries.get_tx(kept.hash)["status"], "included")
         # Transactions from the dropped blocks are pending again, here and
         # (relayed) at the other authority.
         for t in dropped:
-            self.assertEqual(a.node.get_tx(t.hash)["status"], "pending")
+            self.assertEqual(a.node.queries.get_tx(t.hash)["status"], "pending")
             self.assertIn(t.hash, b.node.mempool)
-        self.assertEqual(a.node.get_balance(CAROL.address), {"balance": 30, "nonce": 0})
+        self.assertEqual(a.node.queries.get_balance(CAROL.address), {"balance": 30, "nonce": 0})
         self.assertTrue(self.logged("reorg"))
         # The next block includes them, on both nodes.
-        b.node.propose()
+        b.node.pipeline.propose()
         self.net.settle()
         self.assertSameChain(a, b)
         for t in dropped:
-            self.assertEqual(a.node.get_tx(t.hash)["status"], "included")
+            self.assertEqual(a.node.queries.get_tx(t.hash)["status"], "included")
 
     def test_shorter_chain_reorgs(self):
         self.check_reorg(batch=p2pmod.SYNC_BATCH)
@@ -834,12 +838,12 @@ class ReorgTests(P2PTestCase):
         ours = hashes(a)
         link = self.liar(a)
         self.assertIn("get_blocks", link.client.types())
-        forged = b.node.block_entry(1)
+        forged = b.node.chain.block_entry(1)
         forged = {"block": dict(forged["block"], sig="00" * 64), "txs": []}
         link.client.send("blocks", {"blocks": [forged], "height": 100})
         self.net.settle()
         self.assertEqual(hashes(a), ours)
-        self.assertEqual(a.node.get_tx(t.hash)["status"], "included")
+        self.assertEqual(a.node.queries.get_tx(t.hash)["status"], "included")
         self.assertEqual(len(a.node.mempool), 0)
         self.assertEqual(a.scores[link.node_id], p2pmod.PENALTY["bad_block"])
 
@@ -848,11 +852,11 @@ class ReorgTests(P2PTestCase):
         self.build(a, 2)
         self.build(b, 3)
         link = self.liar(a)
-        link.client.send("blocks", {"blocks": [b.node.block_entry(2)], "height": 100})  # parent unknown to a
+        link.client.send("blocks", {"blocks": [b.node.chain.block_entry(2)], "height": 100})  # parent unknown to a
         self.net.settle()
-        self.assertEqual(a.node.get_head()["height"], 2)
+        self.assertEqual(a.node.queries.get_head()["height"], 2)
         self.assertEqual(a.scores[link.node_id], p2pmod.PENALTY["bad_block"])
-        self.assertIsNone(a.syncing)
+        self.assertIsNone(a.sync.syncing)
         self.assertFalse(self.logged("sync_error"))
 
     def test_announced_block_waiting_for_a_sync_not_penalized(self):
@@ -864,12 +868,12 @@ class ReorgTests(P2PTestCase):
         b = make_node(self, doc=doc, key=K2, clock=self.net.clock)
         follower = self.net.peer(doc=doc, key=None)
         self.build(a, 1)
-        b.import_block(a.node.store.block_at(1), [])
-        rival = b.propose()  # height 2 on a's block 1
+        b.pipeline.import_block(a.node.store.block_at(1), [])
+        rival = b.pipeline.propose()  # height 2 on a's block 1
         self.build(a, 2)
         honest = self.liar(follower, height=0)
         conn = next(c for c in follower.conns if c.remote_id == honest.node_id)
-        real = follower.node.import_block_async
+        real = follower.node.pipeline.import_block_async
         fired = []
 
         async def hooked(block, txs):
@@ -879,7 +883,7 @@ class ReorgTests(P2PTestCase):
                 follower.received(conn, "block", {"block": rival, "txs": []})
             return out
 
-        follower.node.import_block_async = hooked
+        follower.node.pipeline.import_block_async = hooked
         self.net.connect(follower, a)
         self.assertTrue(fired)
         self.assertEqual(self.assertSameChain(a, follower)[-1], a.node.store.hash_at(3))
@@ -897,11 +901,11 @@ class ReorgTests(P2PTestCase):
         self.assertFalse(self.logged("reorg"))
         self.assertEqual(len(a.conns), 1)
         # An announced block at the same height changes nothing either.
-        conn_to(b, a).send("block", b.node.block_entry(3))
+        conn_to(b, a).send("block", b.node.chain.block_entry(3))
         self.net.settle()
         self.assertEqual(hashes(a), a_chain)
         # One block more on b's side decides it.
-        b.node.propose()
+        b.node.pipeline.propose()
         self.net.settle()
         self.assertEqual(self.assertSameChain(a, b)[:4], b_chain)
 
@@ -917,19 +921,19 @@ class RollbackTests(SynchronousTestCase):
     def test_rollback_to_restores_exactly(self):
         node = make_node(self)
         store = node.store
-        node.submit(transfer(ALICE, 1, BOB, 10).to_wire())
-        node.propose()
-        node.propose()
+        node.admission.submit(transfer(ALICE, 1, BOB, 10).to_wire())
+        node.pipeline.propose()
+        node.pipeline.propose()
         snap = (state_dump(store), store.accumulator(), store.head(), node.chain.view().root())
         self.assertEqual(snap[3], store.block_at(2)["header"]["state_root"])
         later = [transfer(ALICE, 2, CAROL, 20), transfer(BOB, 1, CAROL, 30), transfer(ALICE, 3, CAROL, 40)]
-        node.submit(later[0].to_wire())
-        node.submit(later[1].to_wire())
-        b3 = node.propose()
-        node.submit(later[2].to_wire())
-        node.submit_signed_by_node("PARAM_UPDATE", {"key": "max_block_txs", "value": 7})
-        b4 = node.propose()
-        self.assertEqual(node.get_params()["max_block_txs"], 7)
+        node.admission.submit(later[0].to_wire())
+        node.admission.submit(later[1].to_wire())
+        b3 = node.pipeline.propose()
+        node.admission.submit(later[2].to_wire())
+        node.admission.submit_own("PARAM_UPDATE", {"key": "max_block_txs", "value": 7})
+        b4 = node.pipeline.propose()
+        self.assertEqual(node.queries.get_params()["max_block_txs"], 7)
         dropped = store.rollback_to(2)
         self.assertEqual([w for w in dropped if w["type"] == "TRANSFER"], [t.to_wire() for t in later])
         self.assertEqual(len(dropped), 4)
@@ -941,24 +945,24 @@ class RollbackTests(SynchronousTestCase):
         for h, b in ((3, b3), (4, b4)):
             self.assertIsNone(store.hash_at(h))
             self.assertIsNone(store.block_by_hash(b["hash"]))
-        self.assertEqual(node.get_balance(CAROL.address), {"balance": 0, "nonce": 0})
-        self.assertNotEqual(node.get_params()["max_block_txs"], 7)
+        self.assertEqual(node.queries.get_balance(CAROL.address), {"balance": 0, "nonce": 0})
+        self.assertNotEqual(node.queries.get_params()["max_block_txs"], 7)
         # The chain goes on from there, and a fresh node accepts it.
         node.mempool.clear()
-        node.submit(later[0].to_wire())
-        b3b = node.propose()
+        node.admission.submit(later[0].to_wire())
+        b3b = node.pipeline.propose()
         self.assertEqual(b3b["header"]["parent"], store.hash_at(2))
         other = make_node(self, key=None)
         for h in range(1, 4):
-            e = node.block_entry(h)
-            other.import_block(e["block"], [other.parse(w) for w in e["txs"]])
-        self.assertEqual(other.get_head(), node.get_head())
+            e = node.chain.block_entry(h)
+            other.pipeline.import_block(e["block"], [other.admission.parse(w) for w in e["txs"]])
+        self.assertEqual(other.queries.get_head(), node.queries.get_head())
 
     def test_rollback_to_genesis_and_noop(self):
         node = make_node(self)
         genesis = (state_dump(node.store), node.store.accumulator(), node.store.head())
         self.assertEqual(node.store.rollback_to(0), [])
-        node.propose()
+        node.pipeline.propose()
         self.assertEqual(node.store.rollback_to(1), [])
         self.assertEqual(node.store.head()[0], 1)
         self.assertEqual(node.store.rollback_to(0), [])
@@ -966,17 +970,17 @@ class RollbackTests(SynchronousTestCase):
 
     def test_rollback_deeper_than_undo_refused(self):
         node = make_node(self)
-        node.propose()
-        node.propose()
+        node.pipeline.propose()
+        node.pipeline.propose()
         self.assertRaises(ValueError, node.store.rollback_to, -1)
         self.assertEqual(node.store.head()[0], 2)
 
     def test_undo_pruned_beyond_keep(self):
-        import aitnode.state as statemod
-        self.patch(statemod, "UNDO_KEEP", 3)
+        import aitnode.store as storemod
+        self.patch(storemod, "UNDO_KEEP", 3)
         node = make_node(self)
         for _ in range(6):
-            node.propose()
+            node.pipeline.propose()
         self.assertEqual(node.store.undo_depth(), 2)
         self.assertRaises(ValueError, node.store.rollback_to, 3)
         node.store.rollback_to(4)
@@ -985,76 +989,19 @@ class RollbackTests(SynchronousTestCase):
     def test_node_rollback_readmits(self):
         node = make_node(self)
         t1, t2, t3 = transfer(ALICE, 1, BOB, 1), transfer(ALICE, 2, BOB, 2), transfer(ALICE, 3, BOB, 3)
-        node.submit(t1.to_wire())
-        node.propose()
-        node.submit(t2.to_wire())
-        node.propose()
-        node.submit(t3.to_wire())  # still pending at the rollback
+        node.admission.submit(t1.to_wire())
+        node.pipeline.propose()
+        node.admission.submit(t2.to_wire())
+        node.pipeline.propose()
+        node.admission.submit(t3.to_wire())  # still pending at the rollback
         seen = []
-        node.tx_listeners.append(lambda tx: seen.append(tx.hash))
-        self.assertEqual(node.rollback(0), 3)
+        node.admission.tx_listeners.append(lambda tx: seen.append(tx.hash))
+        self.assertEqual(node.pipeline.rollback(0), 3)
         self.assertEqual([tx.hash for tx in node.mempool.all()], [t1.hash, t2.hash, t3.hash])
         self.assertEqual(seen, [t1.hash, t2.hash, t3.hash])
-        self.assertEqual(node.get_tx(t1.hash)["status"], "pending")
-        block = node.propose()
+        self.assertEqual(node.queries.get_tx(t1.hash)["status"], "pending")
+        block = node.pipeline.propose()
         self.assertEqual(block["txs"], [t1.hash, t2.hash, t3.hash])
-
-
-class TurnTests(SynchronousTestCase):
-    interval = 2.0
-
-    def setUp(self):
-        self.clock = Clock()
-        doc = genesis_doc(authorities=(K1, K2))
-        self.n1 = make_node(self, doc=doc, key=K1, clock=self.clock)
-        self.n2 = make_node(self, doc=doc, key=K2, clock=self.clock)
-
-    def due(self):
-        return self.n1.propose_due(self.interval), self.n2.propose_due(self.interval)
-
-    def test_in_turn_after_interval_out_of_turn_after_three(self):
-        # Height 1: authorities[1 % 2] = K2 is in turn.
-        self.assertEqual(self.due(), (False, False))
-        self.clock.advance(self.interval - 0.01)
-        self.assertEqual(self.due(), (False, False))
-        self.clock.advance(0.01)
-        self.assertEqual(self.due(), (False, True))
-        self.clock.advance(2 * self.interval - 0.01)
-        self.assertEqual(self.due(), (False, True))
-        self.clock.advance(0.01)
-        self.assertEqual(self.due(), (True, True))
-
-    def test_turns_alternate_with_height(self):
-        self.clock.advance(self.interval)
-        b = self.n2.propose()
-        self.n1.import_block(b, [])
-        # Height 2: K1 is in turn, counted from when each node saw the head.
-        self.assertEqual(self.due(), (False, False))
-        self.clock.advance(self.interval)
-        self.assertEqual(self.due(), (True, False))
-        self.clock.advance(2 * self.interval)
-        self.assertEqual(self.due(), (True, True))
-
-    def test_nobody_proposes_behind_a_peer(self):
-        self.clock.advance(10 * self.interval)
-        self.assertEqual(self.due(), (True, True))
-        self.n1.peer_height = self.n2.peer_height = 1
-        self.assertEqual(self.due(), (False, False))
-        self.n2.propose()
-        self.clock.advance(10 * self.interval)
-        self.assertEqual(self.due(), (False, True))  # n2 is at 1 now, not behind
-        self.n1.import_block(self.n2.store.block_at(1), [])
-        self.clock.advance(10 * self.interval)
-        self.assertEqual(self.due(), (True, True))
-
-    def test_follower_never_due(self):
-        follower = make_node(self, doc=genesis_doc(authorities=(K1, K2)), key=None, clock=self.clock)
-        self.clock.advance(100)
-        self.assertFalse(follower.propose_due(self.interval))
-
-    def test_single_authority_always_due(self):
-        node = make_node(self, clock=self.clock)
-        self.assertTrue(node.propose_due(self.interval))
 
 
 class LRUSetTests(SynchronousTestCase):
@@ -1071,8 +1018,8 @@ class LRUSetTests(SynchronousTestCase):
         net = Net(self)
         p = net.peer()
         for _ in range(40):
-            p.node.propose()
-        loc = p.locator()
+            p.node.pipeline.propose()
+        loc = p.sync.locator()
         store = p.node.store
         heights = [store.block_by_hash(h)["header"]["height"] for h in loc]
         # The 9 newest one by one, then gaps doubling, then genesis.

@@ -37,7 +37,7 @@ class PageServedTests(SynchronousTestCase):
         cfg = config_from_string(
             f"[node]\nchain_id = {CHAIN_ID}\ngenesis = genesis.json\n[verifier]\nworkers = 0\n", d, environ={})
         top = build(cfg, Clock())
-        self.addCleanup(top.store.close)
+        self.addCleanup(top.node.store.close)
         self.http = StubTreq(top.site.resource)
 
     def fetch(self, path, method="GET"):

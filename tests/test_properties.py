@@ -13,11 +13,12 @@ from hypothesis import given, strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from aitnode.chain import Chain, Genesis, make_genesis
+from aitnode.chain import Chain
+from aitnode.genesis import Genesis, make_genesis
 from aitnode.errors import AitError
 from aitnode.mempool import Mempool
-from aitnode.node import Node
-from aitnode.state import Store
+from aitnode.node import compose
+from aitnode.store import Store
 from aitnode.verifier import InlineVerifier
 
 from tests.common import ALICE, AUTHORITY, BOB, CAROL, CHAIN_ID, transfer
@@ -63,9 +64,9 @@ class Run:
         self.nonces = {k.address: 0 for k in KEYS}
 
     def _node(self, path, key):
-        store = Store(path, map_size=1 << 26)
-        self.stores.append(store)
-        return Node(Chain(store, GENESIS), Mempool(max_per_sender=8), InlineVerifier(), key=key, clock=Clock())
+        node = compose(path, GENESIS, Clock(), key=key, mempool=Mempool(max_per_sender=8), map_size=1 << 26)
+        self.stores.append(node.store)
+        return node
 
     def close(self):
         for s in self.stores:
@@ -74,11 +75,11 @@ class Run:
 
     def next_nonce(self, address):
         run = self.node.mempool.by_sender.get(address) or {}
-        return self.node.get_balance(address)["nonce"] + 1 + len(run)
+        return self.node.queries.get_balance(address)["nonce"] + 1 + len(run)
 
     def submit(self, wire):
         try:
-            return self.node.submit(wire)
+            return self.node.admission.submit(wire)
         except AitError:
             return None
 
@@ -89,30 +90,30 @@ class Run:
             _, s, r, amount, extra, delta = o
             sender, to = KEYS[s], KEYS[r]
             payload = {"to": to.address, "amount": amount}
-            need = node.estimate_fee({"type": "TRANSFER", "sender": sender.address, "nonce": 1, "fee": 0, "payload": payload})
+            need = node.queries.estimate_fee({"type": "TRANSFER", "sender": sender.address, "nonce": 1, "fee": 0, "payload": payload})
             nonce = max(1, self.next_nonce(sender.address) + delta)
             self.submit(transfer(sender, nonce, to, amount, fee=max(0, need + extra)).to_wire())
         elif kind == "mint":
             try:
-                node.submit_signed_by_node("MINT", {"to": KEYS[o[1]].address, "amount": o[2]})
+                node.admission.submit_own("MINT", {"to": KEYS[o[1]].address, "amount": o[2]})
             except AitError:
                 pass
         elif kind == "param":
             try:
-                node.submit_signed_by_node("PARAM_UPDATE", {"key": "base_fee", "value": o[1]})
+                node.admission.submit_own("PARAM_UPDATE", {"key": "base_fee", "value": o[1]})
             except AitError:
                 pass
         elif kind == "replay":
             if self.included:
                 wire = self.included[o[1] % len(self.included)]
                 # An included transaction is answered with its hash, and not pooled again.
-                self.t.assertEqual(self.submit(wire), self.node.parse(wire).hash)
-                self.t.assertNotIn(self.node.parse(wire).hash, node.mempool)
+                self.t.assertEqual(self.submit(wire), self.node.admission.parse(wire).hash)
+                self.t.assertNotIn(self.node.admission.parse(wire).hash, node.mempool)
         elif kind == "batch_replay":
             if self.included:
                 wires = [self.included[(o[1] + j) % len(self.included)] for j in range(3)]
-                out = self.t.successResultOf(node.submit_many(wires + wires[:1]))
-                self.t.assertEqual(out, [{"txHash": node.parse(w).hash} for w in wires + wires[:1]])
+                out = self.t.successResultOf(node.admission.submit_batch(wires + wires[:1]))
+                self.t.assertEqual(out, [{"txHash": node.admission.parse(w).hash} for w in wires + wires[:1]])
         elif kind == "bump":
             pending = node.mempool.all()
             if pending:
@@ -127,15 +128,15 @@ class Run:
             self.block()
 
     def block(self):
-        block = self.node.propose()
+        block = self.node.pipeline.propose()
         txs = [self.node.chain.parse_stored_tx(self.node.store.tx_record(h)["tx"]) for h in block["txs"]]
-        self.follower.import_block(block, txs)
+        self.follower.pipeline.import_block(block, txs)
         self.included += [tx.to_wire() for tx in txs]
         for k in KEYS:
-            nonce = self.node.get_balance(k.address)["nonce"]
+            nonce = self.node.queries.get_balance(k.address)["nonce"]
             self.t.assertGreaterEqual(nonce, self.nonces[k.address], "a nonce went down")
             self.nonces[k.address] = nonce
-        self.t.assertEqual(self.follower.get_head(), self.node.get_head())
+        self.t.assertEqual(self.follower.queries.get_head(), self.node.queries.get_head())
         self.t.assertEqual(self.follower.store.accumulator(), self.node.store.accumulator())
 
     def finish(self):
@@ -161,7 +162,7 @@ class LedgerProperties(SynchronousTestCase):
 
     def check(self, run):
         node, store = run.node, run.node.store
-        height = node.get_head()["height"]
+        height = node.queries.get_head()["height"]
         hashes, count, minted = [], {}, 0
         expected = {k.address: 0 for k in KEYS}
         expected.update(START)
@@ -193,7 +194,7 @@ class LedgerProperties(SynchronousTestCase):
         self.assertEqual(len(hashes), len(set(hashes)))
         self.assertEqual(len(hashes), len(run.included))
         for k in KEYS:
-            bal = node.get_balance(k.address)
+            bal = node.queries.get_balance(k.address)
             # (a) the nonce is the number of the account's included transactions
             self.assertEqual(bal["nonce"], count.get(k.address, 0))
             self.assertEqual(bal["nonce"], run.nonces[k.address])
@@ -205,7 +206,7 @@ class LedgerProperties(SynchronousTestCase):
         self.assertEqual(set(accounts) - set(expected), set())
         self.assertEqual(sum(b for b, _ in accounts.values()), GENESIS_SUPPLY + minted)
         # The supply counters say the same.
-        supply = node.get_supply()
+        supply = node.queries.get_supply()
         self.assertEqual(supply["genesis"], GENESIS_SUPPLY)
         self.assertEqual(supply["faucet"], minted)
         self.assertEqual(supply["total"], GENESIS_SUPPLY + minted)
@@ -213,7 +214,7 @@ class LedgerProperties(SynchronousTestCase):
         for wire in run.included:
             run.submit(wire)
         self.assertEqual(len(node.mempool), 0)
-        self.assertEqual(node.propose()["txs"], [])
+        self.assertEqual(node.pipeline.propose()["txs"], [])
         # The follower holds the very same state.
         self.assertEqual(dict(run.follower.store.entries("acct")), accounts)
 

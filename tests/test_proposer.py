@@ -6,7 +6,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from aitnode.proposer import ProposerService
 
-from tests.common import ALICE, BOB, make_node, transfer
+from tests.common import ALICE, BOB, genesis_doc, key, make_node, transfer
+
+K1, K2 = key(21), key(22)  # two authorities
 
 
 class Boom(Exception):
@@ -17,10 +19,10 @@ class ProposerTests(SynchronousTestCase):
     def setUp(self):
         self.clock = Clock()
         self.node = make_node(self, clock=self.clock)
-        self.service = ProposerService(self.node, self.clock, 2.0)
+        self.service = ProposerService(self.node.pipeline, self.clock, 2.0)
 
     def height(self):
-        return self.node.get_head()["height"]
+        return self.node.queries.get_head()["height"]
 
     def start(self):
         self.service.startService()
@@ -37,11 +39,11 @@ class ProposerTests(SynchronousTestCase):
     def test_one_block_per_interval(self):
         self.start()
         t = transfer(ALICE, 1, BOB, 5)
-        self.node.submit(t.to_wire())
+        self.node.admission.submit(t.to_wire())
         for expected in range(1, 6):
             self.clock.advance(2.0)
             self.assertEqual(self.height(), expected)
-        self.assertEqual(self.node.get_tx(t.hash)["block"]["height"], 1)
+        self.assertEqual(self.node.queries.get_tx(t.hash)["block"]["height"], 1)
         self.assertEqual(self.node.store.block_at(2)["txs"], [])
         # Block timestamps follow the clock (never before genesis).
         self.assertEqual(self.node.store.block_at(5)["header"]["timestamp"], 1_700_000_000)
@@ -60,7 +62,7 @@ class ProposerTests(SynchronousTestCase):
         events = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        real = self.node.propose
+        real = self.node.pipeline.propose
         calls = []
 
         def once():
@@ -69,9 +71,9 @@ class ProposerTests(SynchronousTestCase):
                 raise Boom("proposal exploded")
             return real()
 
-        self.node.propose = once
+        self.node.pipeline.propose = once
         self.start()
-        self.node.submit(transfer(ALICE, 1, BOB, 5).to_wire())
+        self.node.admission.submit(transfer(ALICE, 1, BOB, 5).to_wire())
         self.clock.advance(2.0)
         self.assertEqual(len(calls), 1)
         self.assertEqual(self.height(), 0)
@@ -92,7 +94,7 @@ class ProposerTests(SynchronousTestCase):
         self.assertEqual(self.service.failures, 1)
 
     def test_repeated_exceptions_never_stop_the_loop(self):
-        real = self.node.propose
+        real = self.node.pipeline.propose
         calls = []
 
         def flaky():
@@ -101,7 +103,7 @@ class ProposerTests(SynchronousTestCase):
                 raise ValueError("again")
             return real()
 
-        self.node.propose = flaky
+        self.node.pipeline.propose = flaky
         self.start()
         self.clock.advance(2.0)
         self.clock.advance(2.0)
@@ -132,11 +134,71 @@ class ProposerTests(SynchronousTestCase):
     def test_non_proposer_node_makes_no_blocks(self):
         node = make_node(self, key=ALICE, clock=self.clock)
         self.assertFalse(node.is_proposer)
-        service = ProposerService(node, self.clock, 0.5)
+        service = ProposerService(node.pipeline, self.clock, 0.5)
         service.startService()
         self.clock.advance(0.5)
         self.clock.advance(0.5)
-        self.assertEqual(node.get_head()["height"], 0)
+        self.assertEqual(node.queries.get_head()["height"], 0)
         self.assertEqual(service.failures, 0)
         service.stopService()
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class TurnTests(SynchronousTestCase):
+    interval = 2.0
+
+    def setUp(self):
+        self.clock = Clock()
+        doc = genesis_doc(authorities=(K1, K2))
+        self.n1 = make_node(self, doc=doc, key=K1, clock=self.clock)
+        self.n2 = make_node(self, doc=doc, key=K2, clock=self.clock)
+
+    def due_for(self, node):
+        return ProposerService(node.pipeline, self.clock, self.interval).due()
+
+    def due(self):
+        return self.due_for(self.n1), self.due_for(self.n2)
+
+    def test_in_turn_after_interval_out_of_turn_after_three(self):
+        # Height 1: authorities[1 % 2] = K2 is in turn.
+        self.assertEqual(self.due(), (False, False))
+        self.clock.advance(self.interval - 0.01)
+        self.assertEqual(self.due(), (False, False))
+        self.clock.advance(0.01)
+        self.assertEqual(self.due(), (False, True))
+        self.clock.advance(2 * self.interval - 0.01)
+        self.assertEqual(self.due(), (False, True))
+        self.clock.advance(0.01)
+        self.assertEqual(self.due(), (True, True))
+
+    def test_turns_alternate_with_height(self):
+        self.clock.advance(self.interval)
+        b = self.n2.pipeline.propose()
+        self.n1.pipeline.import_block(b, [])
+        # Height 2: K1 is in turn, counted from when each node saw the head.
+        self.assertEqual(self.due(), (False, False))
+        self.clock.advance(self.interval)
+        self.assertEqual(self.due(), (True, False))
+        self.clock.advance(2 * self.interval)
+        self.assertEqual(self.due(), (True, True))
+
+    def test_nobody_proposes_behind_a_peer(self):
+        self.clock.advance(10 * self.interval)
+        self.assertEqual(self.due(), (True, True))
+        self.n1.pipeline.peer_height = self.n2.pipeline.peer_height = 1
+        self.assertEqual(self.due(), (False, False))
+        self.n2.pipeline.propose()
+        self.clock.advance(10 * self.interval)
+        self.assertEqual(self.due(), (False, True))  # n2 is at 1 now, not behind
+        self.n1.pipeline.import_block(self.n2.store.block_at(1), [])
+        self.clock.advance(10 * self.interval)
+        self.assertEqual(self.due(), (True, True))
+
+    def test_follower_never_due(self):
+        follower = make_node(self, doc=genesis_doc(authorities=(K1, K2)), key=None, clock=self.clock)
+        self.clock.advance(100)
+        self.assertFalse(self.due_for(follower))
+
+    def test_single_authority_always_due(self):
+        node = make_node(self, clock=self.clock)
+        self.assertTrue(self.due_for(node))

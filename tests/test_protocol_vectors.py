@@ -19,11 +19,14 @@ from types import SimpleNamespace
 import cbor2
 from twisted.trial.unittest import SynchronousTestCase
 
-from aitnode import chain as chainmod, crypto, encoding, p2p, params as P, receipts
+from aitnode import blocks, crypto, encoding, p2p, params as P, receipts
 from aitnode.errors import AitError
-from aitnode.chain import Chain, Genesis
+from aitnode.p2p.sync import BlockSync
+from aitnode.chain import Chain
+from aitnode.genesis import Genesis
 from aitnode.crypto import KeyPair
-from aitnode.state import ACC_BYTES, ACC_MOD, Store, leaf_hash, root_of
+from aitnode.state import ACC_BYTES, ACC_MOD, leaf_hash, root_of
+from aitnode.store import Store
 from aitnode.tx import parse_tx, sign_tx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -294,7 +297,7 @@ class VectorTests(SynchronousTestCase):
         self.assertEqual(set(m["roots"]), {"0", "1", "2", "3", "5"})
         for n, root in m["roots"].items():
             self.assertEqual(encoding.merkle_root(m["hashes"][: int(n)]), root)
-            self.assertEqual(chainmod.tx_root(m["hashes"][: int(n)]), root)
+            self.assertEqual(blocks.tx_root(m["hashes"][: int(n)]), root)
         self.assertEqual(m["roots"]["0"], "0" * 64)
 
     def test_genesis(self):
@@ -437,10 +440,10 @@ class VectorTests(SynchronousTestCase):
         self.assertRaises(AitError, receipts.check_attestation, att, payload, params, "another-chain")
 
         # The claim's tx_root leaf.
-        self.assertEqual(chainmod.tx_leaf(tx.hash, att), c["leaf_input"])
+        self.assertEqual(blocks.tx_leaf(tx.hash, att), c["leaf_input"])
         self.assertEqual(encoding.sha256_hex(encoding.canonical([tx.hash, att])), c["leaf_input"])
         self.assertEqual(hashlib.sha256(b"\x00" + bytes.fromhex(c["leaf_input"])).hexdigest(), c["leaf"])
-        self.assertEqual(chainmod.tx_root([tx.hash], {tx.hash: att}), c["leaf"])
+        self.assertEqual(blocks.tx_root([tx.hash], {tx.hash: att}), c["leaf"])
         self.assertEqual(c["block2"]["header"]["tx_root"], c["leaf"])
 
         # Settlement numbers.
@@ -519,7 +522,7 @@ class VectorTests(SynchronousTestCase):
 
         # A's hello, as the node builds it.
         fake = SimpleNamespace(
-            node=SimpleNamespace(chain_id=cid, chain=SimpleNamespace(head=lambda: (0, ghash), genesis=SimpleNamespace(hash=ghash))),
+            chain=SimpleNamespace(chain_id=cid, head=lambda: (0, ghash), genesis=SimpleNamespace(hash=ghash)),
             node_id=a_id,
         )
         hello = p2p.P2P.hello(fake, pv["challenge_a"])
@@ -539,19 +542,18 @@ class VectorTests(SynchronousTestCase):
         self.assertEqual(a.sign(bytes.fromhex(pv["auth_a_bytes"])).hex(), pv["auth_a_sig"])
 
         # A's node accepts B's auth as given; with the challenges swapped it does not.
-        ready = []
-        me = SimpleNamespace(node=SimpleNamespace(chain_id=cid), _maybe_ready=ready.append)
-        conn = SimpleNamespace(remote_id=b_id, challenge=pv["challenge_a"], authed_in=False)
-        p2p.P2P._on_auth(me, conn, {"sig": pv["auth_b_sig"]})
-        self.assertEqual((conn.authed_in, ready), (True, [conn]))
-        conn = SimpleNamespace(remote_id=b_id, challenge=pv["challenge_b"], authed_in=False)
-        self.assertRaises(p2p.PeerError, p2p.P2P._on_auth, me, conn, {"sig": pv["auth_b_sig"]})
+        conn = SimpleNamespace(claimed_id=b_id, challenge=pv["challenge_a"], authed_in=False, remote_id=None)
+        p2p.ServerPeer.on_auth(conn, {"sig": pv["auth_b_sig"]}, cid)
+        self.assertEqual((conn.authed_in, conn.remote_id), (True, b_id))
+        conn = SimpleNamespace(claimed_id=b_id, challenge=pv["challenge_b"], authed_in=False, remote_id=None)
+        self.assertRaises(p2p.PeerError, p2p.ServerPeer.on_auth, conn, {"sig": pv["auth_b_sig"]}, cid)
+        self.assertIsNone(conn.remote_id)
 
         # The locator's heights.
         loc = pv["locator"]
-        fake = SimpleNamespace(node=SimpleNamespace(
-            store=SimpleNamespace(hash_at=lambda h: h), chain=SimpleNamespace(head=lambda: (loc["head_height"], None))))
-        self.assertEqual(p2p.P2P.locator(fake), loc["heights"])
+        fake = SimpleNamespace(chain=SimpleNamespace(
+            store=SimpleNamespace(hash_at=lambda h: h), head=lambda: (loc["head_height"], None)))
+        self.assertEqual(BlockSync.locator(fake), loc["heights"])
 
 
 class ToolTests(SynchronousTestCase):

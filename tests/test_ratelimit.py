@@ -63,5 +63,5 @@ class RPCLimitTests(SynchronousTestCase):
         r = self.successResultOf(http.post("http://n/rpc/sendTxs", json=[wire(transfer(ALICE, 3, BOB, 1))]))
         self.assertEqual(r.code, 429)
         self.assertEqual(len(node.mempool), 2)
-        node.propose()
-        self.assertEqual(node.get_balance(ALICE.address)["nonce"], 2)
+        node.pipeline.propose()
+        self.assertEqual(node.queries.get_balance(ALICE.address)["nonce"], 2)

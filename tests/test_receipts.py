@@ -3,7 +3,7 @@ replay, the RPC routes, and a property test over random sequences.
 
 The node's attestor here is synchronous (FakeAttestor): it answers with
 MockCoordinator's signed answers or with answers a test crafts and signs
-itself, so Node.submit_claim completes within Deferred.fromCoroutine and
+itself, so Admission.submit of a claim completes within Deferred.fromCoroutine and
 tests read it with successResultOf / failureResultOf.
 """
 
@@ -14,21 +14,23 @@ import shutil
 import tempfile
 
 from hypothesis import given, strategies as st
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from aitnode.chain import Chain, Genesis, block_hash, tx_root
+from aitnode.blocks import block_hash, tx_root
+from aitnode.chain import Chain
+from aitnode.genesis import Genesis
 from aitnode.coordinator import MockCoordinator
 from aitnode.errors import AitError
 from aitnode.mempool import Mempool
-from aitnode.node import Node
+from aitnode.node import compose
 from aitnode.params import BPS
 from aitnode.receipts import (
     ANSWER_FIELDS, CLAIM, attestation_request, attestation_sign_bytes, check_attestation,
     sign_claim,
 )
-from aitnode.state import Store
+from aitnode.store import Store
 from aitnode.tx import sign_tx
 from aitnode.verifier import InlineVerifier
 from tests.common import (
@@ -86,7 +88,7 @@ class ReceiptCase(SynchronousTestCase):
         self.node = make_node(self, doc=self.doc)
         self.mock = MockCoordinator(COORDINATOR, CHAIN_ID)
         self.attestor = FakeAttestor(self.mock)
-        self.node.attestor = self.attestor
+        self.node.admission.attestor = self.attestor
 
     # -- building --------------------------------------------------------
     def next_nonce(self, who, node=None):
@@ -97,14 +99,14 @@ class ReceiptCase(SynchronousTestCase):
 
     def block(self, node=None):
         node = node or self.node
-        height = node.get_head()["height"]
-        b = node.propose()
+        height = node.queries.get_head()["height"]
+        b = node.pipeline.propose()
         self.assertEqual(b["header"]["height"], height + 1)
         return b
 
     def pay(self, client=ALICE, amount=PRICE, to=ESCROW, include=True):
         tx = transfer(client, self.next_nonce(client), to, amount)
-        self.assertEqual(self.node.submit(wire(tx)), tx.hash)
+        self.assertEqual(self.node.admission.submit(wire(tx)), tx.hash)
         if include:
             self.block()
         return tx
@@ -123,7 +125,7 @@ class ReceiptCase(SynchronousTestCase):
     def submit(self, tx_or_obj, node=None):
         node = node or self.node
         obj = wire(tx_or_obj) if hasattr(tx_or_obj, "to_wire") else tx_or_obj
-        return Deferred.fromCoroutine(node.submit_claim(obj))
+        return maybeDeferred(node.admission.submit, obj, claims_only=True)
 
     def accept(self, tx):
         self.assertEqual(self.successResultOf(self.submit(tx)), tx.hash)
@@ -151,7 +153,7 @@ class ReceiptCase(SynchronousTestCase):
     # -- reading ---------------------------------------------------------
     def balance(self, who, node=None):
         node = node or self.node
-        return node.get_balance(who if isinstance(who, str) else who.address)["balance"]
+        return node.queries.get_balance(who if isinstance(who, str) else who.address)["balance"]
 
     def balances(self, node=None):
         node = node or self.node
@@ -164,12 +166,12 @@ class ReceiptCase(SynchronousTestCase):
             "acct": dict(s.entries("acct")),
             "rcpt": dict(s.entries("rcpt")),
             "pay": dict(s.entries("pay")),
-            "supply": node.get_supply(),
+            "supply": node.queries.get_supply(),
         }
 
     def assertSupplyConsistent(self, node=None):
         node = node or self.node
-        supply = node.get_supply()
+        supply = node.queries.get_supply()
         parts = {k: v for k, v in supply.items() if k != "total"}
         self.assertEqual(set(parts), {"genesis", "faucet", "receipts", "coordinator", "treasury"})
         self.assertEqual(supply["total"], sum(parts.values()))
@@ -181,7 +183,7 @@ class ReceiptCase(SynchronousTestCase):
         return supply
 
     def settle(self, units=UNITS, params=None):
-        params = params or self.node.get_params()
+        params = params or self.node.queries.get_params()
         mint = units * params["mint_per_unit"]
         cut = mint * params["coordinator_ratio_bps"] // BPS
         tcut = mint * params["treasury_ratio_bps"] // BPS if params.get("treasury") else 0
@@ -197,7 +199,7 @@ class ReceiptCase(SynchronousTestCase):
         self.accept(tx)
         b = self.block()
         self.assertIn(tx.hash, b["txs"])
-        self.assertEqual(self.node.get_tx(tx.hash)["status"], "included")
+        self.assertEqual(self.node.queries.get_tx(tx.hash)["status"], "included")
         return payment, tx, b
 
 
@@ -255,7 +257,7 @@ class OfflineRuleTests(ReceiptCase):
                     "receipt_already_claimed", status=409)
         b = self.block()
         self.assertEqual(b["txs"], [pending.hash])
-        self.assertEqual(self.node.get_receipt("r2")["paid"]["payment_tx"], payment3.hash)
+        self.assertEqual(self.node.queries.get_receipt("r2")["paid"]["payment_tx"], payment3.hash)
         self.assertEqual(self.node.store.entry("pay", payment2.hash)["claimed"], "")
 
     def test_payment_not_found(self):
@@ -264,7 +266,7 @@ class OfflineRuleTests(ReceiptCase):
         to_bob = self.pay(to=BOB)
         self.refuse(self.claim(self.payload(to_bob)), "payment_not_found")
         # A MINT to escrow is no client payment.
-        mint = self.node.submit_signed_by_node("MINT", {"to": ESCROW.address, "amount": PRICE})
+        mint = self.node.admission.submit_own("MINT", {"to": ESCROW.address, "amount": PRICE})
         self.block()
         self.assertEqual(self.balance(ESCROW), PRICE)
         self.refuse(self.claim(self.payload(mint)), "payment_not_found")
@@ -306,7 +308,7 @@ class OfflineRuleTests(ReceiptCase):
         """Reachable when whoever holds the escrow key moves the deposit out."""
         payment = self.pay(amount=PRICE)
         drain = transfer(ESCROW, 1, BOB, PRICE - 1000, fee=1000)
-        self.node.submit(wire(drain))
+        self.node.admission.submit(wire(drain))
         self.block()
         self.assertEqual(self.balance(ESCROW), 0)
         self.refuse(self.claim(self.payload(payment)), "escrow_insufficient")
@@ -315,21 +317,21 @@ class OfflineRuleTests(ReceiptCase):
         """Admitted while escrow held the price; left out, recorded failed, nothing half-applied."""
         payment = self.pay(amount=PRICE)
         drain = transfer(ESCROW, 1, BOB, PRICE - 1000, fee=1000)
-        self.node.submit(wire(drain))  # pending, ahead of the claim
+        self.node.admission.submit(wire(drain))  # pending, ahead of the claim
         tx = self.claim(self.payload(payment))
         self.accept(tx)
         before = self.balances()
         b = self.block()
         self.assertEqual(b["txs"], [drain.hash])
-        got = self.node.get_tx(tx.hash)
+        got = self.node.queries.get_tx(tx.hash)
         self.assertEqual(got["status"], "failed")
         self.assertEqual(got["receipt"]["error"]["code"], "escrow_insufficient")
         self.assertNotIn(tx.hash, self.node.mempool)
         self.assertEqual(self.balance(MINER), 0)
         self.assertEqual(self.balance(COORDINATOR), before[COORDINATOR.address])
-        self.assertIsNone(self.node.get_receipt("r1"))
+        self.assertIsNone(self.node.queries.get_receipt("r1"))
         self.assertEqual(self.node.store.entry("pay", payment.hash)["claimed"], "")
-        self.assertEqual(self.node.attestations, {})
+        self.assertEqual(self.node.mempool.attestations(), {})
         self.assertSupplyConsistent()
 
     def test_fee_above_payout_is_refused(self):
@@ -342,40 +344,43 @@ class OfflineRuleTests(ReceiptCase):
         self.assertEqual(failure.value.code, "insufficient_balance")
         self.assertNotIn(tx.hash, self.node.mempool)
         self.assertEqual(self.block()["txs"], [])
-        self.assertIsNone(self.node.get_receipt("r1"))
+        self.assertIsNone(self.node.queries.get_receipt("r1"))
         # The receipt and its payment are still there to claim properly.
         again = self.claim(self.payload(payment), fee=PRICE + mint)
         self.accept(again)
         self.block()
         self.assertEqual(self.balance(MINER), 0)
-        self.assertEqual(self.node.get_receipt("r1")["paid"]["tx"], again.hash)
+        self.assertEqual(self.node.queries.get_receipt("r1")["paid"]["tx"], again.hash)
 
     def test_receipts_disabled_without_coordinator(self):
         for params in ({"coordinator": None}, {"escrow": None}):
             node = make_node(self, doc=doc(**params))
-            node.attestor = self.attestor
+            node.admission.attestor = self.attestor
             pay = transfer(ALICE, 1, ESCROW, PRICE)
-            node.submit(wire(pay))
-            node.propose()
+            node.admission.submit(wire(pay))
+            node.pipeline.propose()
             tx = sign_tx(MINER, CHAIN_ID, CLAIM, 1, FEE, self.payload(pay))
             err = self.failureResultOf(self.submit(tx, node=node), AitError).value
             self.assertEqual(err.code, "receipts_disabled")
-            self.assertEqual(node.propose()["header"]["height"], 2)
+            self.assertEqual(node.pipeline.propose()["header"]["height"], 2)
         # The attestation check says so too.
         with self.assertRaises(AitError) as cm:
             check_attestation({}, self.payload(pay), Genesis(doc(coordinator=None)).params, CHAIN_ID)
         self.assertEqual(cm.exception.code, "receipts_disabled")
 
     def test_coordinator_not_configured(self):
-        self.node.attestor = None
+        self.node.admission.attestor = None
         payment = self.pay()
         self.refuse(self.claim(self.payload(payment)), "coordinator_not_configured", status=424)
 
-    def test_plain_submit_refuses_a_claim(self):
+    def test_the_one_submit_path_takes_a_claim_through_the_coordinator(self):
+        # One admission entry for one transaction: a claim sent there is
+        # attested like one sent to submitReceipt, never admitted without.
         payment = self.pay()
-        with self.assertRaises(AitError) as cm:
-            self.node.submit(wire(self.claim(self.payload(payment))))
-        self.assertEqual(cm.exception.code, "claim_needs_attestation")
+        tx = self.claim(self.payload(payment))
+        d = self.node.admission.submit(wire(tx))
+        self.assertEqual(self.successResultOf(d), tx.hash)
+        self.assertIsNotNone(self.node.mempool.attestation(tx.hash))
 
     def test_submit_claim_refuses_other_types(self):
         self.refuse(transfer(ALICE, 1, BOB, 5), "not_a_claim")
@@ -397,7 +402,7 @@ class AttestationRuleTests(ReceiptCase):
         self.attestor.answer = make_answer
         err = self.refuse(self.claim(self.payload(payment, **fields)), code)
         self.assertEqual(len(self.attestor.calls), 1)
-        self.assertEqual(self.node.attestations, {})
+        self.assertEqual(self.node.mempool.attestations(), {})
         return err
 
     def test_signed_by_another_key(self):
@@ -486,9 +491,9 @@ class AttestationRuleTests(ReceiptCase):
         p = self.payload(payment)
         answer = self.mock.attest(attestation_request(p))
         self.assertEqual(set(answer), set(ANSWER_FIELDS))
-        check_attestation(answer, p, self.node.get_params(), CHAIN_ID)
+        check_attestation(answer, p, self.node.queries.get_params(), CHAIN_ID)
         with self.assertRaises(AitError) as cm:
-            check_attestation(None, p, self.node.get_params(), CHAIN_ID)
+            check_attestation(None, p, self.node.queries.get_params(), CHAIN_ID)
         self.assertEqual(cm.exception.code, "attestation_missing")
 
 
@@ -498,7 +503,7 @@ class EffectTests(ReceiptCase):
     def test_miner_sender_with_no_balance(self):
         payment = self.pay()
         self.assertEqual(self.balance(MINER), 0)
-        before, supply0 = self.balances(), self.node.get_supply()
+        before, supply0 = self.balances(), self.node.queries.get_supply()
         tx = self.claim(self.payload(payment), fee=FEE)
         self.accept(tx)
         b = self.block()
@@ -511,13 +516,13 @@ class EffectTests(ReceiptCase):
         self.assertEqual(after[COORDINATOR.address], before[COORDINATOR.address] + cut)
         self.assertEqual(after[AUTHORITY.address], before.get(AUTHORITY.address, 0) + FEE)
         self.assertEqual(after[ALICE.address], before[ALICE.address])
-        self.assertEqual(self.node.get_balance(MINER.address)["nonce"], 1)
+        self.assertEqual(self.node.queries.get_balance(MINER.address)["nonce"], 1)
         supply = self.assertSupplyConsistent()
         self.assertEqual(supply["receipts"], supply0["receipts"] + mint)
         self.assertEqual(supply["coordinator"], supply0["coordinator"] + cut)
         self.assertEqual(supply["treasury"], 0)
         self.assertEqual(supply["total"], supply0["total"] + mint + cut)
-        rec = self.node.get_receipt("r1")["paid"]
+        rec = self.node.queries.get_receipt("r1")["paid"]
         self.assertEqual(rec, {
             "tx": tx.hash, "height": b["header"]["height"], "job_id": "job_1", "client": ALICE.address,
             "miner": MINER.address, "compute_units": UNITS, "price": PRICE, "payment_tx": payment.hash,
@@ -525,7 +530,7 @@ class EffectTests(ReceiptCase):
         })
         self.assertEqual(self.node.store.entry("pay", payment.hash),
                          {"client": ALICE.address, "amount": PRICE, "claimed": "r1"})
-        result = self.node.get_tx(tx.hash)["receipt"]
+        result = self.node.queries.get_tx(tx.hash)["receipt"]
         self.assertEqual(result["minted"], mint)
         self.assertEqual(result["fee"], FEE)
         self.assertEqual({c["address"]: c["delta"] for c in result["changes"]},
@@ -543,12 +548,12 @@ class EffectTests(ReceiptCase):
         self.assertEqual(after[COORDINATOR.address], before[COORDINATOR.address] + cut - FEE)
         self.assertEqual(after.get(ESCROW.address, 0), before[ESCROW.address] - PRICE)
         self.assertEqual(after[AUTHORITY.address], before[AUTHORITY.address] + FEE)
-        self.assertEqual(self.node.get_balance(COORDINATOR.address)["nonce"], 1)
-        self.assertEqual(self.node.get_balance(MINER.address)["nonce"], 0)
+        self.assertEqual(self.node.queries.get_balance(COORDINATOR.address)["nonce"], 1)
+        self.assertEqual(self.node.queries.get_balance(MINER.address)["nonce"], 0)
         self.assertSupplyConsistent()
 
     def test_miner_with_a_balance(self):
-        self.node.submit(wire(transfer(ALICE, self.next_nonce(ALICE), MINER, 777)))
+        self.node.admission.submit(wire(transfer(ALICE, self.next_nonce(ALICE), MINER, 777)))
         self.block()
         payment = self.pay()
         self.accept(self.claim(self.payload(payment)))
@@ -569,7 +574,7 @@ class TreasuryEffectTests(ReceiptCase):
 
     def test_cuts_are_floored(self):
         payment = self.pay()
-        before, supply0 = self.balances(), self.node.get_supply()
+        before, supply0 = self.balances(), self.node.queries.get_supply()
         self.accept(self.claim(self.payload(payment)))
         self.block()
         mint = UNITS * 1000
@@ -584,7 +589,7 @@ class TreasuryEffectTests(ReceiptCase):
         self.assertEqual(supply["treasury"], supply0["treasury"] + tcut)
         self.assertEqual(supply["coordinator"], supply0["coordinator"] + cut)
         self.assertEqual(supply["receipts"], supply0["receipts"] + mint)
-        self.assertEqual(self.node.get_receipt("r1")["paid"]["treasury_cut"], tcut)
+        self.assertEqual(self.node.queries.get_receipt("r1")["paid"]["treasury_cut"], tcut)
 
 
 class TreasuryRatioWithoutTreasuryTests(ReceiptCase):
@@ -594,7 +599,7 @@ class TreasuryRatioWithoutTreasuryTests(ReceiptCase):
         payment = self.pay()
         self.accept(self.claim(self.payload(payment)))
         self.block()
-        self.assertEqual(self.node.get_receipt("r1")["paid"]["treasury_cut"], 0)
+        self.assertEqual(self.node.queries.get_receipt("r1")["paid"]["treasury_cut"], 0)
         self.assertEqual(self.assertSupplyConsistent()["treasury"], 0)
 
 
@@ -604,37 +609,37 @@ class ImportTests(ReceiptCase):
     def setUp(self):
         super().setUp()
         self.payment, self.tx, self.claim_block = self.claim_included("r1")
-        self.node.submit(wire(transfer(ALICE, self.next_nonce(ALICE), BOB, 9)))
+        self.node.admission.submit(wire(transfer(ALICE, self.next_nonce(ALICE), BOB, 9)))
         self.block()
         self.node2 = make_node(self, doc=self.doc, key=None)
 
     def parsed(self, block):
-        return [self.node2.parse(self.node.store.tx_record(h)["tx"]) for h in block["txs"]]
+        return [self.node2.admission.parse(self.node.store.tx_record(h)["tx"]) for h in block["txs"]]
 
     def import_up_to(self, height):
-        for h in range(self.node2.get_head()["height"] + 1, height + 1):
+        for h in range(self.node2.queries.get_head()["height"] + 1, height + 1):
             blk = self.node.store.block_at(h)
-            self.node2.import_block(blk, self.parsed(blk))
+            self.node2.pipeline.import_block(blk, self.parsed(blk))
 
     def assertBadBlock(self, block, txs=None):
-        head = self.node2.get_head()
+        head = self.node2.queries.get_head()
         with self.assertRaises(AitError) as cm:
-            self.node2.import_block(block, txs if txs is not None else self.parsed(block))
+            self.node2.pipeline.import_block(block, txs if txs is not None else self.parsed(block))
         self.assertEqual(cm.exception.code, "bad_block")
-        self.assertEqual(self.node2.get_head(), head)
+        self.assertEqual(self.node2.queries.get_head(), head)
         return cm.exception
 
     def test_second_node_reaches_the_same_state(self):
-        self.import_up_to(self.node.get_head()["height"])
-        self.assertEqual(self.node2.get_head(), self.node.get_head())
+        self.import_up_to(self.node.queries.get_head()["height"])
+        self.assertEqual(self.node2.queries.get_head(), self.node.queries.get_head())
         self.assertEqual(self.snapshot(self.node2), self.snapshot(self.node))
         self.assertEqual(self.node2.store.accumulator(), self.node.store.accumulator())
-        self.assertEqual(self.node2.get_receipt("r1"), self.node.get_receipt("r1"))
-        self.assertEqual(self.node2.get_tx(self.tx.hash), self.node.get_tx(self.tx.hash))
+        self.assertEqual(self.node2.queries.get_receipt("r1"), self.node.queries.get_receipt("r1"))
+        self.assertEqual(self.node2.queries.get_tx(self.tx.hash), self.node.queries.get_tx(self.tx.hash))
 
     def test_tx_root_covers_the_attestation(self):
         att = self.claim_block["attestations"][self.tx.hash]
-        check_attestation(att, self.tx.payload, self.node.get_params(), CHAIN_ID)
+        check_attestation(att, self.tx.payload, self.node.queries.get_params(), CHAIN_ID)
         self.assertEqual(self.claim_block["header"]["tx_root"], tx_root([self.tx.hash], {self.tx.hash: att}))
         self.assertNotEqual(self.claim_block["header"]["tx_root"], tx_root([self.tx.hash]))
         self.assertNotEqual(tx_root([self.tx.hash], {self.tx.hash: dict(att, price=PRICE + 1)}),
@@ -661,8 +666,8 @@ class ImportTests(ReceiptCase):
         alien["attestations"]["ab" * 32] = original["attestations"][self.tx.hash]
         self.assertBadBlock(alien)
         # The genuine block still imports, and the chain goes on.
-        self.import_up_to(self.node.get_head()["height"])
-        self.assertEqual(self.node2.get_head(), self.node.get_head())
+        self.import_up_to(self.node.queries.get_head()["height"])
+        self.assertEqual(self.node2.queries.get_head(), self.node.queries.get_head())
 
     def resigned(self, block, atts):
         """What a dishonest authority would sign: tx_root recomputed to fit atts."""
@@ -688,8 +693,8 @@ class ImportTests(ReceiptCase):
         ]:
             err = self.assertBadBlock(self.resigned(original, atts))
             self.assertIn("is invalid", err.message)
-        self.import_up_to(self.node.get_head()["height"])
-        self.assertEqual(self.node2.get_head(), self.node.get_head())
+        self.import_up_to(self.node.queries.get_head()["height"])
+        self.assertEqual(self.node2.queries.get_head(), self.node.queries.get_head())
 
     def test_an_attestation_beside_a_non_claim_is_a_bad_block(self):
         h = self.claim_block["header"]["height"]
@@ -702,17 +707,17 @@ class ImportTests(ReceiptCase):
             err = self.assertBadBlock(self.resigned(original, {transfer_hash: junk}))
             self.assertIn("attestations", err.message)
         self.import_up_to(h + 1)
-        self.assertNotIn("attestation", self.node2.get_tx(transfer_hash))
+        self.assertNotIn("attestation", self.node2.queries.get_tx(transfer_hash))
 
     def test_import_rechecks_the_chain_rules(self):
         """A block that claims the same receipt twice is refused."""
-        self.import_up_to(self.node.get_head()["height"])
+        self.import_up_to(self.node.queries.get_head()["height"])
         payment2 = self.pay()
-        self.import_up_to(self.node.get_head()["height"])
+        self.import_up_to(self.node.queries.get_head()["height"])
         dup = self.claim(self.payload(payment2, receipt_id="r1", job_id="job_2"), nonce=2)
         att = forged(attestation_request(dup.payload))
         parent = self.node.chain.head_header()
-        header = dict(parent, parent=self.node.get_head()["hash"], height=parent["height"] + 1,
+        header = dict(parent, parent=self.node.queries.get_head()["hash"], height=parent["height"] + 1,
                       proposer=AUTHORITY.address, tx_root=tx_root([dup.hash], {dup.hash: att}))
         block = {"header": header, "txs": [dup.hash], "attestations": {dup.hash: att}}
         block["hash"] = block_hash(header)
@@ -763,7 +768,7 @@ class ReplayTests(ReceiptCase):
         self.assertEqual(set(b["attestations"]), {better.hash})
         mint, _, _ = self.settle()
         self.assertEqual(self.balance(MINER), PRICE + mint - FEE - 100)
-        self.assertEqual(self.node.attestations, {})
+        self.assertEqual(self.node.mempool.attestations(), {})
         self.refuse(tx, "receipt_already_claimed")
 
     def test_re_encoded_claim_has_the_same_hash(self):
@@ -818,7 +823,7 @@ class RPCTests(ReceiptCase):
         status, pending = self.call("GET", f"/rpc/getTx/{tx.hash}")
         self.assertEqual((status, pending["status"]), (200, "pending"))
         att = pending["attestation"]
-        check_attestation(att, tx.payload, self.node.get_params(), CHAIN_ID)
+        check_attestation(att, tx.payload, self.node.queries.get_params(), CHAIN_ID)
         self.assertEqual(self.call("GET", "/rpc/getReceipt/r1")[0], 404)
         b = self.block()
         status, got = self.call("GET", f"/rpc/getTx/{tx.hash}")
@@ -841,7 +846,7 @@ class RPCTests(ReceiptCase):
         self.assertEqual(rcpt["paid"]["miner_paid"], PRICE + mint)
         self.assertEqual(rcpt["paid"]["coordinator_cut"], cut)
         status, supply = self.call("GET", "/rpc/getSupply")
-        self.assertEqual((status, supply), (200, self.node.get_supply()))
+        self.assertEqual((status, supply), (200, self.node.queries.get_supply()))
         self.assertEqual(supply["receipts"], mint)
         self.assertEqual(supply["total"], sum(self.balances().values()))
 
@@ -865,10 +870,10 @@ class RPCTests(ReceiptCase):
 
     def test_refusals_over_rpc(self):
         payment, tx = self.good_claim()
-        self.node.attestor = None
+        self.node.admission.attestor = None
         status, body = self.call("POST", "/rpc/submitReceipt", wire(tx))
         self.assertEqual((status, body["error"]["code"]), (424, "coordinator_not_configured"))
-        self.node.attestor = self.attestor
+        self.node.admission.attestor = self.attestor
         self.attestor.answer = lambda r: forged(r, signer=OTHER)
         status, body = self.call("POST", "/rpc/sendTx", wire(tx))
         self.assertEqual((status, body["error"]["code"]), (400, "attestation_wrong_coordinator"))
@@ -896,7 +901,7 @@ class RPCTests(ReceiptCase):
         for path in ("/rpc/attest", "/rpc/attest/receipt"):
             status, answer = self.call("POST", path, request, stub=stub)
             self.assertEqual(status, 200)
-            check_attestation(answer, p, self.node.get_params(), CHAIN_ID)
+            check_attestation(answer, p, self.node.queries.get_params(), CHAIN_ID)
         status, answer = self.call("POST", "/rpc/attest", dict(request, job_id="nope"), stub=stub)
         self.assertEqual((status, answer["exists"], answer["paid"]), (200, False, False))
         status, body = self.call("POST", "/rpc/attest", {"receipt_id": "r1"}, stub=stub)
@@ -943,16 +948,16 @@ class PropertyTests(SynchronousTestCase):
         # LMDB syncs every block to disk.
         shm = "/dev/shm"
         path = tempfile.mkdtemp(prefix="aitnode-prop-", dir=shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None)
-        store = Store(path, map_size=1 << 26)
+        g = Genesis(doc(treasury=CAROL.address, treasury_ratio_bps=125, coordinator_ratio_bps=333))
+        node = compose(path, g, Clock(), key=AUTHORITY, map_size=1 << 26)
         try:
-            self.run_program(store, program)
+            self.run_program(node, program)
         finally:
-            store.close()
+            node.store.close()
             shutil.rmtree(path, ignore_errors=True)
 
-    def run_program(self, store, program):
-        g = Genesis(doc(treasury=CAROL.address, treasury_ratio_bps=125, coordinator_ratio_bps=333))
-        node = Node(Chain(store, g), Mempool(), InlineVerifier(), key=AUTHORITY, clock=Clock())
+    def run_program(self, node, program):
+        store = node.store
         mock = MockCoordinator(COORDINATOR, CHAIN_ID)
         mode = ["mock"]
 
@@ -970,7 +975,7 @@ class PropertyTests(SynchronousTestCase):
                 raise AitError("coordinator_unavailable", "down", status=424)
             return forged(request)  # faults the coordinator does not see
 
-        node.attestor = FakeAttestor(mock, answer)
+        node.admission.attestor = FakeAttestor(mock, answer)
 
         def nonce(who):
             n = node.chain.view().account(who.address)[1]
@@ -981,17 +986,17 @@ class PropertyTests(SynchronousTestCase):
         payments = []
         for client, amount in [(ALICE, 3000), (BOB, 2000), (ALICE, 1000), (BOB, 500)]:
             payments.append(transfer(client, nonce(client), ESCROW, amount))
-            node.submit(wire(payments[-1]))
-        node.propose()
+            node.admission.submit(wire(payments[-1]))
+        node.pipeline.propose()
 
         for op in program:
             if op[0] == "pay":
                 _, client, amount, to_escrow, then_block = op
                 tx = transfer(CLIENTS[client], nonce(CLIENTS[client]), ESCROW if to_escrow else CAROL, amount)
-                node.submit(wire(tx))
+                node.admission.submit(wire(tx))
                 payments.append(tx)
                 if then_block:
-                    node.propose()
+                    node.pipeline.propose()
             elif op[0] == "claim":
                 _, rid, pidx, miner, by_coord, k, units, fault, job, then_block = op
                 pay = payments[pidx % len(payments)]
@@ -1012,7 +1017,7 @@ class PropertyTests(SynchronousTestCase):
                 sender = COORDINATOR if by_coord else MINERS[miner]
                 tx = sign_tx(sender, CHAIN_ID, CLAIM, nonce(sender), fee, payload)
                 mode[0] = fault or "good"
-                d = Deferred.fromCoroutine(node.submit_claim(wire(tx)))
+                d = maybeDeferred(node.admission.submit, wire(tx), claims_only=True)
                 results = []
                 d.addBoth(results.append)
                 self.assertEqual(len(results), 1)
@@ -1021,17 +1026,17 @@ class PropertyTests(SynchronousTestCase):
                     self.assertIsInstance(err, AitError)
                     self.assertTrue(400 <= err.status < 500, err)
                 if then_block:
-                    node.propose()
+                    node.pipeline.propose()
             else:
-                node.propose()
+                node.pipeline.propose()
             self.check_invariants(node)
-        node.propose()
+        node.pipeline.propose()
         self.check_invariants(node)
 
     def check_invariants(self, node):
         store = node.store
         claims = []
-        for h in range(1, node.get_head()["height"] + 1):
+        for h in range(1, node.queries.get_head()["height"] + 1):
             blk = store.block_at(h)
             for tx_hash in blk["txs"]:
                 rec = store.tx_record(tx_hash)
@@ -1053,7 +1058,7 @@ class PropertyTests(SynchronousTestCase):
         # Escrow only ever receives payments and pays prices.
         self.assertEqual(balances.get(ESCROW.address, 0),
                          sum(v["amount"] for v in pays.values()) - sum(r["price"] for r in rcpts.values()))
-        supply = node.get_supply()
+        supply = node.queries.get_supply()
         parts = {k: v for k, v in supply.items() if k != "total"}
         self.assertEqual(supply["total"], sum(parts.values()))
         self.assertEqual(supply["total"], sum(balances.values()))

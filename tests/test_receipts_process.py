@@ -19,7 +19,7 @@ import sys
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from aitnode.chain import Genesis
+from aitnode.genesis import Genesis
 from aitnode.params import BPS
 from aitnode.receipts import CLAIM, check_attestation, sign_claim
 from aitnode.tx import sign_tx

@@ -6,7 +6,7 @@ import cbor2
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from aitnode.chain import Genesis
+from aitnode.genesis import Genesis
 from aitnode.tx import sign_tx
 
 from tests.common import (
@@ -82,7 +82,7 @@ class SendAndQueryTests(RPCTestBase):
         self.assertEqual(out["status"], "pending")
         self.assertEqual(out["tx"], t.to_wire())
         self.assertNotIn("block", out)
-        block = self.node.propose()
+        block = self.node.pipeline.propose()
         out = self.ok("GET", "/rpc/getTx/" + t.hash)
         self.assertEqual(out["status"], "included")
         self.assertEqual(out["tx"], t.to_wire())
@@ -105,7 +105,7 @@ class SendAndQueryTests(RPCTestBase):
         t1, t2 = transfer(ALICE, 1, BOB, 10), transfer(BOB, 1, CAROL, 20)
         self.send(t1)
         self.send(t2)
-        block = self.node.propose()
+        block = self.node.pipeline.propose()
         by_height = self.ok("GET", "/rpc/getBlock/1")
         self.assertEqual(
             set(by_height),
@@ -147,14 +147,14 @@ class SendAndQueryTests(RPCTestBase):
     def test_get_head(self):
         g = Genesis(genesis_doc())
         self.assertEqual(self.ok("GET", "/rpc/getHead"), {"height": 0, "hash": g.hash})
-        block = self.node.propose()
+        block = self.node.pipeline.propose()
         self.assertEqual(self.ok("GET", "/rpc/getHead"), {"height": 1, "hash": block["hash"]})
 
     def test_get_balance(self):
         self.assertEqual(self.ok("GET", "/rpc/getBalance/" + ALICE.address), {"balance": GENESIS_BALANCE, "nonce": 0})
         self.assertEqual(self.ok("GET", "/rpc/getBalance/" + key(99).address), {"balance": 0, "nonce": 0})
         self.send(transfer(ALICE, 1, CAROL, 77, fee=100))
-        self.node.propose()
+        self.node.pipeline.propose()
         self.assertEqual(self.ok("GET", "/rpc/getBalance/" + ALICE.address), {"balance": GENESIS_BALANCE - 177, "nonce": 1})
         self.assertEqual(self.ok("GET", "/rpc/getBalance/" + CAROL.address), {"balance": 77, "nonce": 0})
         self.refused("GET", "/rpc/getBalance/nope", 400, "bad_address")
@@ -175,7 +175,7 @@ class SendAndQueryTests(RPCTestBase):
         self.send(transfer(ALICE, 1, BOB, 123456, fee=need))
         # The estimate follows the params.
         self.ok("POST", "/admin/paramSet", {"key": "fee_per_byte", "value": 4}, headers=AUTH)
-        self.node.propose()
+        self.node.pipeline.propose()
         self.assertEqual(self.ok("POST", "/rpc/estimateFee", bare), {"fee": min_fee(t.payload, 10, 4)})
         m = bare.copy()
         m["type"] = "MINT"
@@ -199,7 +199,7 @@ class SendAndQueryTests(RPCTestBase):
         self.assertEqual(results[3], {"txHash": good2.hash})
         self.assertEqual(results[4], {"txHash": good1.hash})
         self.assertEqual(len(self.node.mempool), 2)
-        block = self.node.propose()
+        block = self.node.pipeline.propose()
         self.assertEqual(block["txs"], [good1.hash, good2.hash])
         self.assertEqual(self.ok("GET", "/rpc/getBalance/" + CAROL.address), {"balance": 0, "nonce": 0})
         self.assertEqual(self.ok("POST", "/rpc/sendTxs", []), {"results": []})
@@ -236,14 +236,14 @@ class AdminTests(RPCTestBase):
         self.assertEqual(tx["tx"]["type"], "MINT")
         self.assertEqual(tx["tx"]["sender"], AUTHORITY.address)
         self.assertEqual(tx["tx"]["payload"], {"to": CAROL.address, "amount": 5000})
-        block = self.node.propose()
+        block = self.node.pipeline.propose()
         self.assertEqual(block["txs"], [out["txHash"]])
         self.assertEqual(self.ok("GET", "/rpc/getTx/" + out["txHash"])["status"], "included")
         self.assertEqual(self.ok("GET", "/rpc/getBalance/" + CAROL.address), {"balance": 5000, "nonce": 0})
         # Two mints in a row take consecutive nonces of the authority.
         a = self.ok("POST", "/admin/mintFaucet", body, headers=AUTH)["txHash"]
         b = self.ok("POST", "/admin/mintFaucet", {"address": CAROL.address, "amount": 1}, headers=AUTH)["txHash"]
-        self.assertEqual(self.node.propose()["txs"], [a, b])
+        self.assertEqual(self.node.pipeline.propose()["txs"], [a, b])
         self.assertEqual(self.ok("GET", "/rpc/getBalance/" + CAROL.address)["balance"], 10001)
         self.assertEqual(self.ok("GET", "/rpc/getBalance/" + AUTHORITY.address)["nonce"], 3)
 
@@ -270,7 +270,7 @@ class AdminTests(RPCTestBase):
                      headers={b"Authorization": [b"Bearer " + ADMIN_TOKEN.encode() + b"x"]})
         out = self.ok("POST", "/admin/paramSet", body, headers=AUTH)
         self.assertEqual(self.ok("GET", "/rpc/getParams")["base_fee"], 10)
-        self.node.propose()
+        self.node.pipeline.propose()
         self.assertEqual(self.ok("GET", "/rpc/getTx/" + out["txHash"])["status"], "included")
         self.assertEqual(self.ok("GET", "/rpc/getParams")["base_fee"], 77)
         for body, code in (
@@ -400,7 +400,7 @@ class BadInputTests(RPCTestBase):
         # ALICE has one included transaction, so nonce 1 is used.
         first = transfer(ALICE, 1, BOB, 5)
         self.send(first)
-        self.node.propose()
+        self.node.pipeline.propose()
         before = self.balances()
         head = self.ok("GET", "/rpc/getHead")
         for name, body, status, code in self.cases():
@@ -411,7 +411,7 @@ class BadInputTests(RPCTestBase):
         self.assertEqual(len(self.node.mempool), 0)
         self.assertEqual(self.ok("GET", "/rpc/getHead"), head)
         # Blocks keep coming, and nothing changed.
-        block = self.node.propose()
+        block = self.node.pipeline.propose()
         self.assertEqual(block["header"]["height"], 2)
         self.assertEqual(block["txs"], [])
         self.assertEqual(self.balances(), before)
@@ -419,12 +419,12 @@ class BadInputTests(RPCTestBase):
         # And a good transaction still goes through.
         good = transfer(ALICE, 2, BOB, 10)
         self.send(good)
-        self.assertEqual(self.node.propose()["txs"], [good.hash])
+        self.assertEqual(self.node.pipeline.propose()["txs"], [good.hash])
 
     def test_bad_inputs_in_a_batch(self):
         """The same inputs as items of sendTxs get the same codes, one each."""
         self.send(transfer(ALICE, 1, BOB, 5))
-        self.node.propose()
+        self.node.pipeline.propose()
         cases = [c for c in self.cases() if not isinstance(c[1], bytes)]
         out = self.ok("POST", "/rpc/sendTxs", [c[1] for c in cases])
         self.assertEqual(len(out["results"]), len(cases))
@@ -478,4 +478,4 @@ class BadInputTests(RPCTestBase):
                 continue
             self.assertTrue(400 <= status < 500, (method, path, raw, status, out))
             self.assertIn("code", out["error"])
-        self.assertEqual(self.node.propose()["header"]["height"], 1)
+        self.assertEqual(self.node.pipeline.propose()["header"]["height"], 1)

@@ -8,9 +8,12 @@ import cbor2
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from aitnode.chain import Chain, Genesis
+from aitnode.chain import Chain
+from aitnode.genesis import Genesis
 from aitnode.errors import ConfigError
-from aitnode.state import ACC_BYTES, ACC_MOD, StateView, Store, leaf_hash, root_of
+from aitnode.state import ACC_BYTES, ACC_MOD, StateView, leaf_hash, root_of
+from aitnode.local import LocalStore
+from aitnode.store import Store
 
 from tests.common import (
     ALICE, AUTHORITY, BOB, CAROL, CHAIN_ID, GENESIS_BALANCE, genesis_doc, key, transfer,
@@ -34,6 +37,7 @@ class StoreTestBase(SynchronousTestCase):
         self.store = Store(self.path)
         self.addCleanup(self._close)
         self.chain = Chain(self.store, self.genesis)
+        self.local = LocalStore(self.store)
 
     def _close(self):
         if self.store is not None:
@@ -44,6 +48,7 @@ class StoreTestBase(SynchronousTestCase):
         self.store.close()
         self.store = Store(self.path)
         self.chain = Chain(self.store, self.genesis)
+        self.local = LocalStore(self.store)
 
     def commit_transfers(self, txs, timestamp=1_700_000_100):
         block, records, view, failed = self.chain.build_block(txs, AUTHORITY, timestamp)
@@ -281,24 +286,24 @@ class CommitTests(StoreTestBase):
         w1 = transfer(ALICE, 1, BOB, 1).to_wire()
         w2 = transfer(ALICE, 2, BOB, 2).to_wire()
         w3 = transfer(BOB, 1, ALICE, 3).to_wire()
-        self.assertEqual(self.store.load_mempool(), [])
-        self.store.save_mempool([w1, w2, w3])
-        self.assertEqual(self.store.load_mempool(), [w1, w2, w3])
+        self.assertEqual(self.local.load_mempool(), [])
+        self.local.save_mempool([w1, w2, w3])
+        self.assertEqual(self.local.load_mempool(), [w1, w2, w3])
         # Saving again replaces the snapshot.
-        self.store.save_mempool([w3])
-        self.assertEqual(self.store.load_mempool(), [w3])
-        self.store.save_mempool([w2, w1])
+        self.local.save_mempool([w3])
+        self.assertEqual(self.local.load_mempool(), [w3])
+        self.local.save_mempool([w2, w1])
         self.reopen()
-        self.assertEqual(self.store.load_mempool(), [w2, w1])
-        self.store.clear_mempool()
-        self.assertEqual(self.store.load_mempool(), [])
+        self.assertEqual(self.local.load_mempool(), [w2, w1])
+        self.local.clear_mempool()
+        self.assertEqual(self.local.load_mempool(), [])
 
     def test_reopen_keeps_everything(self):
         t1 = transfer(ALICE, 1, BOB, 55)
         b1 = self.commit_transfers([t1])
         t2 = transfer(BOB, 1, CAROL, 66)
         b2 = self.commit_transfers([t2], timestamp=1_700_000_200)
-        self.store.record_failed({"cd" * 32: {"tx": {"x": 1}, "error": {"code": "c", "message": "m"}}})
+        self.local.record_failed({"cd" * 32: {"tx": {"x": 1}, "error": {"code": "c", "message": "m"}}})
         accounts = dict(self.store.entries("acct"))
         acc = self.store.accumulator()
         self.reopen()
@@ -313,7 +318,7 @@ class CommitTests(StoreTestBase):
         self.assertEqual(self.store.meta("genesis_hash"), self.genesis.hash)
         self.assertEqual(self.store.meta("chain_id"), CHAIN_ID)
         self.assertEqual(self.store.meta("format_version"), 1)
-        self.assertEqual(self.store.failed_record("cd" * 32)["error"]["code"], "c")
+        self.assertEqual(self.local.failed_record("cd" * 32)["error"]["code"], "c")
         # And the chain goes on from there.
         b3 = self.commit_transfers([transfer(BOB, 2, ALICE, 1)], timestamp=1_700_000_300)
         self.assertEqual(b3["header"]["parent"], b2["hash"])

@@ -32,8 +32,8 @@ class VerifyOnceTests(SynchronousTestCase):
         node = make_node(self, verifier=verifier)
         txs = [wire(transfer(ALICE, n, BOB, n)) for n in range(1, 6)]
         bad = dict(wire(transfer(ALICE, 6, BOB, 6)), fee=2000)  # signature no longer matches
-        first = Deferred.fromCoroutine(node.submit_many(txs + [bad]))
-        second = Deferred.fromCoroutine(node.submit_many(txs + [bad, txs[0]]))
+        first = Deferred.fromCoroutine(node.admission.submit_batch(txs + [bad]))
+        second = Deferred.fromCoroutine(node.admission.submit_batch(txs + [bad, txs[0]]))
         self.assertNoResult(first)
         self.assertNoResult(second)
         verifier.answer_all()
@@ -44,19 +44,19 @@ class VerifyOnceTests(SynchronousTestCase):
         self.assertEqual(two[5]["error"]["code"], "bad_signature")
         self.assertEqual({r["txHash"] for r in two if "txHash" in r}, {r["txHash"] for r in one[:5]})
         self.assertEqual(len(node.mempool), 5)
-        self.assertEqual(node._verifying, {})
+        self.assertEqual(node.admission._verifying, {})
 
     def test_a_failed_check_fails_the_waiters_too(self):
         verifier = SlowVerifier()
         node = make_node(self, verifier=verifier)
         txs = [wire(transfer(ALICE, 1, BOB, 1))]
-        first = Deferred.fromCoroutine(node.submit_many(txs))
-        second = Deferred.fromCoroutine(node.submit_many(txs))
+        first = Deferred.fromCoroutine(node.admission.submit_batch(txs))
+        second = Deferred.fromCoroutine(node.admission.submit_batch(txs))
         d, _ = verifier.pending.pop(0)
         d.errback(RuntimeError("worker died"))
         self.failureResultOf(first, RuntimeError)
         self.failureResultOf(second, RuntimeError)
-        self.assertEqual(node._verifying, {})
+        self.assertEqual(node.admission._verifying, {})
         self.assertEqual(len(node.mempool), 0)
 
     def test_send_tx_during_a_batch_waits_for_its_verdict(self):
@@ -66,7 +66,7 @@ class VerifyOnceTests(SynchronousTestCase):
         node = make_node(self, verifier=verifier)
         _, http = make_rpc(node)
         tx = wire(transfer(ALICE, 1, BOB, 1))
-        batch = Deferred.fromCoroutine(node.submit_many([tx]))
+        batch = Deferred.fromCoroutine(node.admission.submit_batch([tx]))
         single = http.post("http://n/rpc/sendTx", json=tx)
         self.assertNoResult(single)
         verifier.answer_all()

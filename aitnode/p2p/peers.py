@@ -1,0 +1,323 @@
+"""The peer manager: connections, handshakes, gossip, scores and bans.
+
+After both sides are authenticated (see wire), a connection may send:
+
+    status      {height, head}                      the sender's head
+    tx          {tx, attestation?}                  gossip, relayed once
+    block       {block, txs}                        gossip, relayed once
+    get_blocks  {locator: [hash...], limit}         or {from, limit}
+    blocks      {blocks: [{block, txs}...], height} the answer
+
+Block sync is sync.BlockSync's.  Protocol code reaches storage only
+through the chain's and the node-local tables' APIs.
+"""
+
+import collections
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketServerFactory
+from twisted.application import internet, service
+from twisted.internet import defer
+from twisted.internet.endpoints import clientFromString
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+
+from aitnode.errors import AitError
+from aitnode.p2p.sync import SYNC_BATCH, BlockSync, check_entry
+from aitnode.p2p.wire import (
+    CLOSE_BANNED, CLOSE_PROTOCOL, VERSION, ClientPeer, PeerError, ServerPeer, auth_bytes, encode, set_options,
+)
+
+SEEN_SIZE = 50_000
+BAN_SCORE = -100
+BAN_SECONDS = 600
+HOST_BAN_SECONDS = 30
+PENALTY = {"garbage": -50, "bad_tx": -10, "bad_block": -60, "oversized": -100, "protocol": -30}
+
+
+class LRUSet:
+    def __init__(self, size):
+        self.size = size
+        self._d = collections.OrderedDict()
+
+    def add(self, key):
+        """Add key; False if it was already there."""
+        if key in self._d:
+            self._d.move_to_end(key)
+            return False
+        self._d[key] = None
+        if len(self._d) > self.size:
+            self._d.popitem(last=False)
+        return True
+
+    def __contains__(self, key):
+        return key in self._d
+
+
+def _yield(reactor):
+    d = defer.Deferred()
+    reactor.callLater(0, d.callback, None)
+    return d
+
+
+class P2P(service.MultiService):
+    """The peer manager: handshakes, gossip, scores and bans."""
+
+    _log = Logger()
+
+    def __init__(self, node, node_key, reactor, peers=(), sync_batch=SYNC_BATCH):
+        super().__init__()
+        self.node = node
+        self.chain = node.chain
+        self.admission = node.admission
+        self.key = node_key
+        self.node_id = node_key.public_key.hex()
+        self.reactor = reactor
+        self.conns = set()
+        self.seen_tx = LRUSet(SEEN_SIZE)
+        self.seen_block = LRUSet(SEEN_SIZE)
+        self.bans = {}  # node_id or host -> until (seconds)
+        self.scores = {}  # node_id -> score
+        self.importing_from = None  # the peer whose block is being imported
+        self.outgoing = {}  # url -> ClientService
+        self.sync = BlockSync(self, node, reactor, lambda: _yield(reactor), sync_batch=sync_batch)
+        self.server_factory = WebSocketServerFactory()
+        self.server_factory.protocol = ServerPeer
+        self.server_factory.p2p = self
+        set_options(self.server_factory, reactor)
+        for url in peers:
+            self.add_peer(url)
+        node.pipeline.block_listeners.append(self.on_local_block)
+        node.admission.tx_listeners.append(self.on_local_tx)
+
+    # -- wiring ----------------------------------------------------------
+    def resource(self):
+        """/p2p/ws, to mount in a twisted.web Site."""
+        p2p = Resource()
+        p2p.putChild(b"ws", WebSocketResource(self.server_factory))
+        return p2p
+
+    def startService(self):
+        self.server_factory.startFactory()
+        super().startService()
+
+    def stopService(self):
+        self.sync.stop()
+        d = super().stopService()
+        for conn in list(self.conns):
+            conn.dropConnection(abort=True)
+        self.server_factory.stopFactory()
+        return d
+
+    def add_peer(self, url):
+        """Keep an outgoing connection to url, reconnecting with backoff."""
+        if type(url) is not str or not url.startswith(("ws://", "wss://")):
+            raise AitError("bad_peer_addr", "a peer address is a ws://host:port/p2p/ws URL")
+        if url in self.outgoing:
+            return False
+        factory = WebSocketClientFactory(url)
+        factory.protocol = ClientPeer
+        factory.p2p = self
+        set_options(factory, self.reactor)
+        host, port = factory.host, factory.port
+        kind = "tls" if factory.isSecure else "tcp"
+        endpoint = clientFromString(self.reactor, f"{kind}:host={host}:port={port}")
+        svc = internet.ClientService(
+            endpoint, factory, retryPolicy=internet.backoffPolicy(initialDelay=0.5, maxDelay=30), clock=self.reactor,
+        )
+        self.outgoing[url] = svc
+        svc.setServiceParent(self)
+        return True
+
+    # -- handshake -------------------------------------------------------
+    def hello(self, challenge):
+        height, head = self.chain.head()
+        return {
+            "chain_id": self.chain.chain_id, "genesis": self.chain.genesis.hash, "version": VERSION,
+            "node_id": self.node_id, "challenge": challenge, "height": height, "head": head,
+        }
+
+    def _on_hello(self, conn, d):
+        challenge = conn.on_hello(d, self.hello(conn.challenge))
+        if not challenge:
+            return
+        sig = self.key.sign(auth_bytes(self.chain.chain_id, challenge, self.node_id))
+        conn.send("auth", {"sig": sig.hex()})
+        conn.authed_out = True
+        self._maybe_ready(conn)
+
+    def _on_auth(self, conn, d):
+        conn.on_auth(d, self.chain.chain_id)
+        if self.is_banned(node_id=conn.remote_id):
+            conn.sendClose(CLOSE_BANNED, "banned")
+            return
+        self._maybe_ready(conn)
+
+    def _maybe_ready(self, conn):
+        if conn.ready or not (conn.authed_in and conn.authed_out):
+            return
+        conn.ready = True
+        self.conns.add(conn)
+        self._update_peer_height()  # its hello told us its height
+        self.scores.setdefault(conn.remote_id, 0)
+        self._touch(conn)
+        self._log.info("peer joined {peer} ({direction}) height={height}", peer=conn.addr, direction=conn.direction,
+                       height=conn.remote_height, node_id=conn.remote_id, component="p2p", event="peer_joined")
+        self.sync.maybe_sync(conn)
+
+    def _touch(self, conn):
+        rec = {"addr": conn.addr, "last_seen": int(self.reactor.seconds()), "score": self.scores.get(conn.remote_id, 0)}
+        self.node.local.put_peer(conn.remote_id, rec)
+
+    def _update_peer_height(self):
+        self.node.pipeline.peer_height = max((c.remote_height for c in self.conns), default=0)
+
+    # -- dispatch ----------------------------------------------------------
+    def received(self, conn, mtype, data):
+        if mtype == "hello":
+            return self._on_hello(conn, data)
+        if mtype == "auth":
+            return self._on_auth(conn, data)
+        if mtype == "reject":
+            self._log.warn("peer {peer} refused us: {reason}", peer=conn.addr, reason=str(data)[:200],
+                           component="p2p", event="refused_by_peer")
+            return conn.sendClose(1000, "rejected")
+        if not conn.ready:
+            raise PeerError("protocol", f"{mtype} before the handshake")
+        if mtype not in self.MESSAGES:
+            raise PeerError("protocol", f"unknown message type {mtype!r}")
+        getattr(self, "_on_" + mtype)(conn, data)
+
+    def _on_status(self, conn, d):
+        if type(d) is not dict:
+            raise PeerError("protocol", "status is not a map")
+        conn.set_status(d)
+        self._update_peer_height()
+        self.sync.maybe_sync(conn)
+
+    def _on_tx(self, conn, d):
+        if type(d) is not dict or type(d.get("tx")) is not dict:
+            raise PeerError("protocol", "tx message malformed")
+        wire = d["tx"]
+        try:
+            tx = self.admission.parse(wire)
+        except AitError as e:
+            raise PeerError("bad_tx", e.message)
+        if not self.seen_tx.add(tx.hash) or self.admission.known(tx):
+            return
+        d = defer.ensureDeferred(self.admission.relay(tx, d.get("attestation")))
+
+        def failed(f):
+            f.trap(AitError)
+            if f.value.code in ("bad_signature", "pubkey_mismatch", "attestation_bad_signature"):
+                self.penalize(conn, "bad_tx", f.value.message)
+
+        d.addErrback(failed)
+        d.addErrback(lambda f: self._log.failure("relayed tx failed", f, component="p2p", event="tx_error"))
+
+    def _on_block(self, conn, d):
+        entry = check_entry(d)
+        header = entry["block"]["header"]
+        if not self.seen_block.add(entry["block"]["hash"]):
+            return
+        if header["height"] >= conn.remote_height:
+            conn.remote_height, conn.remote_head = header["height"], entry["block"]["hash"]
+            self._update_peer_height()
+        # Relaying is on_local_block's: it runs for every committed block.
+        self.sync.on_block(conn, entry)
+
+    def _on_get_blocks(self, conn, d):
+        self.sync.on_get_blocks(conn, d)
+
+    def _on_blocks(self, conn, d):
+        self.sync.on_blocks(conn, d)
+
+    MESSAGES = frozenset(("status", "tx", "block", "get_blocks", "blocks"))  # after the handshake
+
+    # -- gossip ----------------------------------------------------------------
+    def store_has(self, block_hash):
+        store = self.chain.store
+        block = store.block_by_hash(block_hash)
+        return block is not None and store.hash_at(block["header"]["height"]) == block_hash
+
+    def on_local_block(self, block):
+        self.seen_block.add(block["hash"])
+        if self.conns:
+            entry = self.chain.block_entry(block["header"]["height"])
+            # Not back to the peer it came from: it has it.
+            self.broadcast("block", entry, exclude=self.importing_from)
+
+    def on_local_tx(self, tx):
+        self.seen_tx.add(tx.hash)
+        if self.conns:
+            data = {"tx": tx.to_wire()}
+            att = self.node.mempool.attestation(tx.hash)
+            if att is not None:
+                data["attestation"] = att
+            self.broadcast("tx", data)
+
+    def broadcast(self, mtype, data, exclude=None):
+        frame = encode(mtype, data)
+        for conn in list(self.conns):
+            # A connection being dropped stays in conns until onClose;
+            # sending on it would raise (and stop the caller's loop).
+            if conn is not exclude and conn.state == conn.STATE_OPEN:
+                conn.sendMessage(frame, isBinary=True)
+
+    # -- scores and bans ---------------------------------------------------
+    def penalize(self, conn, kind, reason):
+        who = conn.remote_id
+        key = who or conn.host
+        score = self.scores.get(key, 0) + PENALTY[kind]
+        self.scores[key] = score
+        self._log.warn("peer {peer} misbehaved ({kind}): {reason}; score {score}", peer=conn.addr, kind=kind,
+                       reason=reason[:200], score=score, component="p2p", event="peer_penalized")
+        if score <= BAN_SCORE:
+            # A peer that proved a node id is banned by it.  One that never
+            # finished the handshake is known only by its host, which honest
+            # peers (behind the same NAT, or on the same machine) may share:
+            # that ban is short, enough to stop a reconnect loop.
+            seconds = BAN_SECONDS if who else HOST_BAN_SECONDS
+            self.bans[key] = self.reactor.seconds() + seconds
+            if not who:
+                self.scores[key] = 0  # start afresh once the short ban ends
+            self._log.warn("peer {peer} banned for {s} s", peer=conn.addr, s=seconds, component="p2p", event="peer_banned")
+            conn.dropConnection(abort=True)
+        if who:
+            self._touch(conn)
+
+    def misbehaved(self, conn, kind, reason):
+        self.penalize(conn, kind, reason)
+        if kind in ("garbage", "protocol") and conn.state != conn.STATE_CLOSED:
+            conn.sendClose(CLOSE_PROTOCOL, reason[:100])
+
+    def is_banned(self, node_id=None, addr=None):
+        now = self.reactor.seconds()
+        for key in (node_id, addr):
+            if key is not None and self.bans.get(key, 0) > now:
+                return True
+        return False
+
+    def disconnected(self, conn):
+        if conn in self.conns:
+            self.conns.discard(conn)
+            self._log.info("peer left {peer}", peer=conn.addr, component="p2p", event="peer_left")
+        self.sync.disconnected(conn)
+        self._update_peer_height()
+
+    def peer_list(self):
+        out = []
+        for conn in self.conns:
+            out.append({
+                "node_id": conn.remote_id, "addr": conn.addr, "direction": conn.direction, "state": "ready",
+                "height": conn.remote_height, "head": conn.remote_head,
+                "score": self.scores.get(conn.remote_id, 0),
+            })
+        known = {c["node_id"] for c in out}
+        for node_id, rec in self.node.local.peers().items():
+            if node_id not in known:
+                banned = self.is_banned(node_id=node_id)
+                out.append(dict(rec, node_id=node_id, state="banned" if banned else "disconnected",
+                                score=self.scores.get(node_id, rec.get("score", 0))))
+        return {"node_id": self.node_id, "peers": out, "dialing": sorted(self.outgoing)}
+

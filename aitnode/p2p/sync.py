@@ -1,0 +1,295 @@
+"""Block sync: asking peers for blocks, importing them, and answering them.
+
+A node behind a peer asks it for blocks from a locator of its own chain
+(``get_blocks``); the answer's blocks are imported in order through the
+block pipeline.  An answer that forks below the head is held until the
+branch it starts is longer than the node's chain (asking for the rest
+with ``{from, limit}``); then the pipeline verifies the whole branch and
+switches to it at once (chain.reorganise_steps).  Fork choice compares
+blocks this node verified, never a height a peer claimed.
+"""
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from aitnode.encoding import is_hex
+from aitnode.errors import AitError
+from aitnode.p2p.wire import MAX_MESSAGE, PeerError
+
+SYNC_BATCH = 64
+SYNC_TIMEOUT = 30  # seconds to wait for a get_blocks answer
+MAX_BRANCH_BYTES = 64 * 1024 * 1024  # a competing branch held while it is fetched
+
+
+class BlockSync:
+    _log = Logger()
+
+    def __init__(self, p2p, node, reactor, pause, sync_batch=SYNC_BATCH):
+        self.p2p = p2p
+        self.chain = node.chain
+        self.mempool = node.mempool
+        self.pipeline = node.pipeline
+        self.reactor = reactor
+        self.pause = pause
+        self.sync_batch = sync_batch
+        self.syncing = None  # the connection a sync is running with
+        self._timer = None  # the pending get_blocks request's timeout
+        self._branch = None  # (conn, fork height, [(block, txs)]) of a fork being fetched
+        self._branch_bytes = 0
+        self.importing = defer.DeferredLock()
+
+    def stop(self):
+        self._cancel_timer()
+
+    # -- asking --------------------------------------------------------------
+    def maybe_sync(self, conn):
+        """Ask conn for blocks if it is ahead and no sync is running."""
+        height = self.chain.head()[0]
+        if self.syncing is not None or conn.remote_height <= height or not conn.ready:
+            return
+        if self._branch is not None and self._branch[0] is conn:
+            last = self._branch[2][-1][0]["header"]["height"]
+            self._ask(conn, {"from": last + 1, "limit": self.sync_batch})
+        else:
+            self._branch = None
+            self._ask(conn, {"locator": self.locator(), "limit": self.sync_batch})
+
+    def _ask(self, conn, request):
+        self.syncing = conn
+        conn.send("get_blocks", request)
+        # A peer that never answers must not stall sync for ever; the
+        # timer belongs to this request and is cancelled by its answer.
+        self._cancel_timer()
+        self._timer = self.reactor.callLater(SYNC_TIMEOUT, self._timeout, conn)
+
+    def _cancel_timer(self):
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _timeout(self, conn):
+        self._timer = None
+        if self.syncing is conn:
+            self.syncing = None
+            self._log.warn("peer {peer} did not answer get_blocks; asking again", peer=conn.addr,
+                           component="p2p", event="sync_timeout")
+            for other in list(self.p2p.conns):
+                self.maybe_sync(other)
+                if self.syncing is not None:
+                    break
+
+    def disconnected(self, conn):
+        if self.syncing is conn:
+            self.syncing = None
+            self._cancel_timer()
+        if self._branch is not None and self._branch[0] is conn:
+            self._branch = None
+
+    def locator(self):
+        """Hashes of our chain at heights h, h-1, h-2, h-4, ... 0."""
+        store = self.chain.store
+        height = self.chain.head()[0]
+        out, step, h = [], 1, height
+        while h > 0 and len(out) < 63:
+            out.append(store.hash_at(h))
+            if len(out) > 8:
+                step *= 2
+            h -= step
+        out.append(store.hash_at(0))
+        return out
+
+    # -- answering -------------------------------------------------------------
+    def on_get_blocks(self, conn, d):
+        if type(d) is not dict:
+            raise PeerError("protocol", "get_blocks malformed")
+        limit = d.get("limit", self.sync_batch)
+        if type(limit) is not int or not 1 <= limit <= 512:
+            raise PeerError("protocol", "get_blocks limit must be 1..512")
+        store = self.chain.store
+        start = None
+        if "locator" in d:
+            loc = d["locator"]
+            if type(loc) is not list or len(loc) > 64:
+                raise PeerError("protocol", "locator must be a list of at most 64 hashes")
+            for h in loc:
+                block = store.block_by_hash(h) if is_hex(h, 32) else None
+                if block is not None and store.hash_at(block["header"]["height"]) == h:
+                    start = block["header"]["height"] + 1
+                    break
+            if start is None:
+                start = 1
+        else:
+            start = d.get("from")
+            if type(start) is not int or start < 0:
+                raise PeerError("protocol", "get_blocks from must be a height")
+        height = self.chain.head()[0]
+        blocks = []
+        size = 0
+        for h in range(start, min(height, start + limit - 1) + 1):
+            entry = self.chain.block_entry(h)
+            blocks.append(entry)
+            size += sum(len(str(w)) for w in entry["txs"])
+            if size > MAX_MESSAGE // 4:
+                break
+        conn.send("blocks", {"blocks": blocks, "height": height})
+
+    # -- importing -------------------------------------------------------------
+    def on_blocks(self, conn, d):
+        if type(d) is not dict or type(d.get("blocks")) is not list or type(d.get("height")) is not int:
+            raise PeerError("protocol", "blocks malformed")
+        entries = [check_entry(e) for e in d["blocks"]]
+        conn.remote_height = max(conn.remote_height, d["height"])
+        if self.syncing is not conn:
+            return
+        self._cancel_timer()
+        dd = self.importing.run(self._sync_entries, conn, entries)
+
+        def done(progressed):
+            self.syncing = None
+            if progressed:
+                self.maybe_sync(conn)
+
+        def broke(f):
+            # _sync_entries runs outside onMessage: its PeerErrors land here.
+            f.trap(PeerError)
+            self.syncing = None
+            self.p2p.misbehaved(conn, f.value.kind, str(f.value))
+
+        dd.addCallback(done)
+        dd.addErrback(broke)
+        dd.addErrback(lambda f: (setattr(self, "syncing", None),
+                                 self._log.failure("sync failed", f, component="p2p", event="sync_error")))
+
+    def on_block(self, conn, entry):
+        """A block a peer announced: import it if it extends the head."""
+        header = entry["block"]["header"]
+        height, head = self.chain.head()
+        if header["parent"] == head and header["height"] == height + 1:
+            d = self.importing.run(self._import_announced, conn, entry)
+            d.addErrback(lambda f: self._log.failure("block import failed", f, component="p2p", event="import_error"))
+        elif header["height"] > height:
+            self.maybe_sync(conn)
+
+    def _import_announced(self, conn, entry):
+        # The lock may have been held by a sync: if the head moved since the
+        # block was announced it no longer applies, which is no fault of the peer.
+        height, head = self.chain.head()
+        header = entry["block"]["header"]
+        if header["parent"] != head or header["height"] != height + 1:
+            return False
+        return self._import_entries(conn, [entry])
+
+    async def _sync_entries(self, conn, entries):
+        """Import a run of blocks from conn, or hold and then switch to the
+        branch it starts.  Fork choice: the verified chain with the greater
+        height wins; at equal height the current head stays."""
+        store = self.chain.store
+        if self._branch is not None and self._branch[0] is conn:
+            return await self._extend_branch(conn, entries)
+        # Blocks we already hold (an answer that started lower than it had
+        # to, e.g. because blocks arrived by gossip meanwhile) are skipped:
+        # they are no fork.
+        while entries and store.hash_at(entries[0]["block"]["header"]["height"]) == entries[0]["block"]["hash"]:
+            entries = entries[1:]
+        if not entries:
+            return self.chain.head()[0] < conn.remote_height
+        first = entries[0]["block"]["header"]
+        fork_height = first["height"] - 1
+        if store.hash_at(fork_height) != first["parent"]:
+            raise PeerError("bad_block", "sync answer does not start on our chain")
+        if fork_height < self.chain.head()[0]:
+            if self.chain.head()[0] - fork_height > store.undo_depth():
+                self._log.warn("fork deeper than undo data; ignoring peer {peer}", peer=conn.addr,
+                               component="p2p", event="fork_too_deep")
+                return False
+            self._branch = (conn, fork_height, [])
+            self._branch_bytes = 0
+            return await self._extend_branch(conn, entries)
+        return await self._import_entries(conn, entries)
+
+    async def _extend_branch(self, conn, entries):
+        _, fork_height, branch = self._branch
+        for entry in entries:
+            header = entry["block"]["header"]
+            prev = branch[-1][0] if branch else None
+            want = (prev["header"]["height"] + 1) if prev else fork_height + 1
+            if header["height"] != want or (prev is not None and header["parent"] != prev["hash"]):
+                self._branch = None
+                raise PeerError("bad_block", "branch blocks are not in order")
+            try:
+                self.chain.check_signed_header(entry["block"])
+                txs = self.block_txs(entry["block"], entry["txs"])
+            except AitError as e:
+                self._branch = None
+                self.p2p.penalize(conn, "bad_block", e.message)
+                return False
+            self._branch_bytes += sum(len(str(w)) for w in entry["txs"]) + 512
+            branch.append((entry["block"], txs))
+        if self._branch_bytes > MAX_BRANCH_BYTES:
+            self._branch = None
+            self._log.warn("branch from {peer} too large to hold; ignoring it", peer=conn.addr,
+                           component="p2p", event="fork_too_large")
+            return False
+        if not entries:
+            self._branch = None
+            return False  # the peer has nothing more: its branch is not longer
+        if fork_height + len(branch) <= self.chain.head()[0]:
+            return True  # not longer than ours yet: ask for more
+        self._branch = None
+        try:
+            committed = await self.pipeline.reorganise(fork_height, branch, self.pause)
+        except AitError as e:
+            if e.code == "head_moved":
+                return True
+            self.p2p.penalize(conn, "bad_block", e.message)
+            return False
+        for block in committed:
+            self.p2p.seen_block.add(block["hash"])
+        return True
+
+    async def _import_entries(self, conn, entries):
+        imported = 0
+        for entry in entries:
+            block = entry["block"]
+            if self.p2p.store_has(block["hash"]):
+                continue
+            try:
+                txs = self.block_txs(block, entry["txs"])
+                self.p2p.importing_from = conn
+                try:
+                    await self.pipeline.import_block_async(block, txs)
+                finally:
+                    self.p2p.importing_from = None
+            except AitError as e:
+                self.p2p.penalize(conn, "bad_block", e.message)
+                return imported > 0
+            self.p2p.seen_block.add(block["hash"])
+            imported += 1
+            # Let the reactor breathe between blocks.
+            await self.pause()
+        return imported > 0
+
+    def block_txs(self, block, wires):
+        """The block's transactions: those already in the mempool (parsed and
+        checked on arrival) are taken from it, by the hashes the block
+        commits to; only the others are parsed from the wire."""
+        hashes = block.get("txs")
+        if type(hashes) is not list or len(hashes) != len(wires):
+            raise AitError("bad_block", "block transaction list does not match")
+        out = []
+        for h, wire in zip(hashes, wires):
+            tx = self.mempool.get(h) if type(h) is str else None
+            out.append(tx if tx is not None else self.chain.parse_stored_tx(wire))
+        return out
+
+
+def check_entry(e):
+    if type(e) is not dict or type(e.get("block")) is not dict or type(e.get("txs")) is not list:
+        raise PeerError("protocol", "block entry malformed")
+    b = e["block"]
+    if type(b.get("header")) is not dict or not is_hex(b.get("hash"), 32) or type(b.get("txs")) is not list:
+        raise PeerError("protocol", "block malformed")
+    h = b["header"]
+    if type(h.get("height")) is not int or not is_hex(h.get("parent"), 32):
+        raise PeerError("protocol", "block header malformed")
+    return e

@@ -1,0 +1,169 @@
+"""Peer frames and the connection that owns its handshake.
+
+Every message is one binary WebSocket frame, canonical CBOR of
+``{"type", "data"}``.  A connection starts with a handshake in both
+directions:
+
+    hello  {chain_id, genesis, version, node_id, challenge, height, head}
+    auth   {sig}   the ed25519 signature, by the node_id key, of
+                   sha256(canonical({"chain_id", "challenge": the other
+                   side's challenge, "node_id": own id}))
+
+A peer on another chain or genesis, or speaking another version, gets
+``reject {reason}`` and is closed.  The peer's node id is ``remote_id``
+only once its ``auth`` proved it; until then it is only ``claimed_id``.
+"""
+
+import os
+
+import cbor2
+from autobahn.twisted.websocket import WebSocketClientProtocol, WebSocketServerProtocol
+from twisted.logger import Logger
+
+from aitnode import crypto
+from aitnode.encoding import canonical, is_hex, sha256
+
+VERSION = 1
+MAX_MESSAGE = 16 * 1024 * 1024
+# Close codes: autobahn lets an application send only 1000 or 3000-4999
+# (1002/1008 are the library's own), so ours are in the private range.
+CLOSE_PROTOCOL = 4002  # garbage or a protocol violation
+CLOSE_BANNED = 4008  # the peer is banned
+
+
+def encode(mtype, data):
+    return cbor2.dumps({"type": mtype, "data": data}, canonical=True)
+
+
+def auth_bytes(chain_id, challenge, node_id):
+    return sha256(canonical({"chain_id": chain_id, "challenge": challenge, "node_id": node_id}))
+
+
+class PeerError(Exception):
+    """A peer broke the protocol; kind is a peers.PENALTY key."""
+
+    def __init__(self, kind, message):
+        super().__init__(message)
+        self.kind = kind
+
+
+class PeerConnection:
+    """What both sides of a connection share; mixed into the protocols.
+
+    The connection keeps its own handshake state and checks the peer's
+    hello and auth; the peer manager (``self.p2p``) decides what a ready
+    connection's messages do.
+    """
+
+    _log = Logger()
+    p2p = None
+    direction = "?"
+
+    def onOpen(self):
+        self.p2p = self.factory.p2p
+        self.challenge = os.urandom(32).hex()
+        self.claimed_id = None  # what hello said; proven by auth or never used
+        self.remote_id = None  # the node id, once auth proved it
+        self.remote_height = 0
+        self.remote_head = None
+        self.authed_in = False  # we checked their auth
+        self.authed_out = False  # we sent ours
+        self.ready = False
+        self.addr = self._peer_addr()
+        self.host = self.addr.rsplit(":", 1)[0]
+        if self.p2p.is_banned(addr=self.host):
+            self.sendClose(CLOSE_BANNED, "banned")
+            return
+        self.send("hello", self.p2p.hello(self.challenge))
+
+    def _peer_addr(self):
+        peer = self.transport.getPeer()
+        return f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+
+    def send(self, mtype, data):
+        if self.state == self.STATE_OPEN:  # a closing connection takes no more
+            self.sendMessage(encode(mtype, data), isBinary=True)
+
+    def onMessage(self, payload, isBinary):
+        try:
+            if not isBinary:
+                raise PeerError("garbage", "text frame")
+            try:
+                msg = cbor2.loads(payload)
+            except Exception:
+                raise PeerError("garbage", "frame is not CBOR")
+            if type(msg) is not dict or set(msg) != {"type", "data"} or type(msg["type"]) is not str:
+                raise PeerError("garbage", "message is not {type, data}")
+            self.p2p.received(self, msg["type"], msg["data"])
+        except PeerError as e:
+            self.p2p.misbehaved(self, e.kind, str(e))
+
+    # -- the handshake ---------------------------------------------------------
+    def on_hello(self, d, mine):
+        """Check the peer's hello against ours (mine: our hello's fields);
+        answer with our auth.  Returns False if the connection was closed."""
+        if self.claimed_id is not None:
+            raise PeerError("protocol", "a second hello")
+        if type(d) is not dict:
+            raise PeerError("protocol", "hello is not a map")
+        for field in ("chain_id", "genesis", "version"):
+            if d.get(field) != mine[field]:
+                self.send("reject", {"reason": f"{field} differs: mine is {mine[field]!r}, yours {d.get(field)!r}"})
+                self._log.warn("refused peer {peer}: {field} differs", peer=self.addr, field=field,
+                               component="p2p", event="peer_refused")
+                self.sendClose(1000, f"{field} differs")
+                return False
+        node_id, challenge = d.get("node_id"), d.get("challenge")
+        if not is_hex(node_id, 32) or not is_hex(challenge, 32):
+            raise PeerError("protocol", "hello node_id/challenge must be 32-byte hex")
+        if node_id == mine["node_id"]:
+            self.sendClose(1000, "self")
+            return False
+        self.claimed_id = node_id
+        self.set_status(d)
+        return challenge
+
+    def on_auth(self, d, chain_id):
+        """Check that the peer's auth proves the id its hello claimed."""
+        if self.claimed_id is None or self.authed_in or type(d) is not dict or not is_hex(d.get("sig"), 64):
+            raise PeerError("protocol", "auth before hello, twice, or malformed")
+        msg = auth_bytes(chain_id, self.challenge, self.claimed_id)
+        if not crypto.verify(bytes.fromhex(self.claimed_id), bytes.fromhex(d["sig"]), msg):
+            raise PeerError("protocol", "auth signature does not prove node_id")
+        self.authed_in = True
+        self.remote_id = self.claimed_id
+
+    def set_status(self, d):
+        """A height and head the peer claims (hello, status): used to pick
+        whom to ask for blocks, never trusted for anything else."""
+        height, head = d.get("height"), d.get("head")
+        if type(height) is not int or height < 0 or not is_hex(head, 32):
+            raise PeerError("protocol", "height/head malformed")
+        self.remote_height, self.remote_head = height, head
+
+    def _max_message_size_exceeded(self, msg_size, max_msg_size, reason):
+        # autobahn fails such a connection by dropping it (failByDrop), so
+        # onClose sees 1006, never 1009: penalize here, where we know why.
+        if self.p2p is not None:
+            self.p2p.penalize(self, "oversized", "frame over the size limit")
+        super()._max_message_size_exceeded(msg_size, max_msg_size, reason)
+
+    def onClose(self, wasClean, code, reason):
+        if self.p2p is not None:
+            self.p2p.disconnected(self)
+
+
+class ServerPeer(PeerConnection, WebSocketServerProtocol):
+    direction = "in"
+
+
+class ClientPeer(PeerConnection, WebSocketClientProtocol):
+    direction = "out"
+
+
+def set_options(factory, reactor):
+    factory.setProtocolOptions(
+        maxMessagePayloadSize=MAX_MESSAGE, maxFramePayloadSize=MAX_MESSAGE,
+        autoPingInterval=10, autoPingTimeout=30, openHandshakeTimeout=10,
+    )
+    factory.reactor = reactor

@@ -1,0 +1,157 @@
+"""The block pipeline: every block this node commits passes through here.
+
+A block is built (``propose``) or imported (``import_block``,
+``reorganise``) by chain.Chain, the one commit path; then the pipeline
+updates the mempool, records transactions dropped as invalid, counts
+metrics and tells its listeners (peers relay the block).  It calls no
+network code.
+"""
+
+import time
+
+from twisted.logger import Logger
+
+from aitnode.errors import AitError
+from aitnode.steps import run_steps, run_steps_async
+
+
+class BlockPipeline:
+    _log = Logger()
+
+    def __init__(self, chain, mempool, admission, verifier, local, metrics, clock, key=None):
+        self.chain = chain
+        self.mempool = mempool
+        self.admission = admission
+        self.verifier = verifier
+        self.local = local
+        self.metrics = metrics
+        self.clock = clock
+        self.key = key if key is not None and chain.is_authority(key.address) else None
+        self.block_listeners = []  # called with each committed block
+        self.blocks = 0
+        self.head_changed_at = clock.seconds()
+        self.peer_height = 0  # the best height peers announced (set by p2p)
+
+    @property
+    def is_proposer(self):
+        return self.key is not None
+
+    def now(self):
+        return int(self.clock.seconds())
+
+    # -- building ------------------------------------------------------------
+    def propose(self):
+        """Build, sign and commit one block from the mempool; return it."""
+        return run_steps(self._propose_steps())
+
+    async def propose_async(self, pause):
+        """propose, letting the reactor run (await pause()) between slices of
+        the work, so RPC keeps answering while a large block is built."""
+        return await run_steps_async(self._propose_steps(), pause)
+
+    def _propose_steps(self):
+        if self.key is None:
+            return None
+        started = time.perf_counter()
+        head = self.chain.head()
+        candidates = self.mempool.candidates()
+        block, records, view, failed = yield from self.chain.build_steps(
+            candidates, self.key, self.now(), attestations=self.mempool.attestations()
+        )
+        if self.chain.head() != head:
+            # A block was imported meanwhile: this one no longer extends the head.
+            view.release()
+            return None
+        self.chain.commit(block, records, view)
+        self._after_commit(block, records, failed)
+        self._log.info(
+            "block proposed height={height} txs={txs} latency_ms={latency_ms}",
+            component="proposer", event="block_proposed", height=block["header"]["height"],
+            hash=block["hash"], txs=len(block["txs"]),
+            latency_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+        return block
+
+    def _after_commit(self, block, records, failed):
+        view = self.chain.view()
+        self.mempool.remove_committed(
+            [(h, rec["tx"]["sender"]) for h, rec in records], lambda s: view.account(s)[1]
+        )
+        dropped = {}
+        for tx, err in failed.values():
+            gone = self.mempool.drop(tx)
+            for d in gone:
+                e = err if d is tx else AitError("predecessor_failed", f"transaction {tx.hash} with an earlier nonce failed: {err.message}")
+                dropped[d.hash] = {"tx": d.to_wire(), "error": {"code": e.code, "message": e.message}}
+        self.local.record_failed(dropped)
+        self.blocks += 1
+        self.head_changed_at = self.clock.seconds()
+        self.metrics.on_block(block, records, self.head_changed_at)
+        for rec in dropped.values():
+            self.metrics.tx_event(rec["tx"]["type"], "failed")
+        for listener in self.block_listeners:
+            listener(block)
+
+    # -- importing -------------------------------------------------------------
+    async def check_signatures(self, txs):
+        """Check the signatures of a block's transactions this node has not
+        seen (off the reactor thread when the verifier is a pool)."""
+        todo = [tx for tx in txs if tx.hash not in self.mempool]
+        oks = await self.verifier.verify_many([(tx.pubkey, tx.sig, tx.sign_hash) for tx in todo])
+        for tx, ok in zip(todo, oks):
+            if not ok:
+                raise AitError("bad_block", f"transaction {tx.hash} has a bad signature")
+
+    async def import_block_async(self, block, txs):
+        """Check the signatures of the block's transactions, then verify and
+        commit the block."""
+        await self.check_signatures(txs)
+        return self.import_block(block, txs)
+
+    def import_block(self, block, txs):
+        """Verify a block built elsewhere on top of the head, and commit it."""
+        started = time.perf_counter()
+        checked, records, view = self.chain.verify_block(block, txs)
+        self.chain.commit(checked, records, view)
+        self._after_commit(checked, records, {})
+        self._log.info(
+            "block imported height={height} txs={txs} latency_ms={latency_ms}",
+            component="chain", event="block_imported", height=checked["header"]["height"],
+            hash=checked["hash"], txs=len(checked["txs"]), proposer=checked["header"]["proposer"],
+            latency_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+        return checked
+
+    async def reorganise(self, fork_height, branch, pause=None):
+        """Switch to a competing branch [(block, txs)] forking after
+        fork_height, once all of it verified (chain.reorganise_steps);
+        the transactions of the undone blocks go back to the mempool.
+        Raises AitError, having changed nothing, if any block fails."""
+        for _, txs in branch:
+            await self.check_signatures(txs)
+        steps = self.chain.reorganise_steps(fork_height, branch)
+        committed, dropped = run_steps(steps) if pause is None else await run_steps_async(steps, pause)
+        self._readmit_after_switch(fork_height, dropped)
+        for block in committed:
+            self._after_commit(block, [(h, self.chain.store.tx_record(h)) for h in block["txs"]], {})
+        return committed
+
+    def rollback(self, height):
+        """Undo blocks above height; their transactions go back to the mempool."""
+        dropped = self.chain.rollback(height)
+        return self._readmit_after_switch(height, dropped)
+
+    def _readmit_after_switch(self, height, dropped):
+        pending = [(tx, self.mempool.attestation(tx.hash)) for tx in self.mempool.all()]
+        self.mempool.clear()
+        readmit = []
+        for wire in dropped:
+            try:
+                readmit.append((self.chain.parse_stored_tx(wire), None))
+            except AitError:
+                pass
+        restored = self.admission.readmit(readmit + pending)
+        self.head_changed_at = self.clock.seconds()
+        self._log.warn("rolled back to height {height}; {n} transactions back in the mempool",
+                       height=height, n=restored, component="chain", event="reorg")
+        return restored

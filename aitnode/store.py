@@ -1,0 +1,320 @@
+"""Chain storage in LMDB: blocks, transactions, state entries, undo data.
+
+Everything a block changes is written in one LMDB write transaction, so
+after a crash the store holds the last whole block and nothing of the
+next one.  Node-local tables (peers, the mempool snapshot, failed
+transactions) are local.LocalStore's, in the same environment.
+"""
+
+import os
+import struct
+
+import cbor2
+import lmdb
+
+from aitnode.errors import ConfigError
+from aitnode.state import ACC_BYTES
+
+FORMAT_VERSION = 1
+CHAIN_DBS = ("meta", "state", "blocks", "heights", "txs", "undo", "history")
+LOCAL_DBS = ("mempool", "failed", "peers")
+UNDO_KEEP = 1000  # recent blocks whose undo data is kept for reorgs
+_ADDR_FIELDS = ("to", "client_addr", "miner_addr")
+
+
+def _history_keys(rec):
+    """Index keys of one included transaction: address/height/index."""
+    tx = rec["tx"]
+    addrs = {tx["sender"]}
+    payload = tx.get("payload", {})
+    for f in _ADDR_FIELDS:
+        if isinstance(payload.get(f), str):
+            addrs.add(payload[f])
+    tail = struct.pack(">QI", rec["height"], rec["index"])
+    return [a.encode() + b"/" + tail for a in addrs]
+
+
+def _ekey(ns, key):
+    return f"{ns}/{key}".encode()
+
+
+def _height_key(height):
+    return struct.pack(">Q", height)
+
+
+_dumps = cbor2.dumps
+_loads = cbor2.loads
+
+
+class EncodedRecord(dict):
+    """A transaction record that carries its stored bytes and index keys,
+    worked out ahead of commit_block (so the commit itself stays short)."""
+
+    __slots__ = ("raw", "hkeys")
+
+
+def encode_tx_records(tx_records):
+    """[(hash, record)] -> [(hash, EncodedRecord)]."""
+    out = []
+    for h, rec in tx_records:
+        enc = EncodedRecord(rec)
+        enc.raw = _dumps(rec)
+        enc.hkeys = _history_keys(rec)
+        out.append((h, enc))
+    return out
+
+
+class Store:
+    """The node's LMDB environment: one per data_dir."""
+
+    def __init__(self, path, map_size=1 << 34):
+        os.makedirs(path, exist_ok=True)
+        try:
+            self.env = lmdb.open(
+                path, map_size=map_size, max_dbs=len(CHAIN_DBS) + len(LOCAL_DBS) + 2, subdir=True,
+            )
+        except lmdb.Error as e:
+            raise ConfigError(f"cannot open data_dir {path}: {e}")
+        self.path = path
+        self._db = {name: self.env.open_db(name.encode()) for name in CHAIN_DBS}
+
+    def close(self):
+        self.env.close()
+
+    # -- meta ---------------------------------------------------------
+    def meta(self, name, default=None):
+        with self.env.begin(db=self._db["meta"]) as t:
+            raw = t.get(name.encode())
+        return default if raw is None else _loads(raw)
+
+    def set_meta(self, **values):
+        with self.env.begin(write=True, db=self._db["meta"]) as t:
+            for k, v in values.items():
+                t.put(k.encode(), _dumps(v))
+
+    def is_empty(self):
+        return self.meta("format_version") is None
+
+    def head(self):
+        """(height, hash) of the head block, or None before genesis."""
+        h = self.meta("head")
+        return None if h is None else tuple(h)
+
+    def accumulator(self):
+        with self.env.begin(db=self._db["meta"]) as t:
+            raw = t.get(b"acc")
+        return 0 if raw is None else int.from_bytes(raw, "big")
+
+    # -- state entries --------------------------------------------------
+    def state_reader(self):
+        """A read transaction on the state table (for state.StateView)."""
+        return self.env.begin(db=self._db["state"])
+
+    state_key = staticmethod(_ekey)
+
+    def entry(self, ns, key):
+        with self.env.begin(db=self._db["state"]) as t:
+            raw = t.get(_ekey(ns, key))
+        return None if raw is None else _loads(raw)
+
+    def entries(self, ns):
+        """Every (key, value) of a namespace, in key order."""
+        prefix = f"{ns}/".encode()
+        out = []
+        with self.env.begin(db=self._db["state"]) as t:
+            cur = t.cursor()
+            if cur.set_range(prefix):
+                for k, v in cur:
+                    if not k.startswith(prefix):
+                        break
+                    out.append((k[len(prefix):].decode(), _loads(v)))
+        return out
+
+    def count_entries(self):
+        return self._stat("state")
+
+    def _stat(self, name):
+        with self.env.begin() as t:
+            return t.stat(self._db[name])["entries"]
+
+    # -- blocks and transactions ---------------------------------------
+    def block_by_hash(self, block_hash):
+        with self.env.begin(db=self._db["blocks"]) as t:
+            raw = t.get(block_hash.encode())
+        return None if raw is None else _loads(raw)
+
+    def hash_at(self, height):
+        with self.env.begin(db=self._db["heights"]) as t:
+            raw = t.get(_height_key(height))
+        return None if raw is None else raw.decode()
+
+    def block_at(self, height):
+        h = self.hash_at(height)
+        return None if h is None else self.block_by_hash(h)
+
+    def tx_record(self, tx_hash):
+        with self.env.begin(db=self._db["txs"]) as t:
+            raw = t.get(tx_hash.encode())
+        return None if raw is None else _loads(raw)
+
+    def has_tx(self, tx_hash):
+        with self.env.begin(db=self._db["txs"]) as t:
+            return t.get(tx_hash.encode()) is not None
+
+    def history(self, address, limit=50, before=None):
+        """Hashes of included transactions touching address, newest first.
+
+        before: (height, index) to page from (exclusive).
+        """
+        prefix = address.encode() + b"/"
+        start = prefix + (struct.pack(">QI", *before) if before else b"\xff" * 12)
+        out = []
+        with self.env.begin(db=self._db["history"]) as t:
+            cur = t.cursor()
+            if not cur.set_range(start):
+                if not cur.last():
+                    return out
+            # set_range lands on the first key >= start: step back past it.
+            while True:
+                key = cur.key()
+                if key.startswith(prefix) and key < start:
+                    out.append(cur.value().decode())
+                    if len(out) >= limit:
+                        break
+                elif key < prefix:
+                    break
+                if not cur.prev():
+                    break
+        return out
+
+    # -- committing ----------------------------------------------------
+    def commit_block(self, block, tx_records, changes, acc, genesis_hash=None):
+        """Write one whole block in one LMDB transaction.
+
+        block: the block record {"header", "hash", "sig", "txs"};
+        tx_records: [(tx_hash, record)] (records may come from
+        encode_tx_records, already encoded); changes: {(ns, key): (old, new)}
+        (raw CBOR bytes) as gathered by StateView.finish; acc: the
+        accumulator after the block.
+        """
+        with self.env.begin(write=True) as t:
+            self._commit(t, block, tx_records, changes, acc)
+            if genesis_hash is not None:
+                meta = self._db["meta"]
+                t.put(b"format_version", _dumps(FORMAT_VERSION), db=meta)
+                t.put(b"genesis_hash", _dumps(genesis_hash), db=meta)
+                t.put(b"chain_id", _dumps(block["header"]["chain_id"]), db=meta)
+
+    def _commit(self, t, block, tx_records, changes, acc):
+        height = block["header"]["height"]
+        undo = []
+        prev_acc = t.get(b"acc", db=self._db["meta"]) or bytes(ACC_BYTES)
+        sdb = self._db["state"]
+        for (ns, key), (old, new) in changes.items():
+            k = _ekey(ns, key)
+            if new is None:
+                t.delete(k, db=sdb)
+            else:
+                t.put(k, new, db=sdb)
+            undo.append([ns, key, old])
+        t.put(block["hash"].encode(), _dumps(block), db=self._db["blocks"])
+        t.put(_height_key(height), block["hash"].encode(), db=self._db["heights"])
+        txdb = self._db["txs"]
+        hdb = self._db["history"]
+        for h, rec in tx_records:
+            hb = h.encode()
+            if isinstance(rec, EncodedRecord):
+                raw, hkeys = rec.raw, rec.hkeys
+            else:
+                raw, hkeys = _dumps(rec), _history_keys(rec)
+            t.put(hb, raw, db=txdb)
+            for k in hkeys:
+                t.put(k, hb, db=hdb)
+        udb = self._db["undo"]
+        t.put(_height_key(height), _dumps({"acc": prev_acc, "entries": undo, "txs": [h for h, _ in tx_records]}), db=udb)
+        if height >= UNDO_KEEP:
+            t.delete(_height_key(height - UNDO_KEEP), db=udb)
+        meta = self._db["meta"]
+        t.put(b"head", _dumps([height, block["hash"]]), db=meta)
+        t.put(b"acc", acc.to_bytes(ACC_BYTES, "big"), db=meta)
+
+    def undo_depth(self):
+        """How many blocks back from the head can be rolled back."""
+        height = self.head()[0]
+        return min(height, UNDO_KEEP - 1)
+
+    def rollback_to(self, height):
+        """Undo every block above height, in one write transaction.
+
+        Returns the wire transactions of the undone blocks, oldest first,
+        so the caller can offer them to the mempool again.
+        """
+        self._check_undo(height)
+        with self.env.begin(write=True) as t:
+            return self._rollback(t, height)
+
+    def switch_branch(self, height, blocks):
+        """Undo every block above height and commit blocks (each a tuple of
+        commit_block's first four arguments) in their place, all in ONE
+        write transaction: a crash at any instant leaves either the old
+        branch or the new one whole.  Returns what rollback_to returns."""
+        self._check_undo(height)
+        with self.env.begin(write=True) as t:
+            dropped = self._rollback(t, height)
+            for block, tx_records, changes, acc in blocks:
+                self._commit(t, block, tx_records, changes, acc)
+        return dropped
+
+    def _check_undo(self, height):
+        head = self.head()[0]
+        if head - height > self.undo_depth():
+            raise ValueError(f"cannot roll back {head - height} blocks; undo data covers {self.undo_depth()}")
+
+    def _rollback(self, t, height):
+        head = _loads(t.get(b"head", db=self._db["meta"]))[0]
+        dropped = []
+        sdb, udb, txdb = self._db["state"], self._db["undo"], self._db["txs"]
+        acc = None
+        for h in range(head, height, -1):
+            undo = _loads(t.get(_height_key(h), db=udb))
+            for ns, key, old in undo["entries"]:
+                if old is None:
+                    t.delete(_ekey(ns, key), db=sdb)
+                else:
+                    t.put(_ekey(ns, key), old, db=sdb)
+            block_wires = []
+            for tx_hash in undo["txs"]:
+                raw = t.get(tx_hash.encode(), db=txdb)
+                if raw is not None:
+                    rec = _loads(raw)
+                    block_wires.append(rec["tx"])
+                    t.delete(tx_hash.encode(), db=txdb)
+                    for k in _history_keys(rec):
+                        t.delete(k, db=self._db["history"])
+            dropped[:0] = block_wires
+            block_hash = t.get(_height_key(h), db=self._db["heights"])
+            t.delete(_height_key(h), db=self._db["heights"])
+            t.delete(block_hash, db=self._db["blocks"])
+            t.delete(_height_key(h), db=udb)
+            acc = undo["acc"]
+        if acc is not None:
+            parent = t.get(_height_key(height), db=self._db["heights"]).decode()
+            t.put(b"head", _dumps([height, parent]), db=self._db["meta"])
+            t.put(b"acc", acc, db=self._db["meta"])
+        return dropped
+
+    def state_at(self, height):
+        """(overlay, acc): the state at a recent height as the entries that
+        differ from the head's ({(ns, key): raw bytes or None}) and its
+        accumulator, worked out from undo data without writing anything.
+        A StateView over it reads that height's state (see Chain.reorganise)."""
+        self._check_undo(height)
+        overlay, acc = {}, None
+        with self.env.begin() as t:
+            head = _loads(t.get(b"head", db=self._db["meta"]))[0]
+            for h in range(head, height, -1):
+                undo = _loads(t.get(_height_key(h), db=self._db["undo"]))
+                for ns, key, old in undo["entries"]:
+                    overlay[(ns, key)] = old
+                acc = undo["acc"]
+        return overlay, (None if acc is None else int.from_bytes(acc, "big"))
