@@ -97,7 +97,7 @@ def node_sections(chain_id, data_dir="data", genesis="genesis.json", key=None, r
         "log": {"format": "text", "level": "info"},
     }
     if p2p or peers:
-        sections["p2p"] = {"listen": LOOPBACK if p2p in (None, True) else p2p, "peers": ", ".join(peers) or None}
+        sections["p2p"] = {"listen": p2p if isinstance(p2p, str) else LOOPBACK, "peers": ", ".join(peers) or None}
     return sections
 
 
