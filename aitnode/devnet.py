@@ -10,47 +10,17 @@ Ctrl-C stops everything cleanly.  All state lives in one folder
 
 import argparse
 import os
-import re
 import shutil
 import signal
 import sys
 
 from twisted.internet import defer, protocol, task
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+from aitnode import launch
+
+ROOT = launch.ROOT
 ETC = os.path.join(ROOT, "etc")
-READY = re.compile(rb"(\w+) listening on http://([\d.]+):(\d+)")
-
-
-NODE_INI = """\
-[node]
-chain_id = ait-devnet
-data_dir = {data}
-genesis = {root}/genesis.json
-{key_line}
-
-[rpc]
-listen = tcp:{rpc}:interface=127.0.0.1
-admin_token_file = {etc}/devnet/admin.token
-
-[p2p]
-listen = tcp:{p2p}:interface=127.0.0.1
-{peers_line}
-
-[proposer]
-interval = {interval}
-
-[coordinator]
-url = http://127.0.0.1:{coord}
-allow = 127.0.0.1
-
-[verifier]
-workers = 0
-
-[log]
-format = {log_format}
-"""
+STOP_GRACE = 15  # seconds from SIGTERM to SIGKILL for each child
 
 
 class Child(protocol.ProcessProtocol):
@@ -72,7 +42,7 @@ class Child(protocol.ProcessProtocol):
             self.logfile.write(data)
             self.logfile.flush()
         self.buffer = (self.buffer + data)[-65536:]
-        if not self.ready.called and READY.search(self.buffer):
+        if not self.ready.called and launch.LISTENING.search(self.buffer):
             self.ready.callback(self)
         if self.echo:
             self._partial += data
@@ -91,9 +61,19 @@ class Child(protocol.ProcessProtocol):
         self.ended.callback(reason.value.exitCode)
 
 
-def write(path, text):
-    with open(path, "w") as f:
-        f.write(text)
+def node_config(path, state, name, rpc, p2p, interval, coord, key=None, peers=()):
+    """Write one devnet node's ini (its data in <state>/<name>)."""
+    sections = launch.node_sections(
+        "ait-devnet", data_dir=os.path.join(state, name), genesis=os.path.join(ROOT, "genesis.json"), key=key,
+        rpc=f"tcp:{rpc}:interface=127.0.0.1", admin_token_file=os.path.join(ETC, "devnet", "admin.token"),
+        p2p=f"tcp:{p2p}:interface=127.0.0.1", peers=peers)
+    launch.merge(sections, {
+        "proposer": {"interval": interval},
+        "coordinator": {"url": f"http://127.0.0.1:{coord}", "allow": "127.0.0.1"},
+        "verifier": {"workers": "0"},
+    })
+    launch.write_ini(path, sections)
+    return path
 
 
 async def main(reactor, args):
@@ -105,33 +85,22 @@ async def main(reactor, args):
     os.makedirs(logs, exist_ok=True)
     rpc_a, rpc_b, coord = args.port, args.port + 1, args.port + 10
     p2p_a, p2p_b = args.p2p_port, args.p2p_port + 1
-    common = dict(root=ROOT, etc=ETC, coord=coord, interval=args.interval, log_format="text")
-    write(os.path.join(state, "authority.ini"), NODE_INI.format(
-        data=os.path.join(state, "authority"), key_line=f"key = {ETC}/devnet/authority.key.json",
-        rpc=rpc_a, p2p=p2p_a, peers_line="", **common))
-    write(os.path.join(state, "follower.ini"), NODE_INI.format(
-        data=os.path.join(state, "follower"), key_line="",
-        rpc=rpc_b, p2p=p2p_b, peers_line=f"peers = ws://127.0.0.1:{p2p_a}/p2p/ws", **common))
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), PYTHONUNBUFFERED="1")
+    authority_ini = node_config(os.path.join(state, "authority.ini"), state, "authority", rpc_a, p2p_a,
+                                args.interval, coord, key=os.path.join(ETC, "devnet", "authority.key.json"))
+    follower_ini = node_config(os.path.join(state, "follower.ini"), state, "follower", rpc_b, p2p_b,
+                               args.interval, coord, peers=[f"ws://127.0.0.1:{p2p_a}/p2p/ws"])
+    env = launch.child_env()
     children = []
 
     def spawn(name, argv, echo=False):
         child = Child(name, open(os.path.join(logs, f"{name}.log"), "ab"), echo)
-        reactor.spawnProcess(child, sys.executable, [sys.executable] + argv, env=env, path=state)
+        reactor.spawnProcess(child, argv[0], argv, env=env, path=state)
         children.append(child)
         return child
 
     async def stop_all():
-        for child in reversed(children):
-            if child.running:
-                child.transport.signalProcess("TERM")
-        waits = [c.ended for c in children if c.running]
-        if waits:
-            done = defer.DeferredList(waits)
-            timer = reactor.callLater(15, lambda: [c.transport.signalProcess("KILL") for c in children if c.running])
-            await done
-            if timer.active():
-                timer.cancel()
+        await defer.DeferredList([launch.stop_spawned(reactor, c.transport, c.ended, grace=STOP_GRACE)
+                                  for c in reversed(children) if c.running])
 
     stopping = defer.Deferred()
     shutting_down = []
@@ -141,15 +110,13 @@ async def main(reactor, args):
         return defer.ensureDeferred(stop_all())
 
     reactor.addSystemEventTrigger("before", "shutdown", on_shutdown)
-    # twistd itself (`python -m twisted` would be `twist`, with other options)
-    twistd = ["-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()",
-              "--nodaemon", "--pidfile="]
     try:
-        c = spawn("coordinator", twistd + ["aitcoordinator", "--listen", f"tcp:{coord}:interface=127.0.0.1",
-                                           "--key", f"{ETC}/devnet/coordinator.key.json", "--chain-id", "ait-devnet"])
-        a = spawn("authority", twistd + ["aitnode", "--config", os.path.join(state, "authority.ini")])
+        c = spawn("coordinator", launch.twistd_argv([
+            "aitcoordinator", "--listen", f"tcp:{coord}:interface=127.0.0.1",
+            "--key", f"{ETC}/devnet/coordinator.key.json", "--chain-id", "ait-devnet"]))
+        a = spawn("authority", launch.twistd_argv(launch.node_args(authority_ini)))
         await defer.gatherResults([c.ready, a.ready], consumeErrors=True)
-        b = spawn("follower", twistd + ["aitnode", "--config", os.path.join(state, "follower.ini")])
+        b = spawn("follower", launch.twistd_argv(launch.node_args(follower_ini)))
         await b.ready
     except Exception as e:
         print(f"devnet: could not start: {getattr(e, 'subFailure', e)} (logs in {logs})", file=sys.stderr)
@@ -167,7 +134,7 @@ devnet is up (state in {state}; logs in {logs})
 Ctrl-C stops everything.
 """, flush=True)
     if not args.no_miner:
-        spawn("miner", ["-m", "aitnode.cli", "miner", "--node", f"http://127.0.0.1:{rpc_b}",
+        spawn("miner", [sys.executable, "-m", "aitnode.cli", "miner", "--node", f"http://127.0.0.1:{rpc_b}",
                         "--key", f"{ETC}/devnet/miner.key.json", "--client-key", f"{ETC}/devnet/alice.key.json",
                         "--interval", str(args.miner_interval)], echo=True)
     # Run until Ctrl-C (the reactor's SIGINT handler stops it, and the

@@ -4,7 +4,9 @@ Modelled on Tahoe-LAFS's integration/util.py: a :class:`NodeProcess`
 writes a node folder (genesis.json, key file, admin token, node.ini) under
 the test's temp dir, spawns twistd in it with ``reactor.spawnProcess``,
 waits for the "rpc listening on http://127.0.0.1:PORT" line, and exposes
-``.url``.  Everything it starts is killed in the test's cleanup, so trial's
+``.url``.  The folder, the command line, the environment, that line and
+the stop sequence come from :mod:`aitnode.launch`, shared with the devnet
+and the benchmark.  Everything it starts is killed in the test's cleanup, so trial's
 reactor stays clean whatever the test did.
 
 The HTTP helpers use treq with a non-persistent connection pool (no
@@ -19,27 +21,19 @@ Every helper that waits returns a Deferred, so it can be awaited from an
 import functools
 import json
 import os
-import re
 import signal
 import sys
 
 import treq
 from twisted.internet import defer, reactor
-from twisted.internet.error import ProcessDone, ProcessExitedAlready
+from twisted.internet.error import ProcessDone
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.web.client import HTTPConnectionPool
 
+from aitnode import launch
+from aitnode.launch import ROOT as REPO_ROOT, child_env as twistd_environ, twistd_argv  # noqa: F401 (REPO_ROOT, twistd_environ: for tests)
 from tests.common import ADMIN_TOKEN, AUTHORITY, CHAIN_ID, genesis_doc
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-READY = re.compile(rb"rpc listening on http://(127\.0\.0\.1):(\d+)")
-P2P_READY = re.compile(rb"p2p listening on http://(127\.0\.0\.1):(\d+)")
-
-# twistd itself (not `python -m twisted`, which is `twist`): argv[0] is
-# rewritten so usage messages name it.
-TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; sys.exit(run())"
 
 
 def inline(fn):
@@ -139,45 +133,13 @@ def post(url, body=None, **kw):
 
 # -- node processes ------------------------------------------------------
 
-def twistd_environ(extra=()):
-    """The environment for a twistd child: ours less AITNODE_* (a node
-    refuses unknown ones), with the repository on PYTHONPATH."""
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("AITNODE_")}
-    old = environ.get("PYTHONPATH")
-    environ["PYTHONPATH"] = REPO_ROOT + (os.pathsep + old if old else "")
-    environ["PYTHONUNBUFFERED"] = "1"
-    environ.update(extra)
-    return environ
-
-
-def stop_process(proto, sig=signal.SIGTERM, timeout=30):
+def stop_process(proto, sig=signal.SIGTERM, timeout=launch.STOP_GRACE):
     """Send sig to a child; a Deferred firing with its protocol once it
     ended (SIGKILL past timeout seconds)."""
-    if proto is None or proto.done:
+    if proto is None:
         return defer.succeed(proto)
-    try:
-        proto.transport.signalProcess(sig)
-    except ProcessExitedAlready:
-        pass
-    d = defer.Deferred()
-
-    def kill():
-        if not proto.done:
-            try:
-                proto.transport.signalProcess(signal.SIGKILL)
-            except ProcessExitedAlready:
-                pass
-
-    killer = reactor.callLater(timeout, kill)
-
-    def ended(result):
-        if killer.active():
-            killer.cancel()
-        d.callback(proto)
-        return result
-
-    proto.ended.addBoth(ended)
-    return d
+    d = launch.stop_spawned(reactor, proto.transport, proto.ended, sig, timeout)
+    return d.addCallback(lambda _: proto)
 
 
 class _NodeProtocol(ProcessProtocol):
@@ -209,8 +171,9 @@ class _NodeProtocol(ProcessProtocol):
         self.ended.callback(self)
 
 
-class NodeProcess:
-    """One aitnode node folder, and the twistd process running on it.
+class NodeProcess(launch.NodeFolder):
+    """One aitnode node folder (:class:`aitnode.launch.NodeFolder`), and the
+    twistd process running on it.
 
     ``sections`` is {section: {key: value}} merged over the defaults (a
     value of None drops that key); ``env`` is added to every start's
@@ -228,10 +191,7 @@ class NodeProcess:
                  basedir=None, admin_token=ADMIN_TOKEN, chain_id=None, interval=0.2, verbose=False,
                  p2p=False, peers=()):
         self.testcase = testcase
-        self.basedir = os.path.abspath(basedir or testcase.mktemp())
-        os.makedirs(self.basedir, exist_ok=True)
-        self.doc = genesis_doc() if doc is None else doc
-        self.key = key
+        doc = genesis_doc() if doc is None else doc
         self.admin_token = admin_token
         self.env = dict(env or {})
         self.verbose = verbose or bool(os.environ.get("AITNODE_TEST_VERBOSE_NODES"))
@@ -241,57 +201,11 @@ class NodeProcess:
         self.port = None
         self.p2p_port = None
         self.p2p_url = None
-        self.genesis_path = os.path.join(self.basedir, "genesis.json")
-        self.key_path = os.path.join(self.basedir, "node.key.json")
-        self.token_path = os.path.join(self.basedir, "admin.token")
-        self.config_path = os.path.join(self.basedir, "node.ini")
-        self.data_dir = os.path.join(self.basedir, "data")
-        self.write_genesis(self.doc)
-        if key is not None:
-            key.save(self.key_path)
-        with open(self.token_path, "w") as f:
-            f.write(admin_token + "\n")
-        self.sections = {
-            "node": {
-                "chain_id": chain_id or self.doc.get("chain_id", CHAIN_ID),
-                "data_dir": "data",
-                "genesis": "genesis.json",
-                "key": "node.key.json" if key is not None else None,
-            },
-            "rpc": {
-                "listen": "tcp:0:interface=127.0.0.1",
-                "admin_token_file": "admin.token",
-            },
-            "proposer": {"interval": repr(interval)},
-            "verifier": {"workers": "0"},
-            "log": {"format": "text", "level": "info"},
-        }
-        if p2p or peers:
-            self.sections["p2p"] = {"listen": "tcp:0:interface=127.0.0.1", "peers": ", ".join(peers) or None}
-        self.write_config(sections)
+        defaults = {"proposer": {"interval": repr(interval)}, "verifier": {"workers": "0"}}
+        super().__init__(basedir or testcase.mktemp(), doc, key=key, admin_token=admin_token,
+                         sections=launch.merge(defaults, sections), p2p=p2p, peers=peers,
+                         chain_id=chain_id or doc.get("chain_id", CHAIN_ID))
         testcase.addCleanup(self._cleanup)
-
-    # -- files ---------------------------------------------------------
-    def write_genesis(self, doc):
-        with open(self.genesis_path, "w") as f:
-            json.dump(doc, f, indent=2)
-
-    def write_config(self, sections=None, raw=None):
-        """Merge ``sections`` into the config and rewrite node.ini.
-
-        ``raw`` (text) is appended as it is, for deliberately bad files.
-        """
-        for section, keys in (sections or {}).items():
-            self.sections.setdefault(section, {}).update(keys)
-        lines = []
-        for section, keys in self.sections.items():
-            lines.append(f"[{section}]")
-            lines += [f"{k} = {v}" for k, v in keys.items() if v is not None]
-            lines.append("")
-        if raw:
-            lines.append(raw)
-        with open(self.config_path, "w") as f:
-            f.write("\n".join(lines) + "\n")
 
     # -- process -------------------------------------------------------
     @property
@@ -314,34 +228,23 @@ class NodeProcess:
         assert not self.running, "node is already running"
         environ = twistd_environ(self.env)
         environ.update(env or {})
-        args = [sys.executable, "-c", TWISTD, "--pidfile=", "-n", "aitnode", "--config", self.config_path]
+        args = twistd_argv(self.args)
         self.url = self.port = None
         self.p2p_port = self.p2p_url = None
         self.proto = _NodeProtocol(self)
         self.runs.append(self.proto)
-        reactor.spawnProcess(self.proto, sys.executable, args, env=environ, path=self.basedir)
+        reactor.spawnProcess(self.proto, args[0], args, env=environ, path=self.basedir)
         return self.proto
 
-    def _ready_url(self):
-        m = READY.search(bytes(self.proto.out))
-        if m:
-            self.port = int(m.group(2))
-            self.url = f"http://{m.group(1).decode()}:{self.port}"
-        return self.url
-
-    @property
-    def p2p_listens(self):
-        return bool(self.sections.get("p2p", {}).get("listen"))
-
-    def _ready_p2p(self):
-        m = P2P_READY.search(bytes(self.proto.out))
-        if m:
-            self.p2p_port = int(m.group(2))
-            self.p2p_url = f"ws://{m.group(1).decode()}:{self.p2p_port}/p2p/ws"
-        return self.p2p_url
-
     def _ready(self):
-        return self._ready_url() and (not self.p2p_listens or self._ready_p2p())
+        ports = launch.listening(bytes(self.proto.out))
+        if "rpc" in ports:
+            host, self.port = ports["rpc"]
+            self.url = f"http://{host}:{self.port}"
+        if "p2p" in ports:
+            host, self.p2p_port = ports["p2p"]
+            self.p2p_url = f"ws://{host}:{self.p2p_port}/p2p/ws"
+        return self.url and (not self.p2p_listens or self.p2p_url)
 
     @inline
     async def start(self, env=None, timeout=30):
@@ -367,7 +270,7 @@ class NodeProcess:
                 await self.stop(signal.SIGKILL)
         return proto.exit_code, self.output
 
-    def stop(self, sig=signal.SIGTERM, timeout=30):
+    def stop(self, sig=signal.SIGTERM, timeout=launch.STOP_GRACE):
         """Send ``sig``; a Deferred firing with the run's protocol once it ended.
 
         Past ``timeout`` seconds the process is SIGKILLed (and the Deferred

@@ -20,13 +20,14 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from aitnode.genesis import Genesis
+from aitnode.launch import twistd_argv
 from aitnode.params import BPS
 from aitnode.receipts import CLAIM, check_attestation, sign_claim
 from aitnode.tx import sign_tx
 from tests.common import (
     ALICE, AUTHORITY, BOB, CHAIN_ID, COORDINATOR, ESCROW, GENESIS_BALANCE, MINER, genesis_doc, key, transfer, wire,
 )
-from tests.procs import TWISTD, NodeProcess, _NodeProtocol, inline, stop_process, twistd_environ, wait_for
+from tests.procs import NodeProcess, _NodeProtocol, inline, stop_process, twistd_environ, wait_for
 
 PRICE = 5000
 UNITS = 7
@@ -59,8 +60,8 @@ class CoordinatorProcess:
 
     async def start(self, timeout=30):
         env = twistd_environ()
-        args = [sys.executable, "-c", TWISTD, "--pidfile=", "-n", "aitcoordinator",
-                "--listen", "tcp:0:interface=127.0.0.1", "--key", self.key_path, "--chain-id", self.chain_id]
+        args = twistd_argv(["aitcoordinator", "--listen", "tcp:0:interface=127.0.0.1",
+                            "--key", self.key_path, "--chain-id", self.chain_id])
         self.proto = proto = _NodeProtocol(self)
         reactor.spawnProcess(proto, sys.executable, args, env=env, path=self.basedir)
 
