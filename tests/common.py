@@ -1,6 +1,9 @@
 """Shared test fixtures: fixed keys, a genesis, and an in-process node."""
 
+import hashlib
 import json
+
+import cbor2
 
 from twisted.internet.task import Clock
 from treq.testing import StubTreq
@@ -72,3 +75,17 @@ def wire(tx):
 
 def dumps(obj):
     return json.dumps(obj).encode()
+
+
+def payload_size(payload):
+    return len(cbor2.dumps(payload, canonical=True))
+
+
+def sha256_hex(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def state_dump(store):
+    """Every raw state entry of a store, for comparing two states."""
+    with store.env.begin(db=store._db["state"]) as t:
+        return dict(t.cursor())

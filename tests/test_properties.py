@@ -13,13 +13,10 @@ from hypothesis import given, strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from aitnode.chain import Chain
 from aitnode.genesis import Genesis, make_genesis
 from aitnode.errors import AitError
 from aitnode.mempool import Mempool
 from aitnode.node import compose
-from aitnode.store import Store
-from aitnode.verifier import InlineVerifier
 
 from tests.common import ALICE, AUTHORITY, BOB, CAROL, CHAIN_ID, transfer
 

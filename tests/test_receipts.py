@@ -14,25 +14,21 @@ import shutil
 import tempfile
 
 from hypothesis import given, strategies as st
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from aitnode.blocks import block_hash, tx_root
-from aitnode.chain import Chain
 from aitnode.genesis import Genesis
 from aitnode.coordinator import MockCoordinator
 from aitnode.errors import AitError
-from aitnode.mempool import Mempool
 from aitnode.node import compose
 from aitnode.params import BPS
 from aitnode.receipts import (
     ANSWER_FIELDS, CLAIM, attestation_request, attestation_sign_bytes, check_attestation,
     sign_claim,
 )
-from aitnode.store import Store
 from aitnode.tx import sign_tx
-from aitnode.verifier import InlineVerifier
 from tests.common import (
     ALICE, AUTHORITY, BOB, CAROL, CHAIN_ID, COORDINATOR, ESCROW, GENESIS_BALANCE, MINER,
     genesis_doc, key, make_node, make_rpc, transfer, wire,
@@ -957,7 +953,6 @@ class PropertyTests(SynchronousTestCase):
             shutil.rmtree(path, ignore_errors=True)
 
     def run_program(self, node, program):
-        store = node.store
         mock = MockCoordinator(COORDINATOR, CHAIN_ID)
         mode = ["mock"]
 
