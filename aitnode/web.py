@@ -10,6 +10,9 @@ from io import BytesIO
 
 from twisted.web import resource, server
 
+from aitnode.errors import AitError
+from aitnode.rpc import error_response
+
 
 class LimitedRequest(server.Request):
     max_body = 16 * 1024 * 1024
@@ -55,11 +58,37 @@ class Root(resource.Resource):
         if fast is not None:
             return fast
         request.postpath.insert(0, request.prepath.pop())
-        return self.app_resource
+        return self._app_for(request)
 
     def render(self, request):
         self._watch(request)
-        return self.app_resource.render(request)
+        return self._app_for(request).render(request)
+
+    def _app_for(self, request):
+        """The app, or a JSON refusal for a URL the app cannot decode
+        (Klein would answer a text/html 400 and log a traceback)."""
+        try:
+            b"/".join(request.postpath).decode("utf-8")
+        except UnicodeDecodeError:
+            return Refusal(AitError("bad_path", "the URL path is not UTF-8 once percent-decoded"))
+        try:
+            request.getRequestHostname().decode("utf-8")
+        except UnicodeDecodeError:
+            return Refusal(AitError("bad_host", "the Host header is not UTF-8"))
+        return self.app_resource
+
+
+class Refusal(resource.Resource):
+    """Answers every request with one AitError, rendered like RPC's."""
+
+    isLeaf = True
+
+    def __init__(self, error):
+        super().__init__()
+        self.error = error
+
+    def render(self, request):
+        return error_response(request, self.error)
 
 
 class QuietSite(server.Site):

@@ -137,6 +137,21 @@ class CheckValueTests(SynchronousTestCase):
         e = self.assertRaises(AitError, encoding.check_value, {"a": [0, 1.5]}, "payload")
         self.assertIn("payload.a[1]", e.message)
 
+    def test_text_must_be_utf8_encodable(self):
+        # Valid JSON ("\ud800") decodes to a lone surrogate, which has no
+        # UTF-8 form: outside the value space, refused before any encoder.
+        for value in ("\ud800", "ok\udfff", ["a", "\udc00"], {"k": "\ud83d"}, {"\ud800": 1}, {"a": {"\udbff": []}}):
+            self.assertRefused(value, "bad_text")
+            self.assertRaises(AitError, encoding.canonical, value)
+        # A surrogate pair is one code point; it decodes to a proper one.
+        self.assertIs(encoding.check_value(json.loads('"\\ud83d\\ude00"')), None)
+        self.assertIs(encoding.check_value({"\u00e9t\u00e9": "\U0001f600"}), None)
+
+    def test_bad_text_message_is_printable(self):
+        e = self.assertRaises(AitError, encoding.check_value, {"a": {"\ud800": 1}}, "payload")
+        self.assertIn("payload.a", e.message)
+        e.message.encode("utf-8")  # the message itself can be logged and sent
+
 
 class HexTests(SynchronousTestCase):
     def test_is_hex(self):

@@ -479,3 +479,75 @@ class BadInputTests(RPCTestBase):
             self.assertTrue(400 <= status < 500, (method, path, raw, status, out))
             self.assertIn("code", out["error"])
         self.assertEqual(self.node.propose()["header"]["height"], 1)
+
+
+SURROGATE = "\ud800"  # valid JSON ("\\ud800"), but no UTF-8 form
+
+
+class BadTextTests(RPCTestBase):
+    """Text that cannot be encoded as UTF-8, and JSON of the wrong shape
+    where the node logs a refusal: always a 4xx JSON error, per item in
+    a batch (issue 9, defect 8)."""
+
+    def claim_wire(self, **fields):
+        """A claim-shaped wire transaction whose payload passes every
+        format rule; its signature is not valid (never reached)."""
+        payload = {
+            "receipt_id": "r1", "job_id": "job_1", "client_addr": ALICE.address, "miner_addr": BOB.address,
+            "compute_units": 3, "price": 5000, "output_hash": "sha256:" + "ab" * 32,
+            "client_payment_tx": "cd" * 32, "miner_pubkey": BOB.public_key.hex(), "miner_sig": "ef" * 64,
+        }
+        payload.update(fields)
+        return {"type": "RECEIPT_CLAIM", "sender": BOB.address, "nonce": 1, "fee": 1000, "payload": payload,
+                "pubkey": BOB.public_key.hex(), "sig": "00" * 64}
+
+    def test_lone_surrogate_in_a_transaction(self):
+        for field in ("receipt_id", "job_id", "output_hash"):
+            body = self.claim_wire(**{field: "r" + SURROGATE})
+            for path in ("/rpc/sendTx", "/rpc/submitReceipt", "/rpc/estimateFee"):
+                msg = self.refused("POST", path, 400, "bad_text", body)
+                self.assertIn(field, msg)
+        # In a map key of a payload, too.
+        self.refused("POST", "/rpc/estimateFee", 400, "bad_text",
+                     self.claim_wire(**{"x" + SURROGATE: 1}))
+        self.assertEqual(len(self.node.mempool), 0)
+
+    def test_lone_surrogate_is_one_item_of_a_batch(self):
+        good = transfer(ALICE, 1, BOB, 10)
+        out = self.ok("POST", "/rpc/sendTxs", [self.claim_wire(job_id=SURROGATE), wire(good)])
+        self.assertEqual(out["results"][0]["error"]["code"], "bad_text")
+        self.assertEqual(out["results"][1], {"txHash": good.hash})
+        self.assertEqual(self.node.propose()["txs"], [good.hash])
+
+    def test_lone_surrogate_in_admin_bodies(self):
+        self.refused("POST", "/admin/paramSet", 400, "bad_text", {"key": SURROGATE, "value": 1}, headers=AUTH)
+        self.refused("POST", "/admin/paramSet", 400, "bad_text", {"key": "base_fee", "value": SURROGATE}, headers=AUTH)
+        self.assertEqual(len(self.node.mempool), 0)
+
+    def test_type_of_any_json_type(self):
+        base = wire(transfer(ALICE, 1, BOB, 10))
+        odd = [{"a": 1}, [1], ["TRANSFER"], {}, [], None, 1.5, True, SURROGATE]
+        for value in odd:
+            body = dict(base, type=value)
+            got, out = self.call("POST", "/rpc/sendTx", body=body)
+            self.assertEqual(got, 400, (value, out))
+            self.assertIn(out["error"]["code"], ("wrong_type", "unknown_type"), value)
+        out = self.ok("POST", "/rpc/sendTxs", [dict(base, type=v) for v in odd] + [base])
+        codes = [r.get("error", {}).get("code") for r in out["results"]]
+        self.assertEqual(codes[:-1], ["wrong_type"] * 8 + ["unknown_type"])
+        self.assertEqual(out["results"][-1], {"txHash": transfer(ALICE, 1, BOB, 10).hash})
+        # The refusals were counted under "invalid".
+        self.assertIn(b'aitnode_txs_total{result="refused",type="invalid"}', self.node.metrics.render())
+
+    def test_undecodable_path(self):
+        for path in (b"/rpc/getReceipt/%ff", b"/rpc/getReceipt/%ED%A0%80", b"/rpc/getBalance/%c3",
+                     b"/%ff", b"/rpc/%ff/x", b"/admin/%fe"):
+            resp = self.successResultOf(self.http.request("GET", b"http://127.0.0.1" + path))
+            content = self.successResultOf(self.http.content(resp))
+            self.assertEqual(resp.headers.getRawHeaders(b"content-type"), [b"application/json"], (path, content))
+            self.assertEqual((resp.code, json.loads(content)["error"]["code"]), (400, "bad_path"), path)
+        # A percent-encoded valid UTF-8 path still routes.
+        self.refused("GET", "/rpc/getReceipt/%C3%A9", 404, "not_found")
+
+    def test_undecodable_host(self):
+        self.refused("GET", "/rpc/getSupply", 400, "bad_host", headers={b"Host": [b"\xff\xfe"]})
