@@ -128,9 +128,9 @@ class RPC:
         return json_response(request, AitError("internal_error", "the node failed to answer; see its log").as_json(), 500)
 
     def body(self, request, limit=None):
+        # The channel (web.LimitedChannel) refused a body over its route's
+        # limit before reading it; this checks bodies that came another way.
         limit = self.max_body if limit is None else limit
-        if getattr(request, "body_too_large", False):
-            raise AitError("body_too_large", "request body is over the size limit", status=413)
         data = request.content.read()
         if len(data) > limit:
             raise AitError("body_too_large", f"request body is over {limit} bytes", status=413)
@@ -148,6 +148,10 @@ class RPC:
     def limit(self, request, n=1):
         if self.limiter is not None:
             self.limiter.take(request.getClientAddress().host, n)
+
+    def body_limits(self):
+        """Routes whose body may exceed max_body (web.QuietSite.body_limits)."""
+        return {b"/rpc/sendTxs": self.max_batch_bytes}
 
     def fast_routes(self):
         """The hot routes as plain twisted.web resources (web.Root.fast).

@@ -31,7 +31,7 @@ from aitnode.ratelimit import RateLimiter
 from aitnode.rpc import RPC
 from aitnode.state import Store
 from aitnode.verifier import InlineVerifier, PoolVerifier
-from aitnode.web import make_site
+from aitnode.web import connection_cap, make_site, open_files_limit
 
 
 class Options(usage.Options):
@@ -190,7 +190,14 @@ def build(cfg, reactor):
         mock_coordinator=mock,
         limiter=RateLimiter(reactor, cfg.ratelimit.rate, cfg.ratelimit.burst),
     )
-    site, root = make_site(rpc.resource(), max(cfg.rpc.max_body_bytes, cfg.rpc.max_batch_bytes))
+    max_connections = connection_cap(cfg.rpc.max_connections, open_files_limit())
+    if max_connections < cfg.rpc.max_connections:
+        Logger().warn("[rpc] max_connections lowered from {configured} to {cap} to stay under the open-files limit",
+                      configured=cfg.rpc.max_connections, cap=max_connections, component="rpc", event="config")
+    site, root = make_site(
+        rpc.resource(), cfg.rpc.max_body_bytes, reactor, body_limits=rpc.body_limits(),
+        request_deadline=cfg.rpc.request_deadline, max_connections=max_connections,
+    )
     root.observe = rpc.observer()
     root.fast.update(rpc.fast_routes())
     page.install(root)  # the client page: GET / and /static/*
@@ -200,7 +207,8 @@ def build(cfg, reactor):
         p2p.setServiceParent(top)
         root = resource.Resource()
         root.putChild(b"p2p", p2p.resource())
-        p2p_site, _ = make_site(root, 1024)
+        # No connection cap here: peers' WebSocket upgrades leave HTTP (p2p bounds its peers).
+        p2p_site, _ = make_site(root, 1024, reactor, request_deadline=cfg.rpc.request_deadline)
         ListenService(reactor, cfg.p2p.listen, p2p_site, "p2p").setServiceParent(top)
         rpc.p2p = p2p
         top.p2p = p2p

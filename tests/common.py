@@ -59,7 +59,7 @@ def make_node(testcase, doc=None, key=AUTHORITY, clock=None, mempool=None, verif
 def make_rpc(node, admin_token=ADMIN_TOKEN, **kw):
     """(rpc, StubTreq) serving node in process, through the real Site/Root."""
     rpc = RPC(node, admin_token=admin_token, **kw)
-    site, root = make_site(rpc.resource(), 16 << 20)
+    site, root = make_site(rpc.resource(), rpc.max_body, Clock(), body_limits=rpc.body_limits())
     root.fast.update(rpc.fast_routes())
     return rpc, StubTreq(root)
 
