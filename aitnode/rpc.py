@@ -6,6 +6,8 @@ with a 4xx status; the codes are listed in docs/protocol.md.
 
 import hmac
 import json
+import re
+from urllib.parse import urlsplit
 
 from klein import Klein
 from twisted.internet.defer import Deferred
@@ -48,6 +50,28 @@ def add_json_error_handlers(app):
     @app.handle_errors(MethodNotAllowed)
     def _bad_method(self, request, failure):
         return json_response(request, AitError("method_not_allowed", "this route takes another HTTP method").as_json(), 405)
+
+
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def check_peer_addr(addr):
+    """A peer URL the node can dial: ws:// or wss://, a DNS name or an IPv4
+    address, an optional port; nothing else (no user, fragment or unix: host,
+    which the WebSocket client and the endpoint string cannot take)."""
+    bad = AitError("bad_peer_addr", "a peer address is a ws://host:port/p2p/ws URL (host: a DNS name or an IPv4 address)")
+    if type(addr) is not str or not addr.isascii():
+        raise bad
+    try:
+        url = urlsplit(addr)
+        url.port  # ValueError when out of range or not a number
+    except ValueError:
+        raise bad from None
+    host = url.hostname
+    if url.scheme not in ("ws", "wss") or not host or host == "unix" or url.fragment or "@" in url.netloc:
+        raise bad
+    if not all(_HOST_LABEL.fullmatch(label) for label in host.split(".")):
+        raise bad
 
 
 class FastRoute(resource.Resource):
@@ -282,6 +306,7 @@ class RPC:
             raise AitError("p2p_disabled", "this node has no [p2p] listen address", status=404)
         body = self.body(request)
         require_fields(body, ("addr",), "body")
+        check_peer_addr(body["addr"])
         added = self.p2p.add_peer(body["addr"])
         return json_response(request, {"addr": body["addr"], "added": added})
 

@@ -551,3 +551,31 @@ class BadTextTests(RPCTestBase):
 
     def test_undecodable_host(self):
         self.refused("GET", "/rpc/getSupply", 400, "bad_host", headers={b"Host": [b"\xff\xfe"]})
+
+
+class AddPeerTests(RPCTestBase):
+    """POST /admin/peers/add refuses every address it cannot dial with
+    bad_peer_addr (found by tests/test_fuzz_rpc.py: "ws://" was a 500)."""
+
+    def setUp(self):
+        super().setUp()
+        from twisted.internet.testing import MemoryReactorClock
+
+        from aitnode.crypto import KeyPair
+        from aitnode.p2p import P2P
+
+        self.rpc.p2p = P2P(self.node, KeyPair(bytes(range(32))), MemoryReactorClock())
+
+    def test_bad_addresses(self):
+        for addr in ["ws://", "wss://", "ws://:7070", "ws://unix:/tmp/x.sock", "ws://host:99999/p2p/ws",
+                     "ws://host:-1/", "ws://host:port/", "ws://a=b:1/", "ws://ho st:1/", "ws://[::1]:7070/p2p/ws",
+                     "ws://h\u00e9:1/", "ws://\ud800:1/", "ws://user:pw@host:1/", "ws://host:1/#frag", "http://nope",
+                     "", 5, None, ["ws://host:1"]]:
+            self.refused("POST", "/admin/peers/add", 400, "bad_peer_addr", {"addr": addr}, headers=AUTH)
+        self.assertEqual(self.rpc.p2p.outgoing, {})
+
+    def test_good_addresses(self):
+        for addr in ["ws://127.0.0.1:7071/p2p/ws", "wss://node-1.example.org:443/p2p/ws", "ws://peer/p2p/ws"]:
+            self.assertEqual(self.ok("POST", "/admin/peers/add", {"addr": addr}, headers=AUTH), {"addr": addr, "added": True})
+        self.assertEqual(sorted(self.rpc.p2p.outgoing), sorted(["ws://127.0.0.1:7071/p2p/ws", "wss://node-1.example.org:443/p2p/ws", "ws://peer/p2p/ws"]))
+
