@@ -9,6 +9,7 @@ as lowercase hex strings.  See docs/protocol.md.
 """
 
 import json
+from itertools import accumulate
 
 import cbor2
 
@@ -204,18 +205,50 @@ def _no_constants(name):
     raise AitError("float_not_allowed", f"{name} is not a number this node accepts")
 
 
+# Arrays and objects nested in one another at most (a transaction in a
+# sendTxs list is 3 deep).  Deeper JSON would reach Python's recursion
+# limit in whatever walks it next (check_value, repr in a message).
+MAX_JSON_DEPTH = 64
+_BRACKETS = bytes.maketrans(b"[]{}", b"\x01\xff\x01\xff")
+_NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
+
+
+def _depth_bound(data):
+    """At least the nesting depth of JSON bytes (brackets inside strings
+    count too): +1 per opening and -1 per closing bracket, highest sum."""
+    steps = data.translate(_BRACKETS, _NOT_BRACKETS)
+    if steps.count(1) <= MAX_JSON_DEPTH:
+        return 0
+    return max(accumulate(memoryview(steps).cast("b")))
+
+
+def _too_deep(value):
+    """Whether a decoded value nests deeper than MAX_JSON_DEPTH (no recursion)."""
+    level = [value]
+    for _ in range(MAX_JSON_DEPTH):  # after k rounds: what lies inside k containers
+        level = [c for v in level if type(v) in (list, dict) for c in (v.values() if type(v) is dict else v)]
+        if not level:
+            return False
+    return any(type(v) in (list, dict) for v in level)
+
+
 def loads_json(data):
-    """Decode a request body: UTF-8 JSON, no duplicate keys, no NaN."""
+    """Decode a request body: UTF-8 JSON, no duplicate keys, no NaN, nested
+    at most MAX_JSON_DEPTH arrays and objects deep."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise AitError("malformed_json", "request body is not UTF-8")
+    too_deep = AitError("malformed_json", f"request body is nested too deeply (more than {MAX_JSON_DEPTH} arrays and objects)")
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
     except ValueError as e:
         raise AitError("malformed_json", f"request body is not valid JSON: {e}")
     except RecursionError:
-        raise AitError("malformed_json", "request body is nested too deeply")
+        raise too_deep
+    if _depth_bound(data) > MAX_JSON_DEPTH and _too_deep(value):
+        raise too_deep
+    return value
 
 
 def sign_tx(key, chain_id, ttype, nonce, fee, payload):

@@ -3,6 +3,7 @@ and aitnode.tx (strict wire parsing, signing, JSON decoding)."""
 
 import hashlib
 import json
+import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -408,6 +409,24 @@ class LoadsJsonTests(SynchronousTestCase):
     def test_bad_json(self):
         for data in (b"", b"{", b'{"a": 1,}', b"{'a': 1}", b"[1] [2]", b"nul"):
             self.assertRefused(data, "malformed_json")
+
+    def test_nesting_depth(self):
+        limit = tx.MAX_JSON_DEPTH
+        self.assertEqual(limit, 64)
+        ok = b"[" * limit + b"1" + b"]" * limit
+        self.assertEqual(tx.loads_json(ok), json.loads(ok))
+        for depth in (limit + 1, 500, 900, 950, 990, 5000):
+            e = self.assertRaises(AitError, tx.loads_json, b"[" * depth + b"]" * depth)
+            self.assertEqual((e.code, "nested" in e.message), ("malformed_json", True), depth)
+        self.assertRefused(b'{"a": ' * (limit + 1) + b"1" + b"}" * (limit + 1), "malformed_json")
+        self.assertRefused(b'[{"a": ' * 40 + b"1" + b"}]" * 40, "malformed_json")
+        doc = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "protocol.md")
+        with open(doc, encoding="utf-8") as f:
+            self.assertIn(f"| arrays and objects nested in a JSON body | fixed | {limit} |", f.read())
+
+    def test_brackets_in_text_are_not_nesting(self):
+        value = {"t": "[" * 1000 + "{" * 1000, "u": ["]]]" * 300]}
+        self.assertEqual(tx.loads_json(json.dumps(value).encode()), value)
 
 
 class TransactionAssemblyTests(SynchronousTestCase):

@@ -579,3 +579,28 @@ class AddPeerTests(RPCTestBase):
             self.assertEqual(self.ok("POST", "/admin/peers/add", {"addr": addr}, headers=AUTH), {"addr": addr, "added": True})
         self.assertEqual(sorted(self.rpc.p2p.outgoing), sorted(["ws://127.0.0.1:7071/p2p/ws", "wss://node-1.example.org:443/p2p/ws", "ws://peer/p2p/ws"]))
 
+
+class DeepNestingTests(RPCTestBase):
+    """JSON nested close to Python's recursion limit parsed, then broke
+    whatever walked it next: a 500 at depths 936 to 945, a window only two
+    or three levels wide per route and field, so every depth is tried."""
+
+    def test_every_depth_is_a_4xx(self):
+        w = wire(transfer(ALICE, 1, BOB, 5))
+        for n in list(range(60, 900, 50)) + list(range(900, 1000)):
+            nested = "[" * n + "1" + "]" * n
+            bodies = [
+                ("/rpc/sendTx", json.dumps(dict(w, chain_id="@")).replace('"@"', nested)),
+                ("/rpc/sendTxs", "[" + json.dumps(dict(w, payload="@")).replace('"@"', '{"to": %s}' % nested) + "]"),
+                ("/rpc/estimateFee", json.dumps(dict(w, payload="@")).replace('"@"', nested)),
+                ("/admin/paramSet", '{"key": %s, "value": 1}' % nested),
+            ]
+            for path, body in bodies:
+                got, out = self.call("POST", path, raw=body.encode(), headers=AUTH)
+                if path == "/rpc/sendTxs" and got == 200:
+                    out = out["results"][0]
+                    got = 400
+                self.assertEqual(got, 400, (n, path, out))
+                self.assertIn(out["error"]["code"], ("malformed_json", "wrong_type", "bad_param", "wrong_chain",
+                                                     "bad_address", "unknown_field", "missing_field"), (n, path))
+        self.assertEqual(len(self.node.mempool), 0)
