@@ -135,7 +135,9 @@ class LimitedChannel(http.HTTPChannel):
         self.transport.write(
             b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
             b"connection: close\r\n\r\n%s" % (status, http.RESPONSES[status], len(body), body))
-        # A client that does not read its answer is cut off.
+        # A client that does not read its answer is cut off (this timer
+        # replaces the idle timeout, which would set one of its own).
+        self.setTimeout(None)
         self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
         self.loseConnection()
 

@@ -198,6 +198,7 @@ class DeadlineTests(SiteCase):
                 self.assertEqual(tr.value(), b"", f"answered after {i + 1} s")
         self.assertRefused(tr, 408, "request_timeout")
         self.assertEqual(self.rendered, [])
+        self.assertEqual([c.getTime() for c in self.clock.getDelayedCalls()], [self.clock.seconds() + proto.abortTimeout])
         # A client that never reads is cut off a little later.
         self.assertFalse(tr.disconnected)
         self.clock.advance(proto.abortTimeout)
