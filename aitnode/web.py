@@ -15,7 +15,6 @@ Limits hold in the channel, before a resource sees the request:
 Timers run on the reactor given to :func:`make_site` (a Clock in tests).
 """
 
-import json
 import resource as _rlimit
 import time
 from io import BytesIO
@@ -24,7 +23,7 @@ from twisted.logger import Logger
 from twisted.web import http, resource, server
 
 from aitnode.errors import AitError, ConfigError
-from aitnode.rpc import error_response
+from aitnode.rpc import dump, error_response
 
 # File descriptors kept for everything but RPC connections: the p2p
 # listener and peers, LMDB, logs, verifier pipes, coordinator requests.
@@ -101,6 +100,7 @@ class LimitedChannel(http.HTTPChannel):
             super().rawDataReceived(data)
 
     def allHeadersReceived(self):
+        # _path: the request target HTTPChannel keeps until the body is in.
         limit = self.site.body_limit(self._path)
         if self.length is not None and self.length > limit:
             return self.refuse(413, "body_too_large", f"request body of {self.length} bytes is over {limit} bytes (this route's limit)")
@@ -131,7 +131,7 @@ class LimitedChannel(http.HTTPChannel):
             return
         self._refused = True
         self._stop_deadline()
-        body = json.dumps(AitError(code, message).as_json(), separators=(",", ":")).encode()
+        body = dump(AitError(code, message).as_json())
         self.transport.write(
             b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
             b"connection: close\r\n\r\n%s" % (status, http.RESPONSES[status], len(body), body))
