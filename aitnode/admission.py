@@ -70,7 +70,7 @@ class Admission:
         """Count a refusal; log it, at most one line a second."""
         self.stats["refused"] += 1
         ttype = obj.get("type") if type(obj) is dict else None
-        if ttype not in KNOWN_TYPES:
+        if type(ttype) is not str or ttype not in KNOWN_TYPES:  # any JSON value, hashable or not
             ttype = "invalid"
         self.metrics.tx_event(ttype, "refused")
         now = time.monotonic()

@@ -52,6 +52,8 @@ SCHEMA = {
         "max_body_bytes": ("int", 65536, _ONE),
         "max_batch_bytes": ("int", 16777216, _ONE),
         "max_batch_items": ("int", 20000, _ONE),
+        "request_deadline": ("float", 30.0, _POS),  # seconds for a request to arrive whole
+        "max_connections": ("int", 512, _ONE),  # lowered to stay under the open-files limit
     },
     "p2p": {
         "listen": ("str", None, None),

@@ -35,7 +35,7 @@ def makeService(options, reactor=None):
         print(f"aitcoordinator: cannot start: {e}", file=sys.stderr)
         raise SystemExit(1)
     coordinator = MockCoordinator(key, options["chain-id"])
-    site = make_site(Root(coordinator.resource()), 65536)
+    site = make_site(Root(coordinator.resource()), 65536, reactor, request_deadline=30)
     top = service.MultiService()
     listen_service(reactor, options["listen"], site, "coordinator").setServiceParent(top)
     top.coordinator = coordinator

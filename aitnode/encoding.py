@@ -41,10 +41,21 @@ def hash_value(value):
     return sha256_hex(canonical(value))
 
 
+def check_text(value, where):
+    """Text must have a UTF-8 form: JSON's "\\ud800" decodes to a lone
+    surrogate, which has none (and would fail in every encoder)."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise AitError("bad_text", f"{where}: text holds a lone UTF-16 surrogate (not a Unicode character)")
+
+
 def check_value(value, where="value"):
     """Refuse anything outside the consensus value space."""
     t = type(value)
     if t is str:
+        check_text(value, where)
         return
     if t is bool:
         return
@@ -63,6 +74,7 @@ def check_value(value, where="value"):
         for k, v in value.items():
             if type(k) is not str:
                 raise AitError("wrong_type", f"{where}: map keys must be text")
+            check_text(k, f"{where}: a map key")
             check_value(v, f"{where}.{k}")
         return
     if t is float:

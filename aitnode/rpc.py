@@ -54,8 +54,8 @@ class RPC:
 
     def body(self, request, limit=None):
         limit = self.max_body if limit is None else limit
-        if getattr(request, "body_too_large", False):
-            raise AitError("body_too_large", "request body is over the size limit", status=413)
+        # The channel (web.LimitedChannel) refused a body over its route's
+        # limit before reading it; this checks bodies that came another way.
         data = request.content.read()
         if len(data) > limit:
             raise AitError("body_too_large", f"request body is over {limit} bytes", status=413)
@@ -73,6 +73,10 @@ class RPC:
     def limit(self, request, n=1):
         if self.limiter is not None:
             self.limiter.take(request.getClientAddress().host, n)
+
+    def body_limits(self):
+        """Routes whose body may exceed max_body (web.QuietSite.body_limits)."""
+        return {b"/rpc/sendTxs": self.max_batch_bytes}
 
     def fast_routes(self):
         """The hot routes as plain twisted.web resources (web.Root.fast).

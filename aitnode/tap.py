@@ -30,7 +30,7 @@ from aitnode.proposer import ProposerService
 from aitnode.ratelimit import RateLimiter
 from aitnode.rpc import RPC
 from aitnode.verifier import InlineVerifier, PoolVerifier
-from aitnode.web import make_site, make_web_server
+from aitnode.web import connection_cap, make_site, make_web_server, open_files_limit
 
 
 class Options(usage.Options):
@@ -162,7 +162,12 @@ def build(cfg, reactor):
         mock_coordinator=mock, p2p=p2p,
         limiter=RateLimiter(reactor, cfg.ratelimit.rate, cfg.ratelimit.burst),
     )
-    site = make_web_server(rpc, max(cfg.rpc.max_body_bytes, cfg.rpc.max_batch_bytes), extra=page.children())
+    max_connections = connection_cap(cfg.rpc.max_connections, open_files_limit())
+    if max_connections < cfg.rpc.max_connections:
+        Logger().warn("[rpc] max_connections lowered from {configured} to {cap} to stay under the open-files limit",
+                      configured=cfg.rpc.max_connections, cap=max_connections, component="rpc", event="config")
+    site = make_web_server(rpc, reactor, extra=page.children(), request_deadline=cfg.rpc.request_deadline,
+                           max_connections=max_connections)
 
     top = NodeService(node, make_observer(cfg.log.format, cfg.log.level))
     listen_service(reactor, cfg.rpc.listen, site, "rpc").setServiceParent(top)
@@ -170,7 +175,9 @@ def build(cfg, reactor):
         p2p.setServiceParent(top)
         p2p_root = resource.Resource()
         p2p_root.putChild(b"p2p", p2p.resource())
-        listen_service(reactor, cfg.p2p.listen, make_site(p2p_root, 1024), "p2p").setServiceParent(top)
+        # No connection cap here: peers' WebSocket upgrades leave HTTP (p2p bounds its peers).
+        p2p_site = make_site(p2p_root, 1024, reactor, request_deadline=cfg.rpc.request_deadline)
+        listen_service(reactor, cfg.p2p.listen, p2p_site, "p2p").setServiceParent(top)
     if node.is_proposer:
         ProposerService(node.pipeline, reactor, cfg.proposer.interval, pause=node.pause).setServiceParent(top)
     top.p2p, top.rpc, top.site = p2p, rpc, site

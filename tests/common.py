@@ -58,7 +58,7 @@ def make_node(testcase, doc=None, key=AUTHORITY, clock=None, mempool=None, verif
 def make_rpc(node, admin_token=ADMIN_TOKEN, **kw):
     """(rpc, StubTreq) serving node in process, through the real Site/Root."""
     rpc = RPC(node, admin_token=admin_token, **kw)
-    site = make_web_server(rpc, 16 << 20)
+    site = make_web_server(rpc, Clock())
     return rpc, StubTreq(site.resource)
 
 

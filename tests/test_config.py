@@ -48,6 +48,8 @@ class DefaultsTests(ConfigTestBase):
         self.assertEqual(cfg.rpc.max_body_bytes, 65536)
         self.assertEqual(cfg.rpc.max_batch_bytes, 16777216)
         self.assertEqual(cfg.rpc.max_batch_items, 20000)
+        self.assertEqual(cfg.rpc.request_deadline, 30.0)
+        self.assertEqual(cfg.rpc.max_connections, 512)
         self.assertIsNone(cfg.p2p.listen)
         self.assertEqual(cfg.p2p.peers, [])
         self.assertEqual(cfg.proposer.interval, 2.0)
@@ -241,6 +243,23 @@ class RefusalTests(ConfigTestBase):
             self.assertIn("proposer.interval", message)
         message = self.refused(MINIMAL + "[ratelimit]\nrate = -1\n")
         self.assertIn("ratelimit.rate", message)
+
+    def test_rpc_limits(self):
+        cfg = self.load(MINIMAL + "[rpc]\nrequest_deadline = 2.5\nmax_connections = 64\n")
+        self.assertEqual((cfg.rpc.request_deadline, cfg.rpc.max_connections), (2.5, 64))
+        for raw in ["0", "-1", "nan", "inf", "soon"]:
+            self.assertIn("rpc.request_deadline", self.refused(MINIMAL + f"[rpc]\nrequest_deadline = {raw}\n"))
+        for raw in ["0", "-5", "many"]:
+            self.assertIn("rpc.max_connections", self.refused(MINIMAL + f"[rpc]\nmax_connections = {raw}\n"))
+
+    def test_example_file_sets_every_rpc_limit(self):
+        example = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "etc", "node.ini")
+        with open(example, encoding="utf-8") as f:
+            text = f.read()
+        for key in ("max_body_bytes", "max_batch_bytes", "max_batch_items", "request_deadline", "max_connections"):
+            self.assertRegex(text, rf"\n{key} = ")
+        cfg = load_config(example, environ={})
+        self.assertEqual((cfg.rpc.request_deadline, cfg.rpc.max_connections), (30.0, 512))
 
     def test_bad_bool(self):
         message = self.refused(MINIMAL + "[coordinator]\nserve_mock = maybe\n")

@@ -3,6 +3,7 @@ and aitnode.tx (strict wire parsing, signing, JSON decoding)."""
 
 import hashlib
 import json
+import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -136,6 +137,21 @@ class CheckValueTests(SynchronousTestCase):
     def test_error_names_location(self):
         e = self.assertRaises(AitError, encoding.check_value, {"a": [0, 1.5]}, "payload")
         self.assertIn("payload.a[1]", e.message)
+
+    def test_text_must_be_utf8_encodable(self):
+        # Valid JSON ("\ud800") decodes to a lone surrogate, which has no
+        # UTF-8 form: outside the value space, refused before any encoder.
+        for value in ("\ud800", "ok\udfff", ["a", "\udc00"], {"k": "\ud83d"}, {"\ud800": 1}, {"a": {"\udbff": []}}):
+            self.assertRefused(value, "bad_text")
+            self.assertRaises(AitError, encoding.canonical, value)
+        # A surrogate pair is one code point; it decodes to a proper one.
+        self.assertIs(encoding.check_value(json.loads('"\\ud83d\\ude00"')), None)
+        self.assertIs(encoding.check_value({"\u00e9t\u00e9": "\U0001f600"}), None)
+
+    def test_bad_text_message_is_printable(self):
+        e = self.assertRaises(AitError, encoding.check_value, {"a": {"\ud800": 1}}, "payload")
+        self.assertIn("payload.a", e.message)
+        e.message.encode("utf-8")  # the message itself can be logged and sent
 
 
 class HexTests(SynchronousTestCase):
@@ -393,6 +409,24 @@ class LoadsJsonTests(SynchronousTestCase):
     def test_bad_json(self):
         for data in (b"", b"{", b'{"a": 1,}', b"{'a': 1}", b"[1] [2]", b"nul"):
             self.assertRefused(data, "malformed_json")
+
+    def test_nesting_depth(self):
+        limit = web.MAX_JSON_DEPTH
+        self.assertEqual(limit, 64)
+        ok = b"[" * limit + b"1" + b"]" * limit
+        self.assertEqual(web.loads_json(ok), json.loads(ok))
+        for depth in (limit + 1, 500, 900, 950, 990, 5000):
+            e = self.assertRaises(AitError, web.loads_json, b"[" * depth + b"]" * depth)
+            self.assertEqual((e.code, "nested" in e.message), ("malformed_json", True), depth)
+        self.assertRefused(b'{"a": ' * (limit + 1) + b"1" + b"}" * (limit + 1), "malformed_json")
+        self.assertRefused(b'[{"a": ' * 40 + b"1" + b"}]" * 40, "malformed_json")
+        doc = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "protocol.md")
+        with open(doc, encoding="utf-8") as f:
+            self.assertIn(f"| arrays and objects nested in a JSON body | fixed | {limit} |", f.read())
+
+    def test_brackets_in_text_are_not_nesting(self):
+        value = {"t": "[" * 1000 + "{" * 1000, "u": ["]]]" * 300]}
+        self.assertEqual(web.loads_json(json.dumps(value).encode()), value)
 
 
 class TransactionAssemblyTests(SynchronousTestCase):

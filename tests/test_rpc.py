@@ -479,3 +479,128 @@ class BadInputTests(RPCTestBase):
             self.assertTrue(400 <= status < 500, (method, path, raw, status, out))
             self.assertIn("code", out["error"])
         self.assertEqual(self.node.pipeline.propose()["header"]["height"], 1)
+
+
+SURROGATE = "\ud800"  # valid JSON ("\\ud800"), but no UTF-8 form
+
+
+class BadTextTests(RPCTestBase):
+    """Text that cannot be encoded as UTF-8, and JSON of the wrong shape
+    where the node logs a refusal: always a 4xx JSON error, per item in
+    a batch (issue 9, defect 8)."""
+
+    def claim_wire(self, **fields):
+        """A claim-shaped wire transaction whose payload passes every
+        format rule; its signature is not valid (never reached)."""
+        payload = {
+            "receipt_id": "r1", "job_id": "job_1", "client_addr": ALICE.address, "miner_addr": BOB.address,
+            "compute_units": 3, "price": 5000, "output_hash": "sha256:" + "ab" * 32,
+            "client_payment_tx": "cd" * 32, "miner_pubkey": BOB.public_key.hex(), "miner_sig": "ef" * 64,
+        }
+        payload.update(fields)
+        return {"type": "RECEIPT_CLAIM", "sender": BOB.address, "nonce": 1, "fee": 1000, "payload": payload,
+                "pubkey": BOB.public_key.hex(), "sig": "00" * 64}
+
+    def test_lone_surrogate_in_a_transaction(self):
+        for field in ("receipt_id", "job_id", "output_hash"):
+            body = self.claim_wire(**{field: "r" + SURROGATE})
+            for path in ("/rpc/sendTx", "/rpc/submitReceipt", "/rpc/estimateFee"):
+                msg = self.refused("POST", path, 400, "bad_text", body)
+                self.assertIn(field, msg)
+        # In a map key of a payload, too.
+        self.refused("POST", "/rpc/estimateFee", 400, "bad_text",
+                     self.claim_wire(**{"x" + SURROGATE: 1}))
+        self.assertEqual(len(self.node.mempool), 0)
+
+    def test_lone_surrogate_is_one_item_of_a_batch(self):
+        good = transfer(ALICE, 1, BOB, 10)
+        out = self.ok("POST", "/rpc/sendTxs", [self.claim_wire(job_id=SURROGATE), wire(good)])
+        self.assertEqual(out["results"][0]["error"]["code"], "bad_text")
+        self.assertEqual(out["results"][1], {"txHash": good.hash})
+        self.assertEqual(self.node.pipeline.propose()["txs"], [good.hash])
+
+    def test_lone_surrogate_in_admin_bodies(self):
+        self.refused("POST", "/admin/paramSet", 400, "bad_text", {"key": SURROGATE, "value": 1}, headers=AUTH)
+        self.refused("POST", "/admin/paramSet", 400, "bad_text", {"key": "base_fee", "value": SURROGATE}, headers=AUTH)
+        self.assertEqual(len(self.node.mempool), 0)
+
+    def test_type_of_any_json_type(self):
+        base = wire(transfer(ALICE, 1, BOB, 10))
+        odd = [{"a": 1}, [1], ["TRANSFER"], {}, [], None, 1.5, True, SURROGATE]
+        for value in odd:
+            body = dict(base, type=value)
+            got, out = self.call("POST", "/rpc/sendTx", body=body)
+            self.assertEqual(got, 400, (value, out))
+            self.assertIn(out["error"]["code"], ("wrong_type", "unknown_type"), value)
+        out = self.ok("POST", "/rpc/sendTxs", [dict(base, type=v) for v in odd] + [base])
+        codes = [r.get("error", {}).get("code") for r in out["results"]]
+        self.assertEqual(codes[:-1], ["wrong_type"] * 8 + ["unknown_type"])
+        self.assertEqual(out["results"][-1], {"txHash": transfer(ALICE, 1, BOB, 10).hash})
+        # The refusals were counted under "invalid".
+        self.assertIn(b'aitnode_txs_total{result="refused",type="invalid"}', self.node.metrics.render())
+
+    def test_undecodable_path(self):
+        for path in (b"/rpc/getReceipt/%ff", b"/rpc/getReceipt/%ED%A0%80", b"/rpc/getBalance/%c3",
+                     b"/%ff", b"/rpc/%ff/x", b"/admin/%fe"):
+            resp = self.successResultOf(self.http.request("GET", b"http://127.0.0.1" + path))
+            content = self.successResultOf(self.http.content(resp))
+            self.assertEqual(resp.headers.getRawHeaders(b"content-type"), [b"application/json"], (path, content))
+            self.assertEqual((resp.code, json.loads(content)["error"]["code"]), (400, "bad_path"), path)
+        # A percent-encoded valid UTF-8 path still routes.
+        self.refused("GET", "/rpc/getReceipt/%C3%A9", 404, "not_found")
+
+    def test_undecodable_host(self):
+        self.refused("GET", "/rpc/getSupply", 400, "bad_host", headers={b"Host": [b"\xff\xfe"]})
+
+
+class AddPeerTests(RPCTestBase):
+    """POST /admin/peers/add refuses every address it cannot dial with
+    bad_peer_addr (found by tests/test_fuzz_rpc.py: "ws://" was a 500)."""
+
+    def setUp(self):
+        super().setUp()
+        from twisted.internet.testing import MemoryReactorClock
+
+        from aitnode.crypto import KeyPair
+        from aitnode.p2p import P2P
+
+        self.rpc.p2p = P2P(self.node, KeyPair(bytes(range(32))), MemoryReactorClock())
+
+    def test_bad_addresses(self):
+        for addr in ["ws://", "wss://", "ws://:7070", "ws://unix:/tmp/x.sock", "ws://host:99999/p2p/ws",
+                     "ws://host:-1/", "ws://host:port/", "ws://a=b:1/", "ws://ho st:1/", "ws://[::1]:7070/p2p/ws",
+                     "ws://h\u00e9:1/", "ws://\ud800:1/", "ws://user:pw@host:1/", "ws://host:1/#frag", "http://nope",
+                     "", 5, None, ["ws://host:1"]]:
+            self.refused("POST", "/admin/peers/add", 400, "bad_peer_addr", {"addr": addr}, headers=AUTH)
+        self.assertEqual(self.rpc.p2p.outgoing, {})
+
+    def test_good_addresses(self):
+        for addr in ["ws://127.0.0.1:7071/p2p/ws", "wss://node-1.example.org:443/p2p/ws", "ws://peer/p2p/ws"]:
+            self.assertEqual(self.ok("POST", "/admin/peers/add", {"addr": addr}, headers=AUTH), {"addr": addr, "added": True})
+        self.assertEqual(sorted(self.rpc.p2p.outgoing), sorted(["ws://127.0.0.1:7071/p2p/ws", "wss://node-1.example.org:443/p2p/ws", "ws://peer/p2p/ws"]))
+
+
+class DeepNestingTests(RPCTestBase):
+    """JSON nested close to Python's recursion limit parsed, then broke
+    whatever walked it next: a 500 at depths 936 to 945, a window only two
+    or three levels wide per route and field, so every depth is tried."""
+
+    def test_every_depth_is_a_4xx(self):
+        w = wire(transfer(ALICE, 1, BOB, 5))
+        for n in list(range(60, 900, 50)) + list(range(900, 1000)):
+            nested = "[" * n + "1" + "]" * n
+            bodies = [
+                ("/rpc/sendTx", json.dumps(dict(w, chain_id="@")).replace('"@"', nested)),
+                ("/rpc/sendTxs", "[" + json.dumps(dict(w, payload="@")).replace('"@"', '{"to": %s}' % nested) + "]"),
+                ("/rpc/estimateFee", json.dumps(dict(w, payload="@")).replace('"@"', nested)),
+                ("/admin/paramSet", '{"key": %s, "value": 1}' % nested),
+            ]
+            for path, body in bodies:
+                got, out = self.call("POST", path, raw=body.encode(), headers=AUTH)
+                if path == "/rpc/sendTxs" and got == 200:
+                    out = out["results"][0]
+                    got = 400
+                self.assertEqual(got, 400, (n, path, out))
+                self.assertIn(out["error"]["code"], ("malformed_json", "wrong_type", "bad_param", "wrong_chain",
+                                                     "bad_address", "unknown_field", "missing_field"), (n, path))
+        self.assertEqual(len(self.node.mempool), 0)

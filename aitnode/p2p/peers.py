@@ -13,6 +13,8 @@ through the chain's and the node-local tables' APIs.
 """
 
 import collections
+import re
+from urllib.parse import urlsplit
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketServerFactory
@@ -33,6 +35,28 @@ BAN_SCORE = -100
 BAN_SECONDS = 600
 HOST_BAN_SECONDS = 30
 PENALTY = {"garbage": -50, "bad_tx": -10, "bad_block": -60, "oversized": -100, "protocol": -30}
+
+
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def check_peer_addr(addr):
+    """A peer URL the node can dial: ws:// or wss://, a DNS name or an IPv4
+    address, an optional port; nothing else (no user, fragment or unix: host,
+    which the WebSocket client and the endpoint string cannot take)."""
+    bad = AitError("bad_peer_addr", "a peer address is a ws://host:port/p2p/ws URL (host: a DNS name or an IPv4 address)")
+    if type(addr) is not str or not addr.isascii():
+        raise bad
+    try:
+        url = urlsplit(addr)
+        url.port  # ValueError when out of range or not a number
+    except ValueError:
+        raise bad from None
+    host = url.hostname
+    if url.scheme not in ("ws", "wss") or not host or host == "unix" or url.fragment or "@" in url.netloc:
+        raise bad
+    if not all(_HOST_LABEL.fullmatch(label) for label in host.split(".")):
+        raise bad
 
 
 class LRUSet:
@@ -111,8 +135,7 @@ class P2P(service.MultiService):
 
     def add_peer(self, url):
         """Keep an outgoing connection to url, reconnecting with backoff."""
-        if type(url) is not str or not url.startswith(("ws://", "wss://")):
-            raise AitError("bad_peer_addr", "a peer address is a ws://host:port/p2p/ws URL")
+        check_peer_addr(url)
         if url in self.outgoing:
             return False
         factory = WebSocketClientFactory(url)
