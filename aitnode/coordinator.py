@@ -2,8 +2,12 @@
 
 Jobs ``job_1`` to ``job_1000000`` exist and are paid; any other job does
 not exist.  A job attested for one receipt and asked again for another is
-reported double spent.  Served by ``twistd aitcoordinator`` and, when a
-devnet node's config asks for it, at the node's POST /rpc/attest.
+reported double spent.  The answer echoes the request's
+``client_payment_tx`` (a request without one is refused): the mock knows
+no payments, so it attests whichever the miner names, where a real
+coordinator answers only for the payment that paid the job.  Served by
+``twistd aitcoordinator`` and, when a devnet node's config asks for it,
+at the node's POST /rpc/attest.
 """
 
 import re

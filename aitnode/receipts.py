@@ -23,11 +23,21 @@ CLAIM_FIELDS = (
     "output_hash", "client_payment_tx", "miner_pubkey", "miner_sig",
 )
 MINER_SIGNED = CLAIM_FIELDS[:8]
-REQUEST_FIELDS = ("receipt_id", "job_id", "client", "miner", "price", "compute_units", "output_hash")
+# The request names the claim's payment and the answer echoes it, so the
+# coordinator attests that this payment, and no other, pays for this job.
+REQUEST_FIELDS = ("receipt_id", "job_id", "client", "miner", "price", "compute_units", "output_hash",
+                  "client_payment_tx")
 ANSWER_FIELDS = REQUEST_FIELDS + ("exists", "paid", "not_double_spent", "coordinator", "sig")
 
 
 # -- the payload -------------------------------------------------------
+
+def _require_tx_hash(value, field):
+    if type(value) is not str:
+        raise AitError("wrong_type", f"{field} must be a hex string")
+    if not is_hex(value, 32):
+        raise AitError("bad_hex", f"{field} must be 64 lowercase hex characters")
+
 
 # The job's fields, in the order of REQUEST_FIELDS, and their rules.
 _JOB_RULES = (
@@ -38,8 +48,10 @@ _JOB_RULES = (
     require_int,  # price
     require_int,  # compute_units
     lambda v, f: require_text(v, f, 256),  # output_hash
+    _require_tx_hash,  # client_payment_tx
 )
-_CLAIM_JOB_KEYS = ("receipt_id", "job_id", "client_addr", "miner_addr", "price", "compute_units", "output_hash")
+_CLAIM_JOB_KEYS = ("receipt_id", "job_id", "client_addr", "miner_addr", "price", "compute_units", "output_hash",
+                   "client_payment_tx")
 
 
 def _check_job_fields(obj, keys, where):
@@ -58,7 +70,7 @@ def validate_claim_payload(p):
     _check_job_fields(p, _CLAIM_JOB_KEYS, "payload.")
     if p["compute_units"] == 0:
         raise AitError("zero_compute_units", "compute_units must be greater than 0")
-    for name, n in (("client_payment_tx", 32), ("miner_pubkey", 32), ("miner_sig", 64)):
+    for name, n in (("miner_pubkey", 32), ("miner_sig", 64)):
         if type(p[name]) is not str:
             raise AitError("wrong_type", f"payload.{name} must be a hex string")
         if not is_hex(p[name], n):
@@ -89,6 +101,7 @@ def attestation_request(payload):
         "price": payload["price"],
         "compute_units": payload["compute_units"],
         "output_hash": payload["output_hash"],
+        "client_payment_tx": payload["client_payment_tx"],
     }
 
 
@@ -137,6 +150,10 @@ def check_attestation(att, payload, params, chain_id):
     if type(att) is not dict:
         raise AitError("attestation_missing", "the claim has no attestation")
     if set(att) != set(ANSWER_FIELDS):
+        if set(att) | {"client_payment_tx"} == set(ANSWER_FIELDS):
+            raise AitError("attestation_wrong_payment",
+                           f"the attestation names no payment; it must name the claim's client_payment_tx "
+                           f"{payload['client_payment_tx']}")
         raise AitError("attestation_malformed", "the attestation's fields are not " + ", ".join(ANSWER_FIELDS))
     try:
         check_value(att, "attestation")
@@ -148,6 +165,10 @@ def check_attestation(att, payload, params, chain_id):
         raise AitError("attestation_malformed", "attestation sig must be 128 lowercase hex characters")
     if not SIGS.verify(bytes.fromhex(coord["public_key"]), bytes.fromhex(att["sig"]), attestation_sign_bytes(att, chain_id)):
         raise AitError("attestation_bad_signature", "the attestation is not signed by the chain's coordinator key")
+    if att["client_payment_tx"] != payload["client_payment_tx"]:
+        raise AitError("attestation_wrong_payment",
+                       f"the attestation names another payment than the claim's client_payment_tx "
+                       f"{payload['client_payment_tx']}")
     # Compared as canonical bytes: in Python True == 1, but a `true` price
     # is not the claim's price 1 for any other implementation.
     if canonical({k: att[k] for k in REQUEST_FIELDS}) != canonical(attestation_request(payload)):

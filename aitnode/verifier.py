@@ -4,10 +4,20 @@
 ``PoolVerifier`` spreads a batch over worker processes, so a large batch
 neither freezes the reactor nor is limited to one core.  Both answer a
 Deferred firing with one boolean per (pubkey, sig, message).
+
+The pool leaves nothing behind.  Its workers are forked straight from
+the node (no forkserver, and fork-context queues need no resource
+tracker), once, when the pool starts; ``stop()`` shuts the pool down and
+joins every worker.  A node that is killed cannot do that, so each worker
+watches its parent and exits once it is gone.
 """
 
 import concurrent.futures
 import multiprocessing
+import os
+import signal
+import threading
+import time
 
 from twisted.internet import defer
 
@@ -16,6 +26,36 @@ from aitnode.crypto import verify
 
 def verify_chunk(items):
     return [verify(pk, sig, msg) for pk, sig, msg in items]
+
+
+# How often a worker checks that the node is still there (seconds).
+WATCH_INTERVAL = 0.5
+
+
+def _watch_parent(parent, interval):
+    while os.getppid() == parent:
+        time.sleep(interval)
+    os._exit(0)  # the node is gone (orphans are reparented): nobody to answer
+
+
+def _worker_init(parent, interval=WATCH_INTERVAL):
+    """Run once in each worker, before its first chunk.
+
+    A forked worker inherits the node's signal handlers (Twisted's), which
+    would only schedule a stop of a reactor that does not run here: put the
+    defaults back, so SIGTERM ends a worker, and ignore SIGINT (a Ctrl-C on
+    the node's terminal reaches the whole group; the node stops the pool).
+    Then start the watchdog that ends this worker when the node is gone.
+    """
+    signal.set_wakeup_fd(-1)
+    for sig in signal.valid_signals():
+        try:
+            if callable(signal.getsignal(sig)):
+                signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_watch_parent, args=(parent, interval), name="watch-parent", daemon=True).start()
 
 
 class InlineVerifier:
@@ -40,16 +80,23 @@ class PoolVerifier:
 
     def start(self):
         if self._pool is None:
-            ctx = multiprocessing.get_context("forkserver")
-            self._pool = concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=ctx)
+            # "fork": the workers are the node's only helpers.  A fork
+            # pool forks all its workers on the first submit, before it
+            # starts any thread of its own; the node starts the verifier
+            # before anything else, so nothing else runs while it forks.
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                self.workers, mp_context=multiprocessing.get_context("fork"),
+                initializer=_worker_init, initargs=(os.getpid(),),
+            )
             # Start the workers now, at node start, not on the first batch.
             for _ in range(self.workers):
                 self._pool.submit(verify_chunk, [])
 
     def stop(self):
+        """End every worker before returning (pending chunks are cancelled)."""
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+            pool, self._pool = self._pool, None
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _submit(self, items):
         d = defer.Deferred()

@@ -336,7 +336,8 @@ CLAIM = "RECEIPT_CLAIM"
 MINER_SIGNED = ("receipt_id", "job_id", "client_addr", "miner_addr", "compute_units", "price", "output_hash",
                 "client_payment_tx")
 CLAIM_FIELDS = MINER_SIGNED + ("miner_pubkey", "miner_sig")
-REQUEST_FIELDS = ("receipt_id", "job_id", "client", "miner", "price", "compute_units", "output_hash")
+REQUEST_FIELDS = ("receipt_id", "job_id", "client", "miner", "price", "compute_units", "output_hash",
+                  "client_payment_tx")
 ANSWER_FIELDS = REQUEST_FIELDS + ("exists", "paid", "not_double_spent", "coordinator", "sig")
 BPS = 10000
 
@@ -379,7 +380,7 @@ def attestation_request(payload):
     return {
         "receipt_id": payload["receipt_id"], "job_id": payload["job_id"], "client": payload["client_addr"],
         "miner": payload["miner_addr"], "price": payload["price"], "compute_units": payload["compute_units"],
-        "output_hash": payload["output_hash"],
+        "output_hash": payload["output_hash"], "client_payment_tx": payload["client_payment_tx"],
     }
 
 
@@ -414,6 +415,8 @@ def attestation_problem(answer, payload, coordinator, chain_id):
     if type(answer) is not dict:
         return "attestation_missing"
     if set(answer) != set(ANSWER_FIELDS):
+        if set(answer) | {"client_payment_tx"} == set(ANSWER_FIELDS):
+            return "attestation_wrong_payment"  # it names no payment
         return "attestation_malformed"
     try:
         cbor(answer)
@@ -426,6 +429,8 @@ def attestation_problem(answer, payload, coordinator, chain_id):
         return "attestation_malformed"
     if not attestation_ok(answer, coordinator["public_key"], chain_id):
         return "attestation_bad_signature"
+    if answer["client_payment_tx"] != payload["client_payment_tx"]:
+        return "attestation_wrong_payment"
     if cbor({k: answer[k] for k in REQUEST_FIELDS}) != cbor(attestation_request(payload)):
         return "attestation_mismatch"
     for flag, code in (("exists", "job_not_found"), ("paid", "job_not_paid"), ("not_double_spent", "job_double_spent")):
@@ -643,11 +648,13 @@ class Coordinator(Resource):
 
     ``jobs`` are the jobs it knows; those in ``unpaid`` are known but not
     paid; a job attested for one receipt and asked about for another is
-    double spent.  ``mode`` makes it misbehave: "wrong_key" (signs with
-    another key but names the right address), "wrong_address" (signs with
-    another key and names that key's address), "http_error" (answers 503),
-    "garbage" (answers 200 with a body that is not JSON), "hang" (never
-    answers).
+    double spent.  ``paid_by`` maps a job to the payment that paid it: the
+    answer for that job names that payment, whatever the request named.
+    ``mode`` makes it misbehave: "wrong_key" (signs with another key but
+    names the right address), "wrong_address" (signs with another key and
+    names that key's address), "no_payment" (answers without
+    client_payment_tx), "http_error" (answers 503), "garbage" (answers 200
+    with a body that is not JSON), "hang" (never answers).
     """
 
     isLeaf = True
@@ -661,6 +668,7 @@ class Coordinator(Resource):
         self.jobs = set(jobs)
         self.unpaid = set(unpaid)
         self.attested = {}  # job_id -> receipt_id
+        self.paid_by = {}  # job_id -> client_payment_tx
         self.requests = []
         self.mode = "ok"
         self.wrong_seed = hashlib.sha256(b"not the coordinator").digest()
@@ -677,6 +685,9 @@ class Coordinator(Resource):
         first = self.attested.setdefault(job, request["receipt_id"]) if exists else None
         flags = {"exists": exists, "paid": exists and job not in self.unpaid,
                  "not_double_spent": exists and first == request["receipt_id"]}
+        request = dict(request, client_payment_tx=self.paid_by.get(job, request["client_payment_tx"]))
+        if self.mode == "no_payment":
+            del request["client_payment_tx"]
         if self.mode == "wrong_key":
             return sign_attestation(self.wrong_seed, self.chain_id, request, coordinator=self.address, **flags)
         if self.mode == "wrong_address":

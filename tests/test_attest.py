@@ -2,7 +2,7 @@
 
 Each test serves a twisted.web Site on 127.0.0.1, port 0 (the real
 MockCoordinator, or a resource that misbehaves on purpose) and points a
-real Attestor (treq, persistent pool) at it.  Cleanup closes the
+real Attestor (Twisted's Agent, persistent pool) at it.  Cleanup closes the
 attestor's pool and stops listening, so trial's reactor is left clean.
 """
 
@@ -64,7 +64,9 @@ class Scripted(resource.Resource):
         return b'{"error": {"code": "boom", "message": "coordinator failed"}}'
 
 
-class AttestorTests(unittest.TestCase):
+class LoopbackTestCase(unittest.TestCase):
+    """Serve resources on 127.0.0.1 and point real Attestors at them."""
+
     timeout = 30
 
     def serve(self, res):
@@ -88,6 +90,9 @@ class AttestorTests(unittest.TestCase):
         self.assertTrue(err.message)
         self.assertEqual(attestor.in_flight, in_flight)
         return err
+
+
+class AttestorTests(LoopbackTestCase):
 
     def hang_cleanup(self, res):
         """Answer or drop every request still hanging, and wait for its end."""
@@ -132,7 +137,7 @@ class AttestorTests(unittest.TestCase):
 
     async def _not_allowed(self):
         class NoCalls:
-            def post(_, *a, **kw):
+            def request(_, *a, **kw):
                 self.fail("the attestor called a host that is not allowed")
         for url, allow in [
             ("http://10.1.2.3:8090", ["127.0.0.1"]),
@@ -140,7 +145,7 @@ class AttestorTests(unittest.TestCase):
             ("http://127.0.0.1:8090", []),
             ("http://127.0.0.1.example.com:8090", ["127.0.0.1"]),
         ]:
-            a = Attestor(reactor, url, allow, http=NoCalls())
+            a = Attestor(reactor, url, allow, agent=NoCalls())
             await self.refused(a, "coordinator_not_allowed")
         # The real client too: no connection is attempted (nothing listens there).
         a = self.attestor("http://10.1.2.3:8090", allow=["127.0.0.2"])
@@ -180,16 +185,20 @@ class AttestorTests(unittest.TestCase):
         return defer.Deferred.fromCoroutine(self._slow())
 
     async def _slow_body(self):
-        for behaviour in ("slow_body", "error_slow_body"):
+        # An error's body is not read at all: refused as the status comes.
+        for behaviour, code in (("slow_body", "coordinator_timeout"), ("error_slow_body", "coordinator_error")):
             res = Scripted(behaviour)
             self.hang_cleanup(res)
             a = self.attestor(self.serve(res), timeout=0.3, max_in_flight=1)
             started = reactor.seconds()
-            await self.refused(a, "coordinator_timeout")
+            await self.refused(a, code)
             self.assertLess(reactor.seconds() - started, 5)
+            # The node hung up: the coordinator sees its connection go.
+            await res.hanging[0][1].addErrback(lambda f: None)
 
     def test_answer_body_that_never_ends_times_out(self):
-        """Headers came, the body never ends: the call still ends, its slot is freed."""
+        """Headers came, the body never ends: the call still ends, its slot is
+        freed, its connection is closed."""
         return defer.Deferred.fromCoroutine(self._slow_body())
 
     async def _bad_answers(self):
@@ -286,3 +295,178 @@ class AttestorTests(unittest.TestCase):
 
     def test_node_with_a_loopback_coordinator(self):
         return defer.Deferred.fromCoroutine(self._node_end_to_end())
+
+
+class Redirect(resource.Resource):
+    """Answers every request with ``code`` and a Location header."""
+
+    isLeaf = True
+
+    def __init__(self, code, location):
+        super().__init__()
+        self.code = code
+        self.location = location
+
+    def render(self, request):
+        request.setResponseCode(self.code)
+        request.setHeader(b"location", self.location.encode())
+        return b""
+
+
+class Canned(resource.Resource):
+    """Answers any method with one fixed, validly signed answer; counts hits."""
+
+    isLeaf = True
+
+    def __init__(self, answer):
+        super().__init__()
+        self.answer = json.dumps(answer).encode()
+        self.hits = 0
+
+    def render(self, request):
+        self.hits += 1
+        return self.answer
+
+
+class Gzipped(resource.Resource):
+    """A 200 whose body is gzip-encoded, whether asked for or not."""
+
+    isLeaf = True
+
+    def __init__(self, body):
+        super().__init__()
+        self.body = body
+        self.accept_encoding = []
+
+    def render_POST(self, request):
+        self.accept_encoding.append(request.getHeader(b"accept-encoding"))
+        request.setHeader(b"content-encoding", b"gzip")
+        request.setHeader(b"content-type", b"application/json")
+        return self.body
+
+
+class Endless(resource.Resource):
+    """A ``code`` answer whose body never ends: 1 KiB of JSON-looking
+    text every millisecond (chunked, no length), or, with ``length``, a
+    Content-Length header and then nothing.  ``sent`` counts body bytes
+    written; ``finished`` fires when the client hangs up."""
+
+    isLeaf = True
+
+    def __init__(self, code=200, length=None):
+        super().__init__()
+        self.code = code
+        self.length = length
+        self.sent = 0
+        self.finished = []
+        self.requests = []
+        self.calls = []
+
+    def render_POST(self, request):
+        request.setResponseCode(self.code)
+        gone = request.notifyFinish()
+        gone.addErrback(lambda f: None)  # the client hanging up is the point
+        self.finished.append(gone)
+        self.requests.append(request)
+        if self.length is not None:
+            request.setHeader(b"content-length", str(self.length).encode())
+            request.write(b'{"pad": "')
+            return server.NOT_DONE_YET
+        request.write(b'{"pad": "')
+        self.sent += 9
+
+        def more():
+            if gone.called:
+                return
+            request.write(b"x" * 1024)
+            self.sent += 1024
+            self.calls.append(reactor.callLater(0.001, more))
+
+        more()
+        return server.NOT_DONE_YET
+
+    @defer.inlineCallbacks
+    def stop(self):
+        """Stop writing; close every connection the client left open."""
+        for call in self.calls:
+            if call.active():
+                call.cancel()
+        for request, gone in zip(self.requests, self.finished):
+            if not gone.called:
+                request.channel.transport.abortConnection()
+            yield gone
+
+
+class HostileCoordinatorTests(LoopbackTestCase):
+    """An allow-listed coordinator cannot send the node elsewhere, nor make
+    it inflate, buffer or wait on an answer beyond the 64 KiB cap."""
+
+    async def _redirects(self):
+        mock = MockCoordinator(COORDINATOR, CHAIN_ID)
+        request = attestation_request(payload())
+        elsewhere = Canned(mock.attest(request))
+        target = self.serve(elsewhere) + "/attest/receipt"
+        for code in (301, 302, 303, 307, 308, 300, 304):
+            a = self.attestor(self.serve(Redirect(code, target)))
+            err = await self.refused(a, "coordinator_redirect", request=request)
+            self.assertIn(str(code), err.message)
+        self.assertEqual(elsewhere.hits, 0, "the node followed a redirect")
+
+    def test_redirect_is_refused_never_followed(self):
+        return defer.Deferred.fromCoroutine(self._redirects())
+
+    async def _gzip(self):
+        import gzip
+        import tracemalloc
+        mock = MockCoordinator(COORDINATOR, CHAIN_ID)
+        request = attestation_request(payload())
+        # 32 MiB of zeros in 32 KiB on the wire, and a small valid answer.
+        bomb = gzip.compress(b"0" * (32 << 20), compresslevel=9)
+        self.assertLess(len(bomb), MAX_ANSWER)
+        small = gzip.compress(json.dumps(mock.attest(request)).encode())
+        for body in (bomb, small):
+            res = Gzipped(body)
+            a = self.attestor(self.serve(res))
+            tracemalloc.start()
+            try:
+                err = await self.refused(a, "coordinator_bad_answer", request=request)
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            self.assertLess(peak, 4 << 20, "the answer was inflated")
+            self.assertIn("content-encoding", err.message.lower())
+            # The node never asked for a compressed answer.
+            self.assertEqual(len(res.accept_encoding), 1)
+            self.assertIn(res.accept_encoding[0], (None, b"identity"))
+
+    def test_compressed_answer_is_refused_not_inflated(self):
+        return defer.Deferred.fromCoroutine(self._gzip())
+
+    async def _endless(self):
+        for code, expected in ((200, "coordinator_bad_answer"), (500, "coordinator_error")):
+            res = Endless(code)
+            a = self.attestor(self.serve(res), timeout=5)
+            self.addCleanup(res.stop)
+            started = reactor.seconds()
+            await self.refused(a, expected)
+            # Refused as the cap was passed (or at once for an error), not at the timeout...
+            self.assertLess(reactor.seconds() - started, 2.5)
+            # ...and the node hung up: the coordinator could not send much past the cap.
+            await res.finished[0]
+            self.assertLess(res.sent, 4 * MAX_ANSWER)
+
+    def test_endless_body_is_cut_at_the_cap(self):
+        return defer.Deferred.fromCoroutine(self._endless())
+
+    async def _declared_too_long(self):
+        for code, expected in ((200, "coordinator_bad_answer"), (500, "coordinator_error")):
+            res = Endless(code, length=100 << 20)
+            a = self.attestor(self.serve(res), timeout=5)
+            self.addCleanup(res.stop)
+            started = reactor.seconds()
+            await self.refused(a, expected)
+            self.assertLess(reactor.seconds() - started, 2.5)
+            await res.finished[0]  # the node hung up without waiting for the body
+
+    def test_content_length_over_the_cap_is_refused_before_the_body(self):
+        return defer.Deferred.fromCoroutine(self._declared_too_long())

@@ -221,6 +221,11 @@ class VectorTests(SynchronousTestCase):
                                                 params["coordinator"], cid), "attestation_mismatch")
         self.assertEqual(ic.attestation_problem(ic.sign_attestation(seeds["coordinator"], cid, request, exists=False),
                                                 payload, params["coordinator"], cid), "job_not_found")
+        # An answer for another payment, or for none, does not settle this claim.
+        for answer in (dict(request, client_payment_tx="cd" * 32),
+                       {k: v for k, v in request.items() if k != "client_payment_tx"}):
+            self.assertEqual(ic.attestation_problem(ic.sign_attestation(seeds["coordinator"], cid, answer), payload,
+                                                    params["coordinator"], cid), "attestation_wrong_payment")
 
         # The claim's leaf and the blocks, followed from genesis.
         h = c["claim"]["tx_hash"]
@@ -703,6 +708,11 @@ class ReceiptEndToEndTests(TestCase):
         await self.refused(await self.claim(p1, "r-key"), "attestation_bad_signature")
         coordinator.mode = "wrong_address"
         await self.refused(await self.claim(p1, "r-addr"), "attestation_wrong_coordinator")
+        coordinator.mode = "no_payment"
+        await self.refused(await self.claim(p1, "r-nopay"), "attestation_wrong_payment")
+        coordinator.mode = "ok"
+        coordinator.paid_by["job_21"] = p2  # the client paid job_21 with p2; the miner names p1
+        await self.refused(await self.claim(p1, "r-otherpay", job="job_21"), "attestation_wrong_payment")
         coordinator.mode = "http_error"
         await self.refused(await self.claim(p1, "r-503"), "coordinator_error", 424)
         coordinator.mode = "garbage"

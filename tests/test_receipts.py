@@ -493,6 +493,69 @@ class AttestationRuleTests(ReceiptCase):
         self.assertEqual(cm.exception.code, "attestation_missing")
 
 
+def without_payment(request):
+    """The request as it was before payments were named: the job only."""
+    return {k: v for k, v in request.items() if k != "client_payment_tx"}
+
+
+class PaymentBindingTests(ReceiptCase):
+    """A claim settles its job only with the payment the coordinator
+    attests is that job's: the request names the claim's payment, and the
+    signed answer must name the same one."""
+
+    def two_payments(self):
+        """Two escrow payments of the same client (ALICE), both included."""
+        return self.pay(), self.pay(amount=PRICE + 7)
+
+    def test_the_request_names_the_claims_payment(self):
+        payment = self.pay()
+        tx = self.claim(self.payload(payment))
+        self.accept(tx)
+        (request,) = self.attestor.calls
+        self.assertEqual(request, attestation_request(tx.payload))
+        self.assertEqual(request["client_payment_tx"], payment.hash)
+        answer = self.node.attestations[tx.hash]
+        self.assertEqual(answer["client_payment_tx"], payment.hash)
+        check_attestation(answer, tx.payload, self.node.get_params(), CHAIN_ID)
+
+    def test_an_answer_naming_another_payment_of_the_client_is_refused(self):
+        """The job was paid by ``job_payment``; the miner claims it with the
+        client's other payment; the coordinator's answer names the job's."""
+        job_payment, other = self.two_payments()
+        self.attestor.answer = lambda r: forged(dict(r, client_payment_tx=job_payment.hash))
+        err = self.refuse(self.claim(self.payload(other)), "attestation_wrong_payment")
+        self.assertIn(other.hash, err.message)
+        self.assertEqual(self.node.attestations, {})
+        self.assertEqual(self.node.store.entry("pay", other.hash)["claimed"], "")
+        # The same job with its own payment: attested and settled.
+        self.attestor.answer = None
+        tx = self.claim(self.payload(job_payment))
+        self.accept(tx)
+        self.block()
+        self.assertEqual(self.node.store.entry("pay", job_payment.hash)["claimed"], "r1")
+        self.assertEqual(self.node.store.entry("pay", other.hash)["claimed"], "")
+
+    def test_an_answer_that_names_no_payment_is_refused(self):
+        """An answer that attests the job but not its payment (as every
+        answer did before) no longer settles a claim."""
+        _, other = self.two_payments()
+        self.attestor.answer = lambda r: forged(without_payment(r))
+        self.refuse(self.claim(self.payload(other)), "attestation_wrong_payment")
+        # Nor does one naming the payment in another spelling.
+        self.attestor.answer = lambda r: forged(dict(r, client_payment_tx=other.hash.upper()))
+        self.refuse(self.claim(self.payload(other, receipt_id="r2")), "attestation_wrong_payment")
+
+    def test_the_mock_coordinator_echoes_the_payment(self):
+        payment = self.pay()
+        request = attestation_request(self.payload(payment))
+        self.assertEqual(self.mock.attest(request)["client_payment_tx"], payment.hash)
+        for bad in ("", "AB" * 32, "ab" * 31, 5, None):
+            with self.assertRaises(AitError):
+                self.mock.attest(dict(request, client_payment_tx=bad))
+        with self.assertRaises(AitError):
+            self.mock.attest(without_payment(request))
+
+
 # -- effects -----------------------------------------------------------------
 
 class EffectTests(ReceiptCase):
@@ -691,6 +754,25 @@ class ImportTests(ReceiptCase):
             self.assertIn("is invalid", err.message)
         self.import_up_to(self.node.queries.get_head()["height"])
         self.assertEqual(self.node2.queries.get_head(), self.node.queries.get_head())
+
+    def test_a_block_settling_a_job_with_another_payment_is_refused(self):
+        """A block whose claim's attestation names another payment of the
+        same client, or no payment, is invalid, however it is signed."""
+        self.import_up_to(self.node.get_head()["height"])
+        other = self.pay()  # the client's second payment, in the next block
+        self.import_up_to(self.node.get_head()["height"])
+        claim = self.claim(self.payload(other, receipt_id="r2", job_id="job_2"))
+        request = attestation_request(claim.payload)
+        parent = self.node.chain.head_header()
+        for att in (forged(dict(request, client_payment_tx=self.payment.hash)), forged(without_payment(request))):
+            header = dict(parent, parent=self.node.get_head()["hash"], height=parent["height"] + 1,
+                          proposer=AUTHORITY.address, tx_root=tx_root([claim.hash], {claim.hash: att}))
+            block = {"header": header, "txs": [claim.hash], "attestations": {claim.hash: att}}
+            block["hash"] = block_hash(header)
+            block["sig"] = AUTHORITY.sign(bytes.fromhex(block["hash"])).hex()
+            err = self.assertBadBlock(block, [claim])
+            self.assertIn("payment", err.message)
+        self.assertEqual(self.node2.store.entry("pay", other.hash)["claimed"], "")
 
     def test_an_attestation_beside_a_non_claim_is_a_bad_block(self):
         h = self.claim_block["header"]["height"]
