@@ -514,9 +514,9 @@ class PaymentBindingTests(ReceiptCase):
         (request,) = self.attestor.calls
         self.assertEqual(request, attestation_request(tx.payload))
         self.assertEqual(request["client_payment_tx"], payment.hash)
-        answer = self.node.attestations[tx.hash]
+        answer = self.node.mempool.attestation(tx.hash)
         self.assertEqual(answer["client_payment_tx"], payment.hash)
-        check_attestation(answer, tx.payload, self.node.get_params(), CHAIN_ID)
+        check_attestation(answer, tx.payload, self.node.queries.get_params(), CHAIN_ID)
 
     def test_an_answer_naming_another_payment_of_the_client_is_refused(self):
         """The job was paid by ``job_payment``; the miner claims it with the
@@ -525,7 +525,7 @@ class PaymentBindingTests(ReceiptCase):
         self.attestor.answer = lambda r: forged(dict(r, client_payment_tx=job_payment.hash))
         err = self.refuse(self.claim(self.payload(other)), "attestation_wrong_payment")
         self.assertIn(other.hash, err.message)
-        self.assertEqual(self.node.attestations, {})
+        self.assertEqual(self.node.mempool.attestations(), {})
         self.assertEqual(self.node.store.entry("pay", other.hash)["claimed"], "")
         # The same job with its own payment: attested and settled.
         self.attestor.answer = None
@@ -758,14 +758,14 @@ class ImportTests(ReceiptCase):
     def test_a_block_settling_a_job_with_another_payment_is_refused(self):
         """A block whose claim's attestation names another payment of the
         same client, or no payment, is invalid, however it is signed."""
-        self.import_up_to(self.node.get_head()["height"])
+        self.import_up_to(self.node.queries.get_head()["height"])
         other = self.pay()  # the client's second payment, in the next block
-        self.import_up_to(self.node.get_head()["height"])
+        self.import_up_to(self.node.queries.get_head()["height"])
         claim = self.claim(self.payload(other, receipt_id="r2", job_id="job_2"))
         request = attestation_request(claim.payload)
         parent = self.node.chain.head_header()
         for att in (forged(dict(request, client_payment_tx=self.payment.hash)), forged(without_payment(request))):
-            header = dict(parent, parent=self.node.get_head()["hash"], height=parent["height"] + 1,
+            header = dict(parent, parent=self.node.queries.get_head()["hash"], height=parent["height"] + 1,
                           proposer=AUTHORITY.address, tx_root=tx_root([claim.hash], {claim.hash: att}))
             block = {"header": header, "txs": [claim.hash], "attestations": {claim.hash: att}}
             block["hash"] = block_hash(header)
