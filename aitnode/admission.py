@@ -13,12 +13,12 @@ import time
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from aitnode import receipts
 from aitnode.errors import AitError
 from aitnode.rules import check_admission
 from aitnode.tx import known_types, parse_tx, sign_tx
+from aitnode.verifier import VerifyOnce
 
 KNOWN_TYPES = frozenset(known_types())
 BATCH_SLICE = 256  # batch items handled between two chances for the reactor to run
@@ -39,7 +39,7 @@ class Admission:
         self.attestor = attestor
         self.key = key
         self.pause = pause
-        self._verifying = {}  # txHash being checked -> Deferreds waiting for its verdict
+        self.verify_once = VerifyOnce(verifier)
         self.tx_listeners = []  # called with each newly admitted transaction
         self.stats = {"admitted": 0, "refused": 0}
         self._last_refusal_log = float("-inf")
@@ -100,7 +100,7 @@ class Admission:
                 raise AitError("not_a_claim", "this route takes only RECEIPT_CLAIM transactions")
             if self.known(tx):
                 return tx.hash
-            if tx.hash in self._verifying:
+            if self.verify_once.checking(tx):
                 # A batch is checking this very transaction: wait for its
                 # verdict rather than check it again (answers a Deferred).
                 return Deferred.fromCoroutine(self._submit_checked_elsewhere(obj, tx))
@@ -113,7 +113,7 @@ class Admission:
         return tx.hash
 
     async def _submit_checked_elsewhere(self, obj, tx):
-        (ok,) = await self._verify_once([tx])
+        (ok,) = await self.verify_once([tx])
         try:
             if not ok:
                 raise AitError("bad_signature", "sig is not a valid signature of this transaction by pubkey")
@@ -179,7 +179,7 @@ class Admission:
             else:
                 first[tx.hash] = i
                 todo.append((i, tx))
-        oks = await self._verify_once([tx for _, tx in todo])
+        oks = await self.verify_once([tx for _, tx in todo])
         for n, ((i, tx), ok) in enumerate(zip(todo, oks), 1):
             if self.pause is not None and n % BATCH_SLICE == 0:
                 await self.pause()
@@ -208,45 +208,13 @@ class Admission:
                 out.append({"txHash": r})
         return out
 
-    async def _verify_once(self, txs):
-        """Signature verdicts for txs; a transaction another batch is
-        checking right now waits for that verdict instead of being checked
-        again (two overlapping sendTxs carrying the same transactions)."""
-        verdict, waiting, mine = {}, {}, []
-        for tx in txs:
-            if tx.hash in verdict or tx.hash in waiting:
-                continue
-            waiters = self._verifying.get(tx.hash)
-            if waiters is not None:
-                waiting[tx.hash] = d = Deferred()
-                waiters.append(d)
-            else:
-                self._verifying[tx.hash] = []
-                verdict[tx.hash] = None
-                mine.append(tx)
-        try:
-            oks = await self.verifier.verify_many([(tx.pubkey, tx.sig, tx.sign_hash) for tx in mine]) if mine else []
-        except BaseException:
-            failure = Failure()
-            for tx in mine:
-                for d in self._verifying.pop(tx.hash):
-                    d.errback(failure)
-            raise
-        for tx, ok in zip(mine, oks):
-            verdict[tx.hash] = ok
-            for d in self._verifying.pop(tx.hash):
-                d.callback(ok)
-        for h, d in waiting.items():
-            verdict[h] = await d
-        return [verdict[tx.hash] for tx in txs]
-
     # -- peers and the node itself -------------------------------------------
     async def relay(self, tx, attestation=None):
         """Admit a transaction relayed by a peer (signature checked once)."""
         if self.known(tx):
             return tx.hash
-        ok = await self.verifier.verify_many([(tx.pubkey, tx.sig, tx.sign_hash)])
-        if not ok[0]:
+        (ok,) = await self.verify_once([tx])
+        if not ok:
             raise AitError("bad_signature", "relayed transaction has a bad signature")
         if self.known(tx):
             return tx.hash

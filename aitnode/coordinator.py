@@ -16,7 +16,7 @@ from klein import Klein
 
 from aitnode.errors import AitError
 from aitnode.receipts import check_attestation_request, sign_attestation
-from aitnode.web import add_json_error_handlers, json_response, loads_json
+from aitnode.httpjson import add_json_error_handlers, json_response, loads_json
 
 _JOB = re.compile(r"^job_([1-9][0-9]{0,6})$")
 MAX_JOB = 1_000_000

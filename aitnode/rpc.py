@@ -14,7 +14,7 @@ from aitnode import crypto
 from aitnode.encoding import is_hex, require_fields, require_int
 from aitnode.errors import AitError
 from aitnode.metrics import CONTENT_TYPE, RouteTemplates
-from aitnode.web import FastRoute, add_json_error_handlers, json_response, loads_json
+from aitnode.httpjson import FastRoute, add_json_error_handlers, json_response, loads_json
 
 class RPC:
     """The node's RPC routes, bound to one Node: admission for what is

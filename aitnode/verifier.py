@@ -20,6 +20,7 @@ import threading
 import time
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from aitnode.crypto import verify
 
@@ -120,3 +121,46 @@ class PoolVerifier:
         d = defer.gatherResults(parts, consumeErrors=True)
         d.addCallback(lambda chunks: [ok for c in chunks for ok in c])
         return d
+
+
+class VerifyOnce:
+    """Signature verdicts for transactions, each checked once: a transaction
+    that another batch is checking right now waits for that verdict
+    instead of being checked again (two overlapping sendTxs carrying the
+    same transactions, or a sendTx while a batch holds it)."""
+
+    def __init__(self, verifier):
+        self.verifier = verifier
+        self._checking = {}  # txHash -> Deferreds waiting for its verdict
+
+    def checking(self, tx):
+        return tx.hash in self._checking
+
+    async def __call__(self, txs):
+        verdict, waiting, mine = {}, {}, []
+        for tx in txs:
+            if tx.hash in verdict or tx.hash in waiting:
+                continue
+            waiters = self._checking.get(tx.hash)
+            if waiters is not None:
+                waiting[tx.hash] = d = defer.Deferred()
+                waiters.append(d)
+            else:
+                self._checking[tx.hash] = []
+                verdict[tx.hash] = None
+                mine.append(tx)
+        try:
+            oks = await self.verifier.verify_many([(tx.pubkey, tx.sig, tx.sign_hash) for tx in mine]) if mine else []
+        except BaseException:
+            failure = Failure()
+            for tx in mine:
+                for d in self._checking.pop(tx.hash):
+                    d.errback(failure)
+            raise
+        for tx, ok in zip(mine, oks):
+            verdict[tx.hash] = ok
+            for d in self._checking.pop(tx.hash):
+                d.callback(ok)
+        for h, d in waiting.items():
+            verdict[h] = await d
+        return [verdict[tx.hash] for tx in txs]

@@ -7,7 +7,7 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from aitnode import encoding, tx, web
+from aitnode import encoding, httpjson, tx
 from aitnode.crypto import KeyPair
 from aitnode.errors import AitError
 
@@ -286,7 +286,7 @@ class TransactionTests(SynchronousTestCase):
 
     def test_round_trip(self):
         text = json.dumps(self.tx.to_wire()).encode()
-        parsed = tx.parse_tx(web.loads_json(text), CHAIN)
+        parsed = tx.parse_tx(httpjson.loads_json(text), CHAIN)
         self.assertEqual(parsed.to_wire(), self.tx.to_wire())
         self.assertEqual(parsed.hash, self.tx.hash)
         self.assertEqual(parsed.sign_hash, self.tx.sign_hash)
@@ -386,12 +386,12 @@ _DROP = object()
 
 class LoadsJsonTests(SynchronousTestCase):
     def assertRefused(self, data, code):
-        e = self.assertRaises(AitError, web.loads_json, data)
+        e = self.assertRaises(AitError, httpjson.loads_json, data)
         self.assertEqual(e.code, code, data)
 
     def test_good(self):
-        self.assertEqual(web.loads_json(b'{"a": [1, "x", true]}'), {"a": [1, "x", True]})
-        self.assertEqual(web.loads_json('{"k": "\u00fc"}'.encode()), {"k": "\u00fc"})
+        self.assertEqual(httpjson.loads_json(b'{"a": [1, "x", true]}'), {"a": [1, "x", True]})
+        self.assertEqual(httpjson.loads_json('{"k": "\u00fc"}'.encode()), {"k": "\u00fc"})
 
     def test_duplicate_keys(self):
         self.assertRefused(b'{"a": 1, "a": 2}', "duplicate_field")
@@ -411,12 +411,12 @@ class LoadsJsonTests(SynchronousTestCase):
             self.assertRefused(data, "malformed_json")
 
     def test_nesting_depth(self):
-        limit = web.MAX_JSON_DEPTH
+        limit = httpjson.MAX_JSON_DEPTH
         self.assertEqual(limit, 64)
         ok = b"[" * limit + b"1" + b"]" * limit
-        self.assertEqual(web.loads_json(ok), json.loads(ok))
+        self.assertEqual(httpjson.loads_json(ok), json.loads(ok))
         for depth in (limit + 1, 500, 900, 950, 990, 5000):
-            e = self.assertRaises(AitError, web.loads_json, b"[" * depth + b"]" * depth)
+            e = self.assertRaises(AitError, httpjson.loads_json, b"[" * depth + b"]" * depth)
             self.assertEqual((e.code, "nested" in e.message), ("malformed_json", True), depth)
         self.assertRefused(b'{"a": ' * (limit + 1) + b"1" + b"}" * (limit + 1), "malformed_json")
         self.assertRefused(b'[{"a": ' * 40 + b"1" + b"}]" * 40, "malformed_json")
@@ -426,7 +426,7 @@ class LoadsJsonTests(SynchronousTestCase):
 
     def test_brackets_in_text_are_not_nesting(self):
         value = {"t": "[" * 1000 + "{" * 1000, "u": ["]]]" * 300]}
-        self.assertEqual(web.loads_json(json.dumps(value).encode()), value)
+        self.assertEqual(httpjson.loads_json(json.dumps(value).encode()), value)
 
 
 class TransactionAssemblyTests(SynchronousTestCase):

@@ -44,7 +44,7 @@ class VerifyOnceTests(SynchronousTestCase):
         self.assertEqual(two[5]["error"]["code"], "bad_signature")
         self.assertEqual({r["txHash"] for r in two if "txHash" in r}, {r["txHash"] for r in one[:5]})
         self.assertEqual(len(node.mempool), 5)
-        self.assertEqual(node.admission._verifying, {})
+        self.assertEqual(node.admission.verify_once._checking, {})
 
     def test_a_failed_check_fails_the_waiters_too(self):
         verifier = SlowVerifier()
@@ -56,7 +56,7 @@ class VerifyOnceTests(SynchronousTestCase):
         d.errback(RuntimeError("worker died"))
         self.failureResultOf(first, RuntimeError)
         self.failureResultOf(second, RuntimeError)
-        self.assertEqual(node.admission._verifying, {})
+        self.assertEqual(node.admission.verify_once._checking, {})
         self.assertEqual(len(node.mempool), 0)
 
     def test_send_tx_during_a_batch_waits_for_its_verdict(self):
