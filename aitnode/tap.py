@@ -47,9 +47,11 @@ class NodeService(service.MultiService):
 
     _log = Logger()
 
-    def __init__(self, node, log_observer=None):
+    def __init__(self, node, site, log_observer=None):
+        """site: the RPC Site (kept for tests that serve it in process)."""
         super().__init__()
         self.node = node
+        self.site = site
         self.log_observer = log_observer
 
     def setServiceParent(self, parent):
@@ -169,7 +171,7 @@ def build(cfg, reactor):
     site = make_web_server(rpc, reactor, extra=page.children(), request_deadline=cfg.rpc.request_deadline,
                            max_connections=max_connections)
 
-    top = NodeService(node, make_observer(cfg.log.format, cfg.log.level))
+    top = NodeService(node, site, make_observer(cfg.log.format, cfg.log.level))
     listen_service(reactor, cfg.rpc.listen, site, "rpc").setServiceParent(top)
     if p2p is not None:
         p2p.setServiceParent(top)
@@ -180,7 +182,6 @@ def build(cfg, reactor):
         listen_service(reactor, cfg.p2p.listen, p2p_site, "p2p").setServiceParent(top)
     if node.is_proposer:
         ProposerService(node.pipeline, reactor, cfg.proposer.interval, pause=node.pause).setServiceParent(top)
-    top.p2p, top.rpc, top.site = p2p, rpc, site
     return top
 
 
