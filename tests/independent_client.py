@@ -97,32 +97,30 @@ def _hrp_expand(hrp):
     return [ord(c) >> 5 for c in hrp] + [0] + [ord(c) & 31 for c in hrp]
 
 
-def _to_5bit(data):
+def _regroup(values, frombits, tobits, pad):
+    """Regroup a sequence of frombits-bit values into tobits-bit values
+    (BIP-173's convertbits); without pad, leftover bits must be zero padding."""
     acc = bits = 0
     out = []
-    for byte in data:
-        acc = (acc << 8) | byte
-        bits += 8
-        while bits >= 5:
-            bits -= 5
-            out.append((acc >> bits) & 31)
-    if bits:
-        out.append((acc << (5 - bits)) & 31)
+    for v in values:
+        acc = (acc << frombits) | v
+        bits += frombits
+        while bits >= tobits:
+            bits -= tobits
+            out.append((acc >> bits) & ((1 << tobits) - 1))
+    if pad and bits:
+        out.append((acc << (tobits - bits)) & ((1 << tobits) - 1))
+    elif not pad and (bits >= frombits or acc & ((1 << bits) - 1)):
+        raise ValueError("bad padding")
     return out
 
 
+def _to_5bit(data):
+    return _regroup(data, 8, 5, pad=True)
+
+
 def _from_5bit(groups):
-    acc = bits = 0
-    out = []
-    for g in groups:
-        acc = (acc << 5) | g
-        bits += 5
-        if bits >= 8:
-            bits -= 8
-            out.append((acc >> bits) & 0xFF)
-    if bits >= 5 or acc & ((1 << bits) - 1):
-        raise ValueError("bad padding")
-    return bytes(out)
+    return bytes(_regroup(groups, 5, 8, pad=False))
 
 
 def bech32_encode(hrp, data5):

@@ -253,23 +253,9 @@ class TransactionTests(SynchronousTestCase):
         self.assertEqual(e.code, code, e.message)
         return e
 
-    def test_to_wire(self):
-        self.assertEqual(
-            self.tx.to_wire(),
-            {
-                "chain_id": CHAIN,
-                "type": "TRANSFER",
-                "sender": self.key.address,
-                "nonce": 1,
-                "fee": 10,
-                "payload": {"to": self.other.address, "amount": 500},
-                "pubkey": self.key.public_key.hex(),
-                "sig": self.tx.sig.hex(),
-            },
-        )
-
-    def test_hashes(self):
-        body = {
+    def body(self):
+        """The signed body of self.tx, spelled out."""
+        return {
             "chain_id": CHAIN,
             "type": "TRANSFER",
             "sender": self.key.address,
@@ -277,6 +263,15 @@ class TransactionTests(SynchronousTestCase):
             "fee": 10,
             "payload": {"to": self.other.address, "amount": 500},
         }
+
+    def test_to_wire(self):
+        self.assertEqual(
+            self.tx.to_wire(),
+            dict(self.body(), pubkey=self.key.public_key.hex(), sig=self.tx.sig.hex()),
+        )
+
+    def test_hashes(self):
+        body = self.body()
         sign_hash = _h(encoding.canonical(body))
         self.assertEqual(self.tx.sign_hash, sign_hash)
         self.assertEqual(self.tx.sig, self.key.sign(sign_hash))
