@@ -15,10 +15,25 @@ from aitnode.errors import AitError, ConfigError
 from aitnode.rules import BlockContext, apply_tx, finish_block
 from aitnode.state import StateView
 from aitnode.steps import run_steps
-from aitnode.store import encode_tx_records
+from aitnode.store import RESOURCE_ERRORS, encode_tx_records
 from aitnode.tx import parse_tx
 
 SLICE = 256  # transactions applied between two chances for the reactor to run
+
+
+class TxBreaksBlock(Exception):
+    """A transaction made building or storing a block fail, other than by
+    breaking a rule (that is an AitError, and the builder leaves it out):
+    the proposer drops it from the mempool with ``error`` as the reason."""
+
+    def __init__(self, tx, error):
+        super().__init__(error.message)
+        self.tx = tx
+        self.error = error
+
+
+class _Inconclusive(Exception):
+    pass
 
 
 class Chain:
@@ -36,6 +51,7 @@ class Chain:
 
     def _init_or_check(self):
         store, g = self.store, self.genesis
+        store.check_format()
         if store.is_empty():
             view = StateView(store, acc=0)
             for ns, key, value in g.entries:
@@ -120,6 +136,13 @@ class Chain:
             except AitError as e:
                 failed[tx.hash] = (tx, e)
                 continue
+            except RESOURCE_ERRORS:
+                view.release()
+                raise
+            except Exception as e:  # a bug this transaction triggers; the view is half written
+                view.release()
+                raise TxBreaksBlock(tx, AitError(
+                    "tx_unprocessable", f"applying it raised {type(e).__name__}: {e}"))
             included.append(tx)
             records.append((tx, result))
         finish_block(ctx)
@@ -143,6 +166,47 @@ class Chain:
             encoded += encode_tx_records(tx_records[i:i + slice_size])
             yield
         return block, encoded, view, failed
+
+    def find_unstorable_steps(self, txs, key, timestamp, attestations=None):
+        """After storing a block of txs (in this order) failed: the first
+        of txs whose block does not store while the block of those before
+        it does, or None when no transaction is to blame (the block without
+        any fails too, or the whole block stores now) or the head moved
+        meanwhile.  A generator like
+        build_steps; trial blocks are written in write transactions that
+        are aborted, so nothing is stored.  Builds about log2(len(txs))
+        trial blocks, each a prefix of txs (a prefix of a valid block is
+        valid: its transactions apply on the same state in the same order)."""
+        head = self.head()
+
+        def stores(n):
+            block, records, view, failed = yield from self.build_steps(
+                txs[:n], key, timestamp, max_txs=n, attestations=attestations)
+            acc, changes = view.finish()
+            view.release()
+            if failed or self.head() != head:
+                raise _Inconclusive()  # not the same block any more
+            try:
+                self.store.try_commit(block, records, changes, acc)
+            except RESOURCE_ERRORS:
+                raise
+            except Exception:
+                return False
+            return True
+
+        try:
+            if not (yield from stores(0)) or (yield from stores(len(txs))):
+                return None
+            good, bad = 0, len(txs)
+            while bad - good > 1:
+                mid = (good + bad) // 2
+                if (yield from stores(mid)):
+                    good = mid
+                else:
+                    bad = mid
+        except _Inconclusive:
+            return None
+        return txs[bad - 1]
 
     @staticmethod
     def _tx_records(block, applied):

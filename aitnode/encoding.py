@@ -124,7 +124,7 @@ def merkle_root(hashes_hex):
 
 # -- validators of decoded JSON values ------------------------------------
 
-MAX_TEXT = 256
+MAX_TEXT = 256  # bytes of UTF-8
 
 
 def require_int(value, field, minimum=0, maximum=U64 - 1):
@@ -137,11 +137,15 @@ def require_int(value, field, minimum=0, maximum=U64 - 1):
     return value
 
 
-def require_text(value, field, maximum=MAX_TEXT):
+def require_text(value, field, max_bytes=MAX_TEXT):
+    """Non-empty text of at most max_bytes bytes in UTF-8 (the bytes, not
+    the characters, bound what a value costs to hash, store and send)."""
     if type(value) is not str:
         raise AitError("wrong_type", f"{field} must be a string")
-    if not value or len(value) > maximum:
-        raise AitError("bad_text", f"{field} must be 1 to {maximum} characters")
+    check_text(value, field)
+    size = len(value) if value.isascii() else len(value.encode("utf-8"))
+    if not 0 < size <= max_bytes:
+        raise AitError("bad_text", f"{field} must be 1 to {max_bytes} bytes of UTF-8, got {size}")
     return value
 
 

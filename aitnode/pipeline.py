@@ -11,8 +11,14 @@ import time
 
 from twisted.logger import Logger
 
+from aitnode.chain import TxBreaksBlock
 from aitnode.errors import AitError
 from aitnode.steps import run_steps, run_steps_async
+from aitnode.store import RESOURCE_ERRORS
+
+# Builds one proposal may try, each after dropping a transaction that made
+# the one before fail (TxBreaksBlock, or a block that would not store).
+REBUILDS = 8
 
 
 class BlockPipeline:
@@ -50,33 +56,68 @@ class BlockPipeline:
         return await run_steps_async(self._propose_steps(), pause)
 
     def _propose_steps(self):
+        """Build and commit a block.  A transaction that makes building or
+        storing it fail (not by breaking a rule: those are left out and
+        recorded as usual) is dropped from the mempool, recorded as failed
+        with the reason, and the block is built again without it."""
         if self.key is None:
             return None
         started = time.perf_counter()
-        head = self.chain.head()
-        candidates = self.mempool.candidates()
-        block, records, view, failed = yield from self.chain.build_steps(
-            candidates, self.key, self.now(), attestations=self.mempool.attestations()
-        )
-        if self.chain.head() != head:
-            # A block was imported meanwhile: this one no longer extends the head.
-            view.release()
-            return None
-        self.chain.commit(block, records, view)
-        self._after_commit(block, records, failed)
-        self._log.info(
-            "block proposed height={height} txs={txs} latency_ms={latency_ms}",
-            component="proposer", event="block_proposed", height=block["header"]["height"],
-            hash=block["hash"], txs=len(block["txs"]),
-            latency_ms=round((time.perf_counter() - started) * 1000, 2),
-        )
-        return block
+        for _ in range(REBUILDS):
+            head = self.chain.head()
+            candidates = self.mempool.candidates()
+            try:
+                block, records, view, failed = yield from self.chain.build_steps(
+                    candidates, self.key, self.now(), attestations=self.mempool.attestations()
+                )
+            except TxBreaksBlock as e:
+                self._drop_breaking(e.tx, e.error)
+                continue
+            if self.chain.head() != head:
+                # A block was imported meanwhile: this one no longer extends the head.
+                view.release()
+                return None
+            try:
+                self.chain.commit(block, records, view)
+            except RESOURCE_ERRORS:
+                raise
+            except Exception as e:
+                culprit = yield from self._find_unstorable(block, candidates)
+                if culprit is None:
+                    if self.chain.head() != head:
+                        return None  # a block came in meanwhile; the next round tries again
+                    raise e
+                self._drop_breaking(culprit, AitError(
+                    "tx_unstorable", f"a block holding it could not be stored: {type(e).__name__}: {e}"))
+                continue
+            self._after_commit(block, records, failed)
+            self._log.info(
+                "block proposed height={height} txs={txs} latency_ms={latency_ms}",
+                component="proposer", event="block_proposed", height=block["header"]["height"],
+                hash=block["hash"], txs=len(block["txs"]),
+                latency_ms=round((time.perf_counter() - started) * 1000, 2),
+            )
+            return block
+        return None
 
-    def _after_commit(self, block, records, failed):
-        view = self.chain.view()
-        self.mempool.remove_committed(
-            [(h, rec["tx"]["sender"]) for h, rec in records], lambda s: view.account(s)[1]
+    def _find_unstorable(self, block, candidates):
+        by_hash = {tx.hash: tx for tx in candidates}
+        txs = [by_hash[h] for h in block["txs"]]
+        return (yield from self.chain.find_unstorable_steps(
+            txs, self.key, block["header"]["timestamp"], block["attestations"]))
+
+    def _drop_breaking(self, tx, err):
+        """tx made a block fail to build or store: out of the mempool, and
+        recorded as failed (with the transactions after it of its sender)."""
+        self._drop_failed({tx.hash: (tx, err)})
+        self._log.error(
+            "transaction {tx_hash} dropped: {code}: {message}", tx_hash=tx.hash, code=err.code,
+            message=err.message, component="proposer", event="tx_breaks_block",
         )
+
+    def _drop_failed(self, failed):
+        """Drop {hash: (tx, AitError)} from the mempool with the sender's
+        later transactions, and record them all as failed."""
         dropped = {}
         for tx, err in failed.values():
             gone = self.mempool.drop(tx)
@@ -84,11 +125,19 @@ class BlockPipeline:
                 e = err if d is tx else AitError("predecessor_failed", f"transaction {tx.hash} with an earlier nonce failed: {err.message}")
                 dropped[d.hash] = {"tx": d.to_wire(), "error": {"code": e.code, "message": e.message}}
         self.local.record_failed(dropped)
+        for rec in dropped.values():
+            self.metrics.tx_event(rec["tx"]["type"], "failed")
+        return dropped
+
+    def _after_commit(self, block, records, failed):
+        view = self.chain.view()
+        self.mempool.remove_committed(
+            [(h, rec["tx"]["sender"]) for h, rec in records], lambda s: view.account(s)[1]
+        )
+        self._drop_failed(failed)
         self.blocks += 1
         self.head_changed_at = self.clock.seconds()
         self.metrics.on_block(block, records, self.head_changed_at)
-        for rec in dropped.values():
-            self.metrics.tx_event(rec["tx"]["type"], "failed")
         for listener in self.block_listeners:
             listener(block)
 

@@ -39,15 +39,19 @@ def _require_tx_hash(value, field):
         raise AitError("bad_hex", f"{field} must be 64 lowercase hex characters")
 
 
+# Bytes of UTF-8 (docs/protocol.md, RECEIPT_CLAIM and 10.4 Limits).
+MAX_ID_BYTES = 128  # receipt_id, job_id
+MAX_OUTPUT_HASH_BYTES = 256
+
 # The job's fields, in the order of REQUEST_FIELDS, and their rules.
 _JOB_RULES = (
-    lambda v, f: require_text(v, f, 128),  # receipt_id
-    lambda v, f: require_text(v, f, 128),  # job_id
+    lambda v, f: require_text(v, f, MAX_ID_BYTES),  # receipt_id
+    lambda v, f: require_text(v, f, MAX_ID_BYTES),  # job_id
     crypto.check_address,  # client
     crypto.check_address,  # miner
     require_int,  # price
     require_int,  # compute_units
-    lambda v, f: require_text(v, f, 256),  # output_hash
+    lambda v, f: require_text(v, f, MAX_OUTPUT_HASH_BYTES),  # output_hash
     _require_tx_hash,  # client_payment_tx
 )
 _CLAIM_JOB_KEYS = ("receipt_id", "job_id", "client_addr", "miner_addr", "price", "compute_units", "output_hash",

@@ -78,7 +78,7 @@ class StateView:
             return raw
         if self._txn is None:
             self._txn = self.store.state_reader()
-        raw = self._txn.get(self.store.state_key(*ident))
+        raw = self.store.state_get(self._txn, *ident)
         self._orig[ident] = raw
         return raw
 

@@ -4,8 +4,26 @@ Everything a block changes is written in one LMDB write transaction, so
 after a crash the store holds the last whole block and nothing of the
 next one.  Node-local tables (peers, the mempool snapshot, failed
 transactions) are local.LocalStore's, in the same environment.
+
+No LMDB key is ever user text: LMDB refuses keys over 511 bytes, so a key
+built from text a transaction chose could make a block unstorable.
+
+- A state entry (ns, key) is stored under ``ns/`` + sha256(canonical(key))
+  (the namespace in ASCII, "/", 32 raw bytes: at most a few dozen bytes
+  whatever the key), and its record is canonical([key, value]): 0x82, the
+  key's canonical bytes, then the value's.  Reading an entry checks that the
+  record holds the key asked for; ``entries(ns)`` returns the keys from the
+  records.  How entries are stored does not touch the state root (its leaf
+  is canonical([ns, key, value]), see state.py).
+- Blocks and transactions are keyed by their hashes, heights by 8 bytes,
+  history by address + 12 bytes, node-local tables by hashes, node ids
+  (32-byte hex) and counters.
+
+FORMAT_VERSION names this layout; a data_dir of another version refuses to
+open (resync: start on an empty data_dir, or reset the devnet).
 """
 
+import hashlib
 import os
 import struct
 
@@ -15,11 +33,19 @@ import lmdb
 from aitnode.errors import ConfigError
 from aitnode.state import ACC_BYTES
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: state entries keyed by the hash of their key
 CHAIN_DBS = ("meta", "state", "blocks", "heights", "txs", "undo", "history")
 LOCAL_DBS = ("mempool", "failed", "peers")
 UNDO_KEEP = 1000  # recent blocks whose undo data is kept for reorgs
+# Failures of the storage itself, never of what a block holds.
+RESOURCE_ERRORS = (
+    lmdb.MapFullError, lmdb.MapResizedError, lmdb.DiskError, lmdb.ReadonlyError, lmdb.ReadersFullError,
+    lmdb.TlsFullError, lmdb.TxnFullError, MemoryError, OSError,
+)
 _ADDR_FIELDS = ("to", "client_addr", "miner_addr")
+
+_dumps = cbor2.dumps
+_loads = cbor2.loads
 
 
 def _history_keys(rec):
@@ -35,15 +61,27 @@ def _history_keys(rec):
 
 
 def _ekey(ns, key):
-    return f"{ns}/{key}".encode()
+    """The LMDB key of state entry (ns, key), and its key's canonical bytes."""
+    ck = _dumps(key, canonical=True)
+    return ns.encode() + b"/" + hashlib.sha256(ck).digest(), ck
+
+
+def _record(ck, raw):
+    """The stored record of an entry: canonical([key, value])."""
+    return b"\x82" + ck + raw
+
+
+def _value_of(record, ck, ns):
+    """The value's canonical bytes in a record that must hold key ck."""
+    if record is None:
+        return None
+    if record[1:1 + len(ck)] != ck or record[0] != 0x82:
+        raise ValueError(f"state record under {ns}/ does not hold the key asked for (data_dir damaged?)")
+    return record[1 + len(ck):]
 
 
 def _height_key(height):
     return struct.pack(">Q", height)
-
-
-_dumps = cbor2.dumps
-_loads = cbor2.loads
 
 
 class EncodedRecord(dict):
@@ -95,6 +133,15 @@ class Store:
     def is_empty(self):
         return self.meta("format_version") is None
 
+    def check_format(self):
+        """Refuse a data_dir written in another layout (ConfigError)."""
+        have = self.meta("format_version")
+        if have is not None and have != FORMAT_VERSION:
+            raise ConfigError(
+                f"data_dir {self.path} holds storage format {have}, this node reads format {FORMAT_VERSION}: "
+                f"resync (point [node] data_dir at an empty folder) or reset it (./dev devnet --reset)"
+            )
+
     def head(self):
         """(height, hash) of the head block, or None before genesis."""
         h = self.meta("head")
@@ -110,11 +157,16 @@ class Store:
         """A read transaction on the state table (for state.StateView)."""
         return self.env.begin(db=self._db["state"])
 
-    state_key = staticmethod(_ekey)
+    @staticmethod
+    def state_get(txn, ns, key):
+        """The canonical bytes of entry (ns, key)'s value, or None, read
+        through txn (a state_reader)."""
+        k, ck = _ekey(ns, key)
+        return _value_of(txn.get(k), ck, ns)
 
     def entry(self, ns, key):
         with self.env.begin(db=self._db["state"]) as t:
-            raw = t.get(_ekey(ns, key))
+            raw = self.state_get(t, ns, key)
         return None if raw is None else _loads(raw)
 
     def entries(self, ns):
@@ -127,7 +179,8 @@ class Store:
                 for k, v in cur:
                     if not k.startswith(prefix):
                         break
-                    out.append((k[len(prefix):].decode(), _loads(v)))
+                    out.append(tuple(_loads(v)))
+        out.sort(key=lambda kv: kv[0])
         return out
 
     def count_entries(self):
@@ -205,17 +258,26 @@ class Store:
                 t.put(b"genesis_hash", _dumps(genesis_hash), db=meta)
                 t.put(b"chain_id", _dumps(block["header"]["chain_id"]), db=meta)
 
+    def try_commit(self, block, tx_records, changes, acc):
+        """commit_block in a write transaction that is then aborted: raises
+        what commit_block would raise, writes nothing."""
+        t = self.env.begin(write=True)
+        try:
+            self._commit(t, block, tx_records, changes, acc)
+        finally:
+            t.abort()
+
     def _commit(self, t, block, tx_records, changes, acc):
         height = block["header"]["height"]
         undo = []
         prev_acc = t.get(b"acc", db=self._db["meta"]) or bytes(ACC_BYTES)
         sdb = self._db["state"]
         for (ns, key), (old, new) in changes.items():
-            k = _ekey(ns, key)
+            k, ck = _ekey(ns, key)
             if new is None:
                 t.delete(k, db=sdb)
             else:
-                t.put(k, new, db=sdb)
+                t.put(k, _record(ck, new), db=sdb)
             undo.append([ns, key, old])
         t.put(block["hash"].encode(), _dumps(block), db=self._db["blocks"])
         t.put(_height_key(height), block["hash"].encode(), db=self._db["heights"])
@@ -278,10 +340,11 @@ class Store:
         for h in range(head, height, -1):
             undo = _loads(t.get(_height_key(h), db=udb))
             for ns, key, old in undo["entries"]:
+                k, ck = _ekey(ns, key)
                 if old is None:
-                    t.delete(_ekey(ns, key), db=sdb)
+                    t.delete(k, db=sdb)
                 else:
-                    t.put(_ekey(ns, key), old, db=sdb)
+                    t.put(k, _record(ck, old), db=sdb)
             block_wires = []
             for tx_hash in undo["txs"]:
                 raw = t.get(tx_hash.encode(), db=txdb)

@@ -154,6 +154,32 @@ class CheckValueTests(SynchronousTestCase):
         e.message.encode("utf-8")  # the message itself can be logged and sent
 
 
+class RequireTextTests(SynchronousTestCase):
+    def refused(self, value, max_bytes):
+        e = self.assertRaises(AitError, encoding.require_text, value, "payload.x", max_bytes)
+        self.assertEqual(e.code, "bad_text")
+        self.assertIn("payload.x", e.message)
+        return e
+
+    def test_bound_is_in_utf8_bytes(self):
+        for value, size in (("a" * 8, 8), ("\u00e9" * 4, 8), ("\u20ac\u20ac" + "ab", 8), ("\U0001F600" * 2, 8)):
+            self.assertEqual(len(value.encode()), size)
+            self.assertEqual(encoding.require_text(value, "payload.x", 8), value)
+            e = self.refused(value + "a", 8)
+            self.assertIn(f"1 to 8 bytes of UTF-8, got {size + 1}", e.message)
+        # Two code points, nine bytes: the bytes decide.
+        self.refused("\U0001F600\U0001F600a", 8)
+        self.refused("\U0001F600" * 3, 8)
+
+    def test_empty_wrong_type_and_surrogates(self):
+        self.refused("", 8)
+        self.refused("\ud800", 8)
+        e = self.assertRaises(AitError, encoding.require_text, b"abc", "payload.x", 8)
+        self.assertEqual(e.code, "wrong_type")
+        self.assertEqual(encoding.require_text("x" * encoding.MAX_TEXT, "f"), "x" * encoding.MAX_TEXT)
+        self.refused("x" * (encoding.MAX_TEXT + 1), encoding.MAX_TEXT)
+
+
 class HexTests(SynchronousTestCase):
     def test_is_hex(self):
         self.assertIs(encoding.is_hex(""), True)

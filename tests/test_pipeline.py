@@ -1,8 +1,14 @@
 """Tests for aitnode.pipeline: rollbacks and what comes back to the mempool."""
 
+import lmdb
+
 from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from aitnode import chain as chainmod
+from aitnode.proposer import ProposerService
 
 from tests.common import ALICE, BOB, CAROL, key, make_node, state_dump, transfer
 
@@ -95,3 +101,114 @@ class RollbackTests(SynchronousTestCase):
         self.assertEqual(node.queries.get_tx(t1.hash)["status"], "pending")
         block = node.pipeline.propose()
         self.assertEqual(block["txs"], [t1.hash, t2.hash, t3.hash])
+
+
+class BreakingTxTests(SynchronousTestCase):
+    """A transaction that makes building or storing a block fail leaves the
+    mempool as failed, with the reason; the proposer goes on."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.node = make_node(self, clock=self.clock)
+        self.good = [transfer(ALICE, 1, CAROL, 1), transfer(ALICE, 2, CAROL, 2), transfer(ALICE, 3, CAROL, 3)]
+        self.bad = transfer(BOB, 1, CAROL, 7)
+        self.after_bad = transfer(BOB, 2, CAROL, 8)  # can never apply once bad is gone
+        for tx in (self.good[0], self.bad, self.good[1], self.after_bad, self.good[2]):
+            self.node.admission.submit(tx.to_wire())
+
+    def refuse_to_store(self, tx_hash):
+        """The store raises, as LMDB does for a key over 511 bytes, for any
+        block that holds tx_hash."""
+        store = self.node.store
+        real = store._commit
+        calls = []
+
+        def commit(t, block, tx_records, changes, acc):
+            calls.append([h for h, _ in tx_records])
+            if any(h == tx_hash for h, _ in tx_records):
+                raise lmdb.BadValsizeError("mdb_put: MDB_BAD_VALSIZE: Unsupported size of key/DB name/data")
+            return real(t, block, tx_records, changes, acc)
+
+        self.patch(store, "_commit", commit)
+        return calls
+
+    def assertDropped(self, code):
+        q = self.node.queries
+        got = q.get_tx(self.bad.hash)
+        self.assertEqual(got["status"], "failed")
+        self.assertEqual(got["tx"], self.bad.to_wire())
+        self.assertEqual(got["receipt"]["error"]["code"], code)
+        self.assertEqual(q.get_tx(self.after_bad.hash)["receipt"]["error"]["code"], "predecessor_failed")
+        self.assertNotIn(self.bad.hash, self.node.mempool)
+        self.assertNotIn(self.after_bad.hash, self.node.mempool)
+        for tx in self.good:
+            self.assertEqual(q.get_tx(tx.hash)["status"], "included")
+        self.assertEqual(q.get_balance(BOB.address)["nonce"], 0)
+        self.assertEqual(self.node.metrics.txs.labels("TRANSFER", "failed")._value.get(), 2)
+        return got
+
+    def test_a_tx_whose_block_cannot_be_stored_is_dropped(self):
+        calls = self.refuse_to_store(self.bad.hash)
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        block = self.node.pipeline.propose()
+        self.assertEqual(block["txs"], [tx.hash for tx in self.good])
+        self.assertEqual(self.node.store.head(), (1, block["hash"]))
+        got = self.assertDropped("tx_unstorable")
+        self.assertIn("BadValsizeError", got["receipt"]["error"]["message"])
+        # The whole block, then trial blocks (never stored), then the block without it.
+        self.assertEqual(sorted(calls[0]), sorted(tx.hash for tx in self.good + [self.bad, self.after_bad]))
+        self.assertLessEqual(len(calls), 1 + 2 + 3 + 1)  # whole, empty and whole, bisection, result
+        self.assertEqual(calls[-1], block["txs"])
+        logged = [e for e in events if e.get("event") == "tx_breaks_block"]
+        self.assertEqual([e["tx_hash"] for e in logged], [self.bad.hash])
+        # The chain goes on; the node's data reopens as it was.
+        self.assertEqual(self.node.pipeline.propose()["header"]["height"], 2)
+
+    def test_the_proposer_service_keeps_producing(self):
+        self.refuse_to_store(self.bad.hash)
+        service = ProposerService(self.node.pipeline, self.clock, 2.0)
+        service.startService()
+        self.addCleanup(service.stopService)
+        for height in (1, 2, 3):
+            self.clock.advance(2.0)
+            self.assertEqual(self.node.queries.get_head()["height"], height)
+        self.assertEqual(service.failures, 0)
+        self.assertDropped("tx_unstorable")
+
+    def test_a_tx_that_makes_building_raise_is_dropped(self):
+        real = chainmod.apply_tx
+
+        def apply_tx(ctx, tx):
+            if tx.hash == self.bad.hash:
+                ctx.view.set_account(tx.sender, 1, 99)  # half written, then a bug
+                raise KeyError("boom")
+            return real(ctx, tx)
+
+        self.patch(chainmod, "apply_tx", apply_tx)
+        block = self.node.pipeline.propose()
+        self.assertEqual(block["txs"], [tx.hash for tx in self.good])
+        got = self.assertDropped("tx_unprocessable")
+        self.assertIn("KeyError", got["receipt"]["error"]["message"])
+        # Nothing of the half-applied transaction reached the state.
+        self.assertEqual(self.node.queries.get_balance(BOB.address), {"balance": 10**6, "nonce": 0})
+        self.assertEqual(self.node.chain.view().root(), block["header"]["state_root"])
+
+    def test_a_failure_of_every_block_is_no_transaction_fault(self):
+        def commit(*a):
+            raise lmdb.BadValsizeError("every block")
+
+        self.patch(self.node.store, "_commit", commit)
+        self.assertRaises(lmdb.BadValsizeError, self.node.pipeline.propose)
+        self.assertEqual(len(self.node.mempool), 5)
+        self.assertIsNone(self.node.local.failed_record(self.bad.hash))
+
+    def test_a_full_disk_is_no_transaction_fault(self):
+        def commit(t, block, tx_records, changes, acc):
+            if tx_records:
+                raise lmdb.MapFullError("full")
+
+        self.patch(self.node.store, "_commit", commit)
+        self.assertRaises(lmdb.MapFullError, self.node.pipeline.propose)
+        self.assertEqual(len(self.node.mempool), 5)

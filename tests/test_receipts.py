@@ -37,6 +37,7 @@ from tests.common import (
 PRICE = 5000
 UNITS = 13
 FEE = 1000  # above the minimum fee of every claim below (about 590)
+BIG_FEE = 5000  # above the minimum fee of a claim with the longest identifiers
 OUTPUT = "sha256:" + "ab" * 32
 COORD_BALANCE = 10**6
 MINER2 = key(8)
@@ -877,6 +878,39 @@ class ReplayTests(ReceiptCase):
         mint, _, _ = self.settle()
         self.assertEqual(self.balance(MINER), PRICE + mint - FEE)
         self.assertEqual(len(self.node.store.entries("rcpt")), 1)
+
+
+# -- identifiers are bounded in UTF-8 bytes -------------------------------------
+
+class IdentifierTests(ReceiptCase):
+    def test_a_long_multibyte_receipt_id_never_halts_the_chain(self):
+        """128 code points of 4 UTF-8 bytes each: once admitted, its state key
+        rcpt/<id> passed LMDB's 511-byte key limit and every proposal raised."""
+        payment = self.pay()
+        rid = "\U0001F600" * 128
+        self.assertEqual(len(rid.encode()), 512)
+        err = self.refuse(self.claim(self.payload(payment, receipt_id=rid), fee=BIG_FEE), "bad_text")
+        self.assertIn("receipt_id", err.message)
+        self.assertIn("128 bytes", err.message)
+        self.assertEqual(self.attestor.calls, [])
+        for field in ("job_id", "output_hash"):
+            self.refuse(self.claim(self.payload(payment, **{field: "\U0001F600" * 128}), fee=BIG_FEE), "bad_text")
+        # The chain goes on, and a claim on the same payment still settles.
+        self.claim_included("r-ok")
+
+    def test_identifiers_at_their_byte_bounds_are_included(self):
+        rid, job, out = "\U0001F600" * 32, "\u00e9" * 64, "\u20ac" * 85 + "a"
+        self.assertEqual([len(v.encode()) for v in (rid, job, out)], [128, 128, 256])
+        self.attestor.answer = forged  # the mock coordinator knows only jobs named job_<n>
+        payment = self.pay()
+        ids = {"receipt_id": rid, "job_id": job, "output_hash": out}
+        for field, value in ids.items():
+            self.refuse(self.claim(self.payload(payment, **dict(ids, **{field: value + "a"})), fee=BIG_FEE), "bad_text")
+        tx = self.claim(self.payload(payment, **ids), fee=BIG_FEE)
+        self.accept(tx)
+        self.assertIn(tx.hash, self.block()["txs"])
+        self.assertEqual(self.node.queries.get_receipt(rid)["paid"]["job_id"], job)
+        self.assertEqual([k for k, _ in self.node.store.entries("rcpt")], [rid])
 
 
 # -- queries and RPC ---------------------------------------------------------

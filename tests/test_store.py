@@ -1,19 +1,22 @@
 """Tests for aitnode.store and aitnode.local: committing, undo, reopening, the node-local tables."""
 
+import hashlib
 import os
 import struct
 
 import cbor2
 
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from aitnode.chain import Chain
 from aitnode.genesis import Genesis
 from aitnode.errors import ConfigError
 from aitnode.state import StateView, root_of
-from aitnode.store import Store
+from aitnode.node import compose
+from aitnode.store import FORMAT_VERSION, Store, _ekey
 
-from tests.test_state import StoreTestBase
+from tests.test_state import StoreTestBase, _leaf
 from tests.common import ALICE, AUTHORITY, BOB, CAROL, CHAIN_ID, GENESIS_BALANCE, genesis_doc, transfer
 
 
@@ -123,7 +126,7 @@ class CommitTests(StoreTestBase):
         self.assertEqual(self.store.accumulator(), acc)
         self.assertEqual(self.store.meta("genesis_hash"), self.genesis.hash)
         self.assertEqual(self.store.meta("chain_id"), CHAIN_ID)
-        self.assertEqual(self.store.meta("format_version"), 1)
+        self.assertEqual(self.store.meta("format_version"), FORMAT_VERSION)
         self.assertEqual(self.local.failed_record("cd" * 32)["error"]["code"], "c")
         # And the chain goes on from there.
         b3 = self.commit_transfers([transfer(BOB, 2, ALICE, 1)], timestamp=1_700_000_300)
@@ -143,6 +146,90 @@ class CommitTests(StoreTestBase):
         self.assertEqual(self.store.head()[0], 1)
         self.assertEqual(self.store.meta("genesis_hash"), self.genesis.hash)
         Chain(self.store, self.genesis)
+
+
+class StateKeyTests(StoreTestBase):
+    """No LMDB key is user text: entries are stored under the hash of their key."""
+
+    def raw_state(self):
+        with self.store.env.begin(db=self.store._db["state"]) as t:
+            return list(t.cursor())
+
+    def commit_view(self, view):
+        acc, changes = view.finish()
+        view.release()
+        head = self.store.head()
+        block = {"header": {"height": head[0] + 1}, "hash": "%064x" % (head[0] + 1), "sig": "", "txs": []}
+        self.store.commit_block(block, [], changes, acc)
+        return acc
+
+    def test_a_key_of_any_length_is_stored_and_read_back(self):
+        long_key = "\U0001F600" * 600  # 2400 bytes: LMDB keys stop at 511
+        view = self.chain.view()
+        view.put("rcpt", long_key, {"n": 1})
+        view.put("rcpt", "a", {"n": 2})
+        acc = self.commit_view(view)
+        self.assertEqual(self.store.entry("rcpt", long_key), {"n": 1})
+        self.assertEqual(self.store.entries("rcpt"), [("a", {"n": 2}), (long_key, {"n": 1})])
+        self.assertEqual(self.store.accumulator(), acc)
+        self.assertEqual(self.chain.view().get("rcpt", long_key), {"n": 1})
+        self.assertIsNone(self.store.entry("rcpt", long_key[:-1]))
+        for k, _ in self.raw_state():
+            self.assertLessEqual(len(k), len(b"param/") + 32)
+            self.assertNotIn("\U0001F600".encode(), k)
+        # The root is the same as if the entries were stored any other way.
+        view = self.chain.view()
+        self.assertEqual(view.root(), root_of((self.genesis.acc + _leaf("rcpt", long_key, {"n": 1})
+                                               + _leaf("rcpt", "a", {"n": 2})) % 2**2048))
+        view.release()
+        # Undo puts back exactly what was there.
+        self.store.rollback_to(0)
+        self.assertEqual(self.store.entries("rcpt"), [])
+        self.assertEqual(self.store.accumulator(), self.genesis.acc)
+
+    def test_records_hold_their_key_and_value(self):
+        for k, v in self.raw_state():
+            ns, digest = k.split(b"/", 1)
+            key, value = cbor2.loads(v)
+            self.assertEqual(digest, hashlib.sha256(cbor2.dumps(key, canonical=True)).digest())
+            self.assertEqual(v, cbor2.dumps([key, value], canonical=True))
+            self.assertEqual(self.store.entry(ns.decode(), key), value)
+        self.assertEqual(len(self.raw_state()), self.store.count_entries())
+        self.assertEqual(dict(self.store.entries("param")), self.genesis.params)
+        self.assertEqual([k for k, _ in self.store.entries("acct")], sorted([ALICE.address, BOB.address]))
+
+    def test_a_record_under_the_wrong_hash_is_not_read_as_another_key(self):
+        k_alice, _ = _ekey("acct", ALICE.address)
+        k_bob, _ = _ekey("acct", BOB.address)
+        with self.store.env.begin(write=True, db=self.store._db["state"]) as t:
+            t.put(k_bob, t.get(k_alice))
+        self.assertRaises(ValueError, self.store.entry, "acct", BOB.address)
+
+
+class FormatVersionTests(StoreTestBase):
+    def test_a_data_dir_of_another_format_refuses_to_start(self):
+        self.commit_transfers([transfer(ALICE, 1, BOB, 1)])
+        for old in (1, FORMAT_VERSION + 1):
+            self.store.set_meta(format_version=old)
+            e = self.assertRaises(ConfigError, self.reopen)
+            message = str(e)
+            self.assertNotIn("\n", message)
+            self.assertIn(f"format {old}", message)
+            self.assertIn(self.path, message)
+            self.assertIn("resync", message)
+            self.assertIn("reset", message)
+        # Nothing was changed by the refusal.
+        self.store.set_meta(format_version=FORMAT_VERSION)
+        self.reopen()
+        self.assertEqual(self.store.head()[0], 1)
+
+    def test_the_node_refuses_an_old_data_dir(self):
+        path = self.path
+        self.store.set_meta(format_version=1)
+        self.store.close()
+        self.store = None
+        e = self.assertRaises(ConfigError, compose, path, self.genesis, Clock())
+        self.assertIn("storage format 1", str(e))
 
 
 class StoreEmptyTests(SynchronousTestCase):
