@@ -5,9 +5,32 @@ Block header: {"chain_id", "parent", "height", "timestamp", "proposer",
 proposer signs the 32 hash bytes.  See docs/protocol.md.
 """
 
-from aitnode.encoding import canonical, merkle_root, sha256_hex
+from aitnode.encoding import canonical, canonical_unchecked, merkle_root, sha256_hex
 
 HEADER_FIELDS = frozenset(("chain_id", "parent", "height", "timestamp", "proposer", "tx_root", "state_root"))
+
+# The size of a block (docs/protocol.md 10.4), the measure max_block_bytes
+# bounds: per transaction, its canonical wire form (the bytes hashed for
+# its txHash) plus its txHash as text in the block's list; per claim, its
+# txHash again and its attestation's canonical bytes.  A block as peers
+# exchange it, {"block", "txs"} in a "block" or "blocks" message, takes at
+# most ENTRY_OVERHEAD bytes more (header, sig, map keys, CBOR heads).
+TX_HASH_BYTES = 66  # canonical bytes of 64 hex characters: 0x78 0x40, then the text
+ENTRY_OVERHEAD = 4096
+
+
+def tx_bytes(tx, attestation=None):
+    """What one transaction (and a claim's attestation) adds to its block's size."""
+    n = tx.size + TX_HASH_BYTES
+    if attestation is not None:
+        n += TX_HASH_BYTES + len(canonical_unchecked(attestation))
+    return n
+
+
+def block_bytes(txs, attestations=None):
+    """The size of a block of txs (parsed Transactions) with these attestations."""
+    attestations = attestations or {}
+    return sum(tx_bytes(tx, attestations.get(tx.hash)) for tx in txs)
 
 
 def block_hash(header):

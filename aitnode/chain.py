@@ -10,8 +10,10 @@ credited to the proposer after the last one.
 """
 
 from aitnode import crypto
-from aitnode.blocks import HEADER_FIELDS, block_hash, tx_root
+from aitnode.blocks import HEADER_FIELDS, block_bytes, block_hash, tx_bytes, tx_root
 from aitnode.errors import AitError, ConfigError
+from aitnode.params import block_limits
+from aitnode.receipts import CLAIM
 from aitnode.rules import BlockContext, apply_tx, finish_block
 from aitnode.state import StateView
 from aitnode.steps import run_steps
@@ -106,15 +108,19 @@ class Chain:
         return parse_tx(wire, self.chain_id)
 
     # -- building ------------------------------------------------------------
-    def build_block(self, candidates, key, timestamp, max_txs=None, attestations=None):
+    def build_block(self, candidates, key, timestamp, max_txs=None, attestations=None, max_bytes=None):
         """Apply candidates in order on the head; keep those that apply.
 
+        The block ends before the first candidate that would take it past
+        max_txs transactions or max_bytes bytes (blocks.block_bytes; both
+        from the params by default): that one and the rest stay pending.
         Returns (block, tx_records, view, failed) where failed maps the
-        hash of each transaction left out to (tx, AitError).
+        hash of each transaction left out as invalid to (tx, AitError).
         """
-        return run_steps(self.build_steps(candidates, key, timestamp, max_txs, attestations))
+        return run_steps(self.build_steps(candidates, key, timestamp, max_txs, attestations, max_bytes=max_bytes))
 
-    def build_steps(self, candidates, key, timestamp, max_txs=None, attestations=None, slice_size=SLICE):
+    def build_steps(self, candidates, key, timestamp, max_txs=None, attestations=None, slice_size=SLICE,
+                    max_bytes=None):
         """build_block as a generator yielding every slice_size transactions
         (run it with steps.run_steps, or run_steps_async to keep the reactor
         answering while a large block is built)."""
@@ -123,14 +129,19 @@ class Chain:
         timestamp = max(timestamp, parent["timestamp"])
         view = self.view()
         ctx = self.context(view, key.address, height, timestamp, attestations=attestations)
-        if max_txs is None:
-            max_txs = ctx.params["max_block_txs"]
+        param_txs, param_bytes = block_limits(ctx.params)  # before any PARAM_UPDATE of this block
+        max_txs = param_txs if max_txs is None else max_txs
+        max_bytes = param_bytes if max_bytes is None else max_bytes
         included, records, failed = [], [], {}
+        size = 0
         for n, tx in enumerate(candidates, 1):
             if len(included) >= max_txs:
                 break
             if n % slice_size == 0:
                 yield
+            cost = tx_bytes(tx, ctx.attestations.get(tx.hash) if tx.type == CLAIM else None)
+            if size + cost > max_bytes:
+                break
             try:
                 result = apply_tx(ctx, tx)
             except AitError as e:
@@ -145,6 +156,7 @@ class Chain:
                     "tx_unprocessable", f"applying it raised {type(e).__name__}: {e}"))
             included.append(tx)
             records.append((tx, result))
+            size += cost
         finish_block(ctx)
         yield from view.finish_steps(slice_size)
         hashes = [tx.hash for tx in included]
@@ -252,6 +264,12 @@ class Chain:
         if view is None:
             view = self.view()
         ctx = self.context(view, header["proposer"], header["height"], header["timestamp"], attestations=atts)
+        max_txs, max_bytes = block_limits(ctx.params)
+        if len(txs) > max_txs:
+            raise AitError("bad_block", f"block holds {len(txs)} transactions, more than max_block_txs {max_txs}")
+        size = block_bytes(txs, atts)
+        if size > max_bytes:
+            raise AitError("bad_block", f"block holds {size} bytes, more than max_block_bytes {max_bytes}")
         records = []
         for tx in txs:
             try:

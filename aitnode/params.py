@@ -8,8 +8,19 @@ from aitnode import crypto
 from aitnode.encoding import U64, is_hex
 from aitnode.errors import AitError
 
-# name -> (default, updatable by PARAM_UPDATE, check)
 BPS = 10_000
+
+# A block travels between peers in one frame (p2p.wire.MAX_MESSAGE), so its
+# size (blocks.block_bytes) is bounded well below that: the largest value
+# PARAM_UPDATE or genesis may set leaves 1 MiB for the block's header, its
+# message envelope (blocks.ENTRY_OVERHEAD, 4 KiB, is what they take) and
+# the rest of a get_blocks answer.  The smallest still holds more than
+# twenty of the largest transactions (a claim with its attestation is under
+# 3 KiB), so no transaction a node admits is too large for every block.
+FRAME_BYTES = 16 * 1024 * 1024
+MAX_BLOCK_BYTES = FRAME_BYTES - 1024 * 1024  # 15 MiB
+MIN_BLOCK_BYTES = 64 * 1024
+DEFAULT_MAX_BLOCK_BYTES = 8 * 1024 * 1024  # in force while max_block_bytes is unset
 
 
 def _uint(minimum=0, maximum=U64 - 1):
@@ -40,6 +51,7 @@ def _party(name, value):
         raise AitError("bad_param", f"param {name}: public_key does not match address")
 
 
+# name -> (default, updatable by PARAM_UPDATE, check)
 SPEC = {
     "base_fee": (10, True, _uint()),
     "fee_per_byte": (1, True, _uint()),
@@ -47,6 +59,8 @@ SPEC = {
     "coordinator_ratio_bps": (500, True, _uint(0, BPS)),
     "treasury_ratio_bps": (0, True, _uint(0, BPS)),
     "max_block_txs": (10_000, True, _uint(1, 100_000)),
+    # Unset by default, so no genesis changes; DEFAULT_MAX_BLOCK_BYTES applies.
+    "max_block_bytes": (None, True, _uint(MIN_BLOCK_BYTES, MAX_BLOCK_BYTES)),
     "faucet": (False, False, _bool),
     "escrow": (None, False, _address),
     "treasury": (None, False, _address),
@@ -76,6 +90,11 @@ def check_update(key, value):
         updatable = ", ".join(sorted(k for k, v in SPEC.items() if v[1]))
         raise AitError("bad_param", f"param {key!r} cannot be updated; updatable: {updatable}")
     SPEC[key][2](key, value)
+
+
+def block_limits(params):
+    """(most transactions, most bytes) of a block under params."""
+    return params["max_block_txs"], params.get("max_block_bytes", DEFAULT_MAX_BLOCK_BYTES)
 
 
 def min_fee(params, ttype, payload_size):

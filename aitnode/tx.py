@@ -53,7 +53,7 @@ class Transaction:
 
     __slots__ = (
         "chain_id", "type", "sender", "nonce", "fee", "payload",
-        "pubkey", "sig", "hash", "sign_hash", "payload_size",
+        "pubkey", "sig", "hash", "sign_hash", "payload_size", "size",
     )
 
     def __init__(self, chain_id, type, sender, nonce, fee, payload, pubkey, sig):
@@ -81,6 +81,7 @@ class Transaction:
                   + b"\x66pubkey" + enc(pubkey.hex()) + tail)
         self.hash = sha256(signed).hex()
         self.payload_size = len(p)
+        self.size = len(signed)  # = len(canonical(self.to_wire())), what it takes in a block
 
     def body(self):
         return {

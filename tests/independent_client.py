@@ -261,6 +261,31 @@ def merkle_root(hashes_hex):
 
 
 # --------------------------------------------------------------------------
+# Block limits (section 10.4)
+
+DEFAULT_MAX_BLOCK_BYTES = 8388608  # while the param max_block_bytes is unset
+
+
+def block_size(wires, chain_id, attestations=None):
+    """The size of a block: per transaction its map m of 5.3 and its txHash
+    as text (66 bytes), per claim another 66 and its attestation's bytes."""
+    attestations = attestations or {}
+    size = 0
+    for w in wires:
+        size += len(cbor(hashed_map(w, chain_id))) + 66
+        att = attestations.get(tx_hash(w, chain_id))
+        if att is not None:
+            size += 66 + len(cbor(att))
+    return size
+
+
+def block_within_limits(params, wires, chain_id, attestations=None):
+    """Whether a block keeps max_block_txs and max_block_bytes (params at its parent)."""
+    max_bytes = params.get("max_block_bytes", DEFAULT_MAX_BLOCK_BYTES)
+    return len(wires) <= params["max_block_txs"] and block_size(wires, chain_id, attestations) <= max_bytes
+
+
+# --------------------------------------------------------------------------
 # State root (section 11) and genesis (section 9)
 
 ACC_BYTES = 256

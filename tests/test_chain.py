@@ -7,8 +7,8 @@ import cbor2
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from aitnode import crypto
-from aitnode.blocks import block_hash
+from aitnode import crypto, p2p, params as P
+from aitnode.blocks import ENTRY_OVERHEAD, block_bytes, block_hash, tx_bytes
 from aitnode.genesis import Genesis
 from aitnode.encoding import ZERO_HASH, merkle_root
 from aitnode.errors import AitError
@@ -217,3 +217,131 @@ class VerifyBlockTests(SynchronousTestCase):
         bad = copy.deepcopy(block)
         bad["header"]["timestamp"] = 5
         self.refused(self.resign(bad), [], "timestamp")
+
+
+class BlockSizeTests(SynchronousTestCase):
+    """Blocks are bounded in bytes (max_block_bytes) so that one always fits
+    in one peer frame, and verify_block enforces both block limits."""
+
+    LIMIT = P.MIN_BLOCK_BYTES
+
+    def setUp(self):
+        self.doc = genesis_doc(max_block_bytes=self.LIMIT)
+        self.a = make_node(self, doc=self.doc)
+        self.b = make_node(self, doc=self.doc, key=None)
+
+    def fill(self, node, n):
+        """n transfers, half from ALICE and half from BOB, into node's mempool."""
+        txs = []
+        for i in range(n):
+            sender, to = (ALICE, CAROL) if i % 2 == 0 else (BOB, CAROL)
+            tx = transfer(sender, i // 2 + 1, to, 1 + i)
+            node.admission.submit(tx.to_wire())
+            txs.append(tx)
+        return txs
+
+    def measure(self, node, block):
+        txs = [node.chain.parse_stored_tx(node.store.tx_record(h)["tx"]) for h in block["txs"]]
+        return block_bytes(txs, block.get("attestations", {}))
+
+    def test_the_builder_stops_at_the_byte_limit_and_the_rest_follows(self):
+        txs = self.fill(self.a, 400)
+        per_tx = tx_bytes(txs[0])
+        self.assertGreater(per_tx * len(txs), 2 * self.LIMIT)  # more than two blocks' worth
+        heights = {}
+        while len(self.a.mempool):
+            block = self.a.pipeline.propose()
+            size = self.measure(self.a, block)
+            self.assertLessEqual(size, self.LIMIT)
+            if len(self.a.mempool):
+                # Full: the next pending transaction would have passed the limit.
+                nxt = self.a.mempool.candidates()[0]
+                self.assertGreater(size + tx_bytes(nxt), self.LIMIT)
+            for h in block["txs"]:
+                heights[h] = block["header"]["height"]
+            # What a peer receives is one frame, within the documented allowance.
+            entry = self.a.chain.block_entry(block["header"]["height"])
+            self.assertLessEqual(len(p2p.encode("block", entry)), size + ENTRY_OVERHEAD)
+            self.b.pipeline.import_block(entry["block"], [self.b.admission.parse(w) for w in entry["txs"]])
+        self.assertEqual(sorted(heights), sorted(t.hash for t in txs))
+        self.assertGreaterEqual(max(heights.values()), 3)
+        for tx in txs:
+            self.assertEqual(self.a.queries.get_tx(tx.hash)["status"], "included")
+        self.assertEqual(self.b.queries.get_head(), self.a.queries.get_head())
+
+    def test_max_block_txs_and_bytes_are_read_when_the_block_starts(self):
+        self.fill(self.a, 20)
+        self.a.admission.submit_own("PARAM_UPDATE", {"key": "max_block_bytes", "value": P.MAX_BLOCK_BYTES})
+        self.a.admission.submit_own("PARAM_UPDATE", {"key": "max_block_txs", "value": 3})
+        block = self.a.pipeline.propose()
+        self.assertEqual(len(block["txs"]), 22)  # the limits in force when it started
+        for tx in [transfer(ALICE, 11 + i, BOB, 1) for i in range(5)]:
+            self.a.admission.submit(tx.to_wire())
+        self.assertEqual(len(self.a.pipeline.propose()["txs"]), 3)
+        self.assertEqual(self.a.queries.get_params()["max_block_bytes"], P.MAX_BLOCK_BYTES)
+        # A verifier reads the limits the same way.
+        for h in (1, 2):
+            entry = self.a.chain.block_entry(h)
+            self.b.pipeline.import_block(entry["block"], [self.b.admission.parse(w) for w in entry["txs"]])
+        self.assertEqual(self.b.queries.get_head(), self.a.queries.get_head())
+
+    def refused(self, block, txs, word):
+        e = self.assertRaises(AitError, self.b.chain.verify_block, block, txs)
+        self.assertEqual(e.code, "bad_block")
+        self.assertIn(word, e.message)
+        self.assertEqual(self.b.queries.get_head()["height"], 0)
+        return e
+
+    def test_verify_block_refuses_a_block_over_max_block_bytes(self):
+        txs = self.fill(self.a, 400)
+        block, records, view, failed = self.a.chain.build_block(txs, AUTHORITY, T1, max_bytes=10**9)
+        view.release()
+        self.assertEqual(failed, {})
+        self.assertEqual(len(block["txs"]), 400)
+        e = self.refused(block, txs, "max_block_bytes")
+        self.assertIn(str(self.LIMIT), e.message)
+        # The same transactions cut at the limit are a good block.
+        block, records, view, failed = self.a.chain.build_block(txs, AUTHORITY, T1)
+        view.release()
+        n = len(block["txs"])
+        self.assertLess(n, 400)
+        self.b.pipeline.import_block(block, txs[:n])
+        self.assertEqual(self.b.queries.get_head()["height"], 1)
+
+    def test_verify_block_refuses_a_block_over_max_block_txs(self):
+        doc = genesis_doc(max_block_txs=5)
+        a, b = make_node(self, doc=doc), make_node(self, doc=doc, key=None)
+        txs = [transfer(ALICE, n, BOB, 1) for n in range(1, 7)]
+        block, records, view, failed = a.chain.build_block(txs, AUTHORITY, T1, max_txs=6)
+        view.release()
+        self.assertEqual(len(block["txs"]), 6)
+        e = self.assertRaises(AitError, b.chain.verify_block, block, txs)
+        self.assertEqual(e.code, "bad_block")
+        self.assertIn("max_block_txs", e.message)
+        block, records, view, failed = a.chain.build_block(txs, AUTHORITY, T1)
+        view.release()
+        self.assertEqual(len(block["txs"]), 5)
+        b.chain.verify_block(block, txs[:5])[2].release()
+
+    def test_no_param_update_makes_blocks_unsendable(self):
+        for value in (P.MAX_BLOCK_BYTES + 1, p2p.MAX_MESSAGE, 2**64 - 1, P.MIN_BLOCK_BYTES - 1, 0):
+            e = self.assertRaises(AitError, self.a.admission.submit_own, "PARAM_UPDATE",
+                                  {"key": "max_block_bytes", "value": value})
+            self.assertEqual(e.code, "bad_param")
+        for value in (0, 100_001):
+            e = self.assertRaises(AitError, self.a.admission.submit_own, "PARAM_UPDATE",
+                                  {"key": "max_block_txs", "value": value})
+            self.assertEqual(e.code, "bad_param")
+        self.assertRaises(AitError, Genesis, genesis_doc(max_block_bytes=P.MAX_BLOCK_BYTES + 1))
+        # The largest allowed block and its envelope fit one frame, with the margin.
+        self.assertLessEqual(P.MAX_BLOCK_BYTES + ENTRY_OVERHEAD, p2p.MAX_MESSAGE)
+        self.assertEqual(P.FRAME_BYTES, p2p.MAX_MESSAGE)
+        self.assertLess(P.DEFAULT_MAX_BLOCK_BYTES, P.MAX_BLOCK_BYTES)
+        for value in (P.MIN_BLOCK_BYTES, P.MAX_BLOCK_BYTES):
+            self.a.admission.submit_own("PARAM_UPDATE", {"key": "max_block_bytes", "value": value})
+
+    def test_the_default_applies_while_unset(self):
+        node = make_node(self)
+        self.assertNotIn("max_block_bytes", node.queries.get_params())
+        self.assertEqual(P.block_limits(node.chain.params()), (10_000, P.DEFAULT_MAX_BLOCK_BYTES))
+        self.assertEqual(P.DEFAULT_MAX_BLOCK_BYTES, 8 * 1024 * 1024)

@@ -143,6 +143,11 @@ class VectorTests(SynchronousTestCase):
         chain_id = doc["chain_id"]
         self.assertEqual([ic.tx_hash(w, chain_id) for w in b["txs"]], b["tx_hashes"])
         self.assertTrue(all(ic.verify_tx(w, chain_id) for w in b["txs"]))
+        self.assertEqual(ic.block_size(b["txs"], chain_id), b["block_bytes"])
+        params = ic.genesis_params(doc)
+        self.assertTrue(ic.block_within_limits(params, b["txs"], chain_id))
+        self.assertFalse(ic.block_within_limits(dict(params, max_block_bytes=b["block_bytes"] - 1), b["txs"], chain_id))
+        self.assertFalse(ic.block_within_limits(dict(params, max_block_txs=1), b["txs"], chain_id))
         state = ic.State(ic.genesis_entries(doc))
         _, proposer_pk, proposer = ic.keypair(bytes.fromhex(b["proposer_seed"]))
         state.apply_block(b["txs"], proposer)
@@ -251,6 +256,7 @@ class VectorTests(SynchronousTestCase):
                 pe = c["pay_entry"]
                 self.assertEqual(state.entries[(pe[0], pe[1])], pe[2])
         self.assertEqual(c["block2"]["attestations"], {h: att})
+        self.assertEqual(ic.block_size([claim], cid, {h: att}), c["block2_bytes"])
         key = lambda e: (e[0], e[1])  # noqa: E731
         self.assertEqual(sorted(state.as_entries(), key=key), sorted(c["entries_after"], key=key))
 

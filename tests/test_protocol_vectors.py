@@ -352,6 +352,8 @@ class VectorTests(SynchronousTestCase):
         self.assertEqual(block["hash"], b["hash"])
         self.assertEqual(block["sig"], b["sig"])
         self.assertEqual(block["txs"], b["tx_hashes"])
+        self.assertEqual(blocks.block_bytes(txs), b["block_bytes"])
+        self.assertEqual(b["block_bytes"], sum(len(encoding.canonical(tx.to_wire())) + 66 for tx in txs))
         self.assertEqual(b["header"]["tx_root"], encoding.merkle_root(b["tx_hashes"]))
         self.assertEqual(b["header"]["parent"], self.v["genesis"]["hash"])
         self.assertEqual(b["hash"], encoding.sha256_hex(encoding.canonical(b["header"])))
@@ -476,6 +478,8 @@ class VectorTests(SynchronousTestCase):
         self.assertEqual((block["header"], block["hash"], block["sig"]), (b2["header"], b2["hash"], b2["sig"]))
         self.assertEqual(block["attestations"], b2["attestations"])
         self.assertEqual(b2["attestations"], {tx.hash: att})
+        self.assertEqual(blocks.block_bytes([tx], block["attestations"]), c["block2_bytes"])
+        self.assertEqual(c["block2_bytes"], len(encoding.canonical(tx.to_wire())) + 66 + 66 + len(encoding.canonical(att)))
         self.assertEqual(records[0][1]["result"], c["receipt"])
         chain.commit(block, records, view)
         after = sorted([[ns, k, v] for ns in ("acct", "chain", "param", "pay", "rcpt") for k, v in store.entries(ns)],

@@ -18,7 +18,8 @@ from twisted.internet.defer import maybeDeferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from aitnode.blocks import block_hash, tx_root
+from aitnode import p2p, params as P
+from aitnode.blocks import ENTRY_OVERHEAD, block_bytes, block_hash, tx_bytes, tx_root
 from aitnode.genesis import Genesis
 from aitnode.coordinator import MockCoordinator
 from aitnode.errors import AitError
@@ -911,6 +912,60 @@ class IdentifierTests(ReceiptCase):
         self.assertIn(tx.hash, self.block()["txs"])
         self.assertEqual(self.node.queries.get_receipt(rid)["paid"]["job_id"], job)
         self.assertEqual([k for k, _ in self.node.store.entries("rcpt")], [rid])
+
+
+class LargestClaimsTests(ReceiptCase):
+    """Claims of the largest size fill blocks by bytes: every block stays
+    under max_block_bytes and goes to peers in one frame.  (At the default
+    max_block_txs of 10000, about 7,100 of them passed the 16 MiB frame.)"""
+
+    genesis_params = {"max_block_bytes": P.MIN_BLOCK_BYTES}
+    N = 60
+
+    def largest_claim(self, payment, i):
+        ids = {"receipt_id": "\U0001F600" * 31 + f"{i:04d}", "job_id": "j" * 124 + f"{i:04d}",
+               "output_hash": "\u20ac" * 85 + "a"}
+        self.assertEqual([len(v.encode()) for v in ids.values()], [128, 128, 256])
+        return self.claim(self.payload(payment, compute_units=2**40, **ids), fee=BIG_FEE)
+
+    def test_blocks_of_the_largest_claims_stay_under_the_byte_limit(self):
+        self.attestor.answer = forged
+        payments = [self.pay(include=False) for _ in range(self.N)]
+        self.block()
+        claims = []
+        for i, p in enumerate(payments):
+            claims.append(self.largest_claim(p, i))
+            self.accept(claims[-1])
+        node2 = make_node(self, doc=self.doc, key=None)
+        self.import_all(node2)
+        per_claim = tx_bytes(claims[0], self.node.mempool.attestation(claims[0].hash))
+        self.assertGreater(per_claim, 2000)
+        sizes = []
+        while len(self.node.mempool):
+            b = self.block()
+            entry = self.node.chain.block_entry(b["header"]["height"])
+            txs = [self.node.admission.parse(w) for w in entry["txs"]]
+            size = block_bytes(txs, b["attestations"])
+            self.assertLessEqual(size, P.MIN_BLOCK_BYTES)
+            self.assertLessEqual(len(p2p.encode("block", entry)), size + ENTRY_OVERHEAD)
+            sizes.append(size)
+            self.import_all(node2)
+        self.assertGreaterEqual(len(sizes), 3)
+        self.assertTrue(all(s > P.MIN_BLOCK_BYTES - per_claim for s in sizes[:-1]), sizes)  # full blocks
+        self.assertEqual(len(self.node.store.entries("rcpt")), self.N)
+        self.assertEqual(node2.queries.get_head(), self.node.queries.get_head())
+        self.assertEqual(self.snapshot(node2), self.snapshot(self.node))
+        self.assertSupplyConsistent()
+        # At the real limits: the default max_block_txs of such claims passes
+        # a frame, the default max_block_bytes keeps a block well inside it.
+        self.assertGreater(7_100 * per_claim, p2p.MAX_MESSAGE)
+        self.assertLessEqual(P.DEFAULT_MAX_BLOCK_BYTES + ENTRY_OVERHEAD, p2p.MAX_MESSAGE)
+        self.assertLessEqual(P.MAX_BLOCK_BYTES + ENTRY_OVERHEAD, p2p.MAX_MESSAGE)
+
+    def import_all(self, node2):
+        for h in range(node2.queries.get_head()["height"] + 1, self.node.queries.get_head()["height"] + 1):
+            entry = self.node.chain.block_entry(h)
+            node2.pipeline.import_block(entry["block"], [node2.admission.parse(w) for w in entry["txs"]])
 
 
 # -- queries and RPC ---------------------------------------------------------
