@@ -17,7 +17,7 @@ from aitnode.receipts import CLAIM
 from aitnode.rules import BlockContext, apply_tx, finish_block
 from aitnode.state import StateView
 from aitnode.steps import run_steps
-from aitnode.store import RESOURCE_ERRORS, encode_tx_records
+from aitnode.store import RESOURCE_ERRORS, check_format, encode_tx_records
 from aitnode.tx import parse_tx
 
 SLICE = 256  # transactions applied between two chances for the reactor to run
@@ -38,6 +38,33 @@ class _Inconclusive(Exception):
     pass
 
 
+def _apply_in_build(ctx, tx):
+    """apply_tx for a builder: an error that breaks no rule (a bug the
+    transaction triggers; the view is then half written) is TxBreaksBlock."""
+    try:
+        return apply_tx(ctx, tx)
+    except (AitError, *RESOURCE_ERRORS):
+        raise
+    except Exception as e:
+        raise TxBreaksBlock(tx, AitError("tx_unprocessable", f"applying it raised {type(e).__name__}: {e}"))
+
+
+def _limits(params, max_txs=None, max_bytes=None):
+    """A block's (max_txs, max_bytes): those given, else the params' as the
+    block starts (a PARAM_UPDATE inside a block does not change its own)."""
+    txs, size = block_limits(params)
+    return (txs if max_txs is None else max_txs), (size if max_bytes is None else max_bytes)
+
+
+def _check_limits(txs, attestations, params):
+    max_txs, max_bytes = _limits(params)
+    if len(txs) > max_txs:
+        raise AitError("bad_block", f"block holds {len(txs)} transactions, more than max_block_txs {max_txs}")
+    size = block_bytes(txs, attestations)
+    if size > max_bytes:
+        raise AitError("bad_block", f"block holds {size} bytes, more than max_block_bytes {max_bytes}")
+
+
 class Chain:
     """The chain on one Store: genesis, head, and block application."""
 
@@ -53,7 +80,7 @@ class Chain:
 
     def _init_or_check(self):
         store, g = self.store, self.genesis
-        store.check_format()
+        check_format(store)
         if store.is_empty():
             view = StateView(store, acc=0)
             for ns, key, value in g.entries:
@@ -109,11 +136,9 @@ class Chain:
 
     # -- building ------------------------------------------------------------
     def build_block(self, candidates, key, timestamp, max_txs=None, attestations=None, max_bytes=None):
-        """Apply candidates in order on the head; keep those that apply.
-
-        The block ends before the first candidate that would take it past
-        max_txs transactions or max_bytes bytes (blocks.block_bytes; both
-        from the params by default): that one and the rest stay pending.
+        """Apply candidates in order on the head; keep those that apply,
+        up to the first that would pass max_txs or max_bytes (the params'
+        by default; blocks.block_bytes): it and the rest stay pending.
         Returns (block, tx_records, view, failed) where failed maps the
         hash of each transaction left out as invalid to (tx, AitError).
         """
@@ -129,11 +154,8 @@ class Chain:
         timestamp = max(timestamp, parent["timestamp"])
         view = self.view()
         ctx = self.context(view, key.address, height, timestamp, attestations=attestations)
-        param_txs, param_bytes = block_limits(ctx.params)  # before any PARAM_UPDATE of this block
-        max_txs = param_txs if max_txs is None else max_txs
-        max_bytes = param_bytes if max_bytes is None else max_bytes
-        included, records, failed = [], [], {}
-        size = 0
+        max_txs, max_bytes = _limits(ctx.params, max_txs, max_bytes)
+        included, records, failed, size = [], [], {}, 0
         for n, tx in enumerate(candidates, 1):
             if len(included) >= max_txs:
                 break
@@ -143,17 +165,13 @@ class Chain:
             if size + cost > max_bytes:
                 break
             try:
-                result = apply_tx(ctx, tx)
+                result = _apply_in_build(ctx, tx)
             except AitError as e:
                 failed[tx.hash] = (tx, e)
                 continue
-            except RESOURCE_ERRORS:
+            except Exception:
                 view.release()
                 raise
-            except Exception as e:  # a bug this transaction triggers; the view is half written
-                view.release()
-                raise TxBreaksBlock(tx, AitError(
-                    "tx_unprocessable", f"applying it raised {type(e).__name__}: {e}"))
             included.append(tx)
             records.append((tx, result))
             size += cost
@@ -178,47 +196,6 @@ class Chain:
             encoded += encode_tx_records(tx_records[i:i + slice_size])
             yield
         return block, encoded, view, failed
-
-    def find_unstorable_steps(self, txs, key, timestamp, attestations=None):
-        """After storing a block of txs (in this order) failed: the first
-        of txs whose block does not store while the block of those before
-        it does, or None when no transaction is to blame (the block without
-        any fails too, or the whole block stores now) or the head moved
-        meanwhile.  A generator like
-        build_steps; trial blocks are written in write transactions that
-        are aborted, so nothing is stored.  Builds about log2(len(txs))
-        trial blocks, each a prefix of txs (a prefix of a valid block is
-        valid: its transactions apply on the same state in the same order)."""
-        head = self.head()
-
-        def stores(n):
-            block, records, view, failed = yield from self.build_steps(
-                txs[:n], key, timestamp, max_txs=n, attestations=attestations)
-            acc, changes = view.finish()
-            view.release()
-            if failed or self.head() != head:
-                raise _Inconclusive()  # not the same block any more
-            try:
-                self.store.try_commit(block, records, changes, acc)
-            except RESOURCE_ERRORS:
-                raise
-            except Exception:
-                return False
-            return True
-
-        try:
-            if not (yield from stores(0)) or (yield from stores(len(txs))):
-                return None
-            good, bad = 0, len(txs)
-            while bad - good > 1:
-                mid = (good + bad) // 2
-                if (yield from stores(mid)):
-                    good = mid
-                else:
-                    bad = mid
-        except _Inconclusive:
-            return None
-        return txs[bad - 1]
 
     @staticmethod
     def _tx_records(block, applied):
@@ -264,12 +241,7 @@ class Chain:
         if view is None:
             view = self.view()
         ctx = self.context(view, header["proposer"], header["height"], header["timestamp"], attestations=atts)
-        max_txs, max_bytes = block_limits(ctx.params)
-        if len(txs) > max_txs:
-            raise AitError("bad_block", f"block holds {len(txs)} transactions, more than max_block_txs {max_txs}")
-        size = block_bytes(txs, atts)
-        if size > max_bytes:
-            raise AitError("bad_block", f"block holds {size} bytes, more than max_block_bytes {max_bytes}")
+        _check_limits(txs, atts, ctx.params)
         records = []
         for tx in txs:
             try:
@@ -347,3 +319,64 @@ class Chain:
             raise AitError("head_moved", "the head changed while the branch was checked", status=409)
         dropped = self.store.switch_branch(fork_height, writes)
         return [w[0] for w in writes], dropped
+
+
+def commit_built_steps(chain, block, tx_records, view, candidates, key):
+    """chain.commit of a block this node built from candidates.  When
+    storing it fails and one of its transactions is to blame, raise
+    TxBreaksBlock naming it (tx_unstorable), so the proposer drops it and
+    goes on; otherwise raise what storing raised.  A generator like
+    Chain.build_steps."""
+    try:
+        return chain.commit(block, tx_records, view)
+    except RESOURCE_ERRORS:
+        raise
+    except Exception as e:
+        error = e
+    by_hash = {tx.hash: tx for tx in candidates}
+    txs = [by_hash[h] for h in block["txs"]]
+    culprit = yield from _find_unstorable_steps(
+        chain, txs, key, block["header"]["timestamp"], block["attestations"])
+    if culprit is None:
+        raise error
+    raise TxBreaksBlock(culprit, AitError(
+        "tx_unstorable", f"a block holding it could not be stored: {type(error).__name__}: {error}"))
+
+
+def _find_unstorable_steps(chain, txs, key, timestamp, attestations):
+    """The first of txs whose block does not store while the block of those
+    before it does; None when no transaction is to blame (the block without
+    any fails too, or the whole block stores now) or the head moved.  Builds
+    about log2(len(txs)) trial blocks, each a prefix of txs (a prefix of a
+    valid block is valid: its transactions apply on the same state in the
+    same order), and writes each in a write transaction that is aborted."""
+    head = chain.head()
+
+    def stores(n):
+        block, records, view, failed = yield from chain.build_steps(
+            txs[:n], key, timestamp, max_txs=n, attestations=attestations)
+        acc, changes = view.finish()
+        view.release()
+        if failed or chain.head() != head:
+            raise _Inconclusive()  # not the same block any more
+        try:
+            chain.store.try_commit(block, records, changes, acc)
+        except RESOURCE_ERRORS:
+            raise
+        except Exception:
+            return False
+        return True
+
+    try:
+        if not (yield from stores(0)) or (yield from stores(len(txs))):
+            return None
+        good, bad = 0, len(txs)
+        while bad - good > 1:
+            mid = (good + bad) // 2
+            if (yield from stores(mid)):
+                good = mid
+            else:
+                bad = mid
+    except _Inconclusive:
+        return None
+    return txs[bad - 1]

@@ -11,10 +11,9 @@ import time
 
 from twisted.logger import Logger
 
-from aitnode.chain import TxBreaksBlock
+from aitnode.chain import TxBreaksBlock, commit_built_steps
 from aitnode.errors import AitError
 from aitnode.steps import run_steps, run_steps_async
-from aitnode.store import RESOURCE_ERRORS
 
 # Builds one proposal may try, each after dropping a transaction that made
 # the one before fail (TxBreaksBlock, or a block that would not store).
@@ -70,26 +69,18 @@ class BlockPipeline:
                 block, records, view, failed = yield from self.chain.build_steps(
                     candidates, self.key, self.now(), attestations=self.mempool.attestations()
                 )
+                if self.chain.head() != head:
+                    # A block was imported meanwhile: this one no longer extends the head.
+                    view.release()
+                    return None
+                yield from commit_built_steps(self.chain, block, records, view, candidates, self.key)
             except TxBreaksBlock as e:
                 self._drop_breaking(e.tx, e.error)
                 continue
-            if self.chain.head() != head:
-                # A block was imported meanwhile: this one no longer extends the head.
-                view.release()
-                return None
-            try:
-                self.chain.commit(block, records, view)
-            except RESOURCE_ERRORS:
+            except Exception:
+                if self.chain.head() != head:
+                    return None  # a block came in while a failed one was examined; the next round tries again
                 raise
-            except Exception as e:
-                culprit = yield from self._find_unstorable(block, candidates)
-                if culprit is None:
-                    if self.chain.head() != head:
-                        return None  # a block came in meanwhile; the next round tries again
-                    raise e
-                self._drop_breaking(culprit, AitError(
-                    "tx_unstorable", f"a block holding it could not be stored: {type(e).__name__}: {e}"))
-                continue
             self._after_commit(block, records, failed)
             self._log.info(
                 "block proposed height={height} txs={txs} latency_ms={latency_ms}",
@@ -99,12 +90,6 @@ class BlockPipeline:
             )
             return block
         return None
-
-    def _find_unstorable(self, block, candidates):
-        by_hash = {tx.hash: tx for tx in candidates}
-        txs = [by_hash[h] for h in block["txs"]]
-        return (yield from self.chain.find_unstorable_steps(
-            txs, self.key, block["header"]["timestamp"], block["attestations"]))
 
     def _drop_breaking(self, tx, err):
         """tx made a block fail to build or store: out of the mempool, and

@@ -24,6 +24,7 @@ open (resync: start on an empty data_dir, or reset the devnet).
 """
 
 import hashlib
+import itertools
 import os
 import struct
 
@@ -80,6 +81,23 @@ def _value_of(record, ck, ns):
     return record[1 + len(ck):]
 
 
+def _state_get(txn, ns, key):
+    """The canonical bytes of entry (ns, key)'s value, or None, read through
+    txn (a Store.state_reader)."""
+    k, ck = _ekey(ns, key)
+    return _value_of(txn.get(k), ck, ns)
+
+
+def check_format(store):
+    """Refuse a data_dir written in another layout (ConfigError)."""
+    have = store.meta("format_version")
+    if have is not None and have != FORMAT_VERSION:
+        raise ConfigError(
+            f"data_dir {store.path} holds storage format {have}, this node reads format {FORMAT_VERSION}: "
+            f"resync (point [node] data_dir at an empty folder) or reset it (./dev devnet --reset)"
+        )
+
+
 def _height_key(height):
     return struct.pack(">Q", height)
 
@@ -133,15 +151,6 @@ class Store:
     def is_empty(self):
         return self.meta("format_version") is None
 
-    def check_format(self):
-        """Refuse a data_dir written in another layout (ConfigError)."""
-        have = self.meta("format_version")
-        if have is not None and have != FORMAT_VERSION:
-            raise ConfigError(
-                f"data_dir {self.path} holds storage format {have}, this node reads format {FORMAT_VERSION}: "
-                f"resync (point [node] data_dir at an empty folder) or reset it (./dev devnet --reset)"
-            )
-
     def head(self):
         """(height, hash) of the head block, or None before genesis."""
         h = self.meta("head")
@@ -157,12 +166,7 @@ class Store:
         """A read transaction on the state table (for state.StateView)."""
         return self.env.begin(db=self._db["state"])
 
-    @staticmethod
-    def state_get(txn, ns, key):
-        """The canonical bytes of entry (ns, key)'s value, or None, read
-        through txn (a state_reader)."""
-        k, ck = _ekey(ns, key)
-        return _value_of(txn.get(k), ck, ns)
+    state_get = staticmethod(_state_get)
 
     def entry(self, ns, key):
         with self.env.begin(db=self._db["state"]) as t:
@@ -172,16 +176,11 @@ class Store:
     def entries(self, ns):
         """Every (key, value) of a namespace, in key order."""
         prefix = f"{ns}/".encode()
-        out = []
         with self.env.begin(db=self._db["state"]) as t:
             cur = t.cursor()
-            if cur.set_range(prefix):
-                for k, v in cur:
-                    if not k.startswith(prefix):
-                        break
-                    out.append(tuple(_loads(v)))
-        out.sort(key=lambda kv: kv[0])
-        return out
+            rows = itertools.takewhile(lambda kv: kv[0].startswith(prefix), cur) if cur.set_range(prefix) else ()
+            records = [tuple(_loads(v)) for _, v in rows]
+        return sorted(records, key=lambda kv: kv[0])
 
     def count_entries(self):
         return self._stat("state")
@@ -259,8 +258,7 @@ class Store:
                 t.put(b"chain_id", _dumps(block["header"]["chain_id"]), db=meta)
 
     def try_commit(self, block, tx_records, changes, acc):
-        """commit_block in a write transaction that is then aborted: raises
-        what commit_block would raise, writes nothing."""
+        """commit_block, aborted at the end: raises what it would, writes nothing."""
         t = self.env.begin(write=True)
         try:
             self._commit(t, block, tx_records, changes, acc)
