@@ -3,18 +3,22 @@ height, or two votes that break a voting rule; parsed strictly, checked
 against the authority set of their heights, one id per pair."""
 
 import copy
+import hashlib
 import json
+import re
 
 from hypothesis import given, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from aitnode import evidence as E, finality as F
 from aitnode.blocks import HEADER_FIELDS, block_hash
+from aitnode.crypto import KeyPair
 from aitnode.encoding import canonical, merkle_root, sha256_hex
 from aitnode.errors import AitError
 
 from tests.common import CHAIN_ID, key
 from tests.test_finality import h, make_vote, reference_violation, small_vote, vote
+from tests.test_protocol_vectors import doc_text, load_vectors
 
 OFFENDER = key(61)
 HONEST = key(62)
@@ -268,3 +272,85 @@ class BlockEvidenceTests(SynchronousTestCase):
         for its, recorded in cases:
             assert_bad(self, "bad_block", self.check, its, recorded)
 
+
+class DocumentVectorTests(SynchronousTestCase):
+    """Vectors finality_vote and evidence of docs/protocol.md, rebuilt from
+    the descriptions beside them with the node's code."""
+
+    def setUp(self):
+        self.text = doc_text()
+        v = load_vectors(self.text)
+        self.fv, self.ev = v["finality_vote"], v["evidence"]
+        self.cid = self.fv["chain_id"]
+        label = re.fullmatch(r'sha256\("(.*)"\)', self.fv["voter"]["seed_of"]).group(1)
+        self.key = KeyPair(hashlib.sha256(label.encode()).digest())
+        self.assertEqual(self.key.public_key.hex(), v["keys"]["authority"]["public_key"])
+
+    def block(self, label):
+        return hashlib.sha256(f"aitnode vector block {label}".encode()).hexdigest()
+
+    def test_finality_vote(self):
+        fv, k, cid = self.fv, self.key, self.cid
+        self.assertEqual((fv["voter"]["public_key"], fv["voter"]["address"]), (k.public_key.hex(), k.address))
+        signed = {"chain_id": cid, "height": 7, "hash": self.block(7), "source_height": 6, "source_hash": self.block(6)}
+        self.assertEqual(fv["signed"], signed)
+        self.assertEqual(canonical(signed).hex(), fv["signed_cbor"])
+        self.assertEqual(hashlib.sha256(bytes.fromhex(fv["signed_cbor"])).hexdigest(), fv["sign_bytes"])
+        self.assertEqual(F.sign_bytes(cid, 7, self.block(7), 6, self.block(6)).hex(), fv["sign_bytes"])
+        self.assertEqual(k.sign(bytes.fromhex(fv["sign_bytes"])).hex(), fv["sig"])
+        vote_ = F.sign_vote(k, cid, 7, self.block(7), 6, self.block(6))
+        self.assertEqual(vote_.to_wire(), fv["wire"])
+        self.assertEqual(fv["wire"]["sig"], fv["sig"])
+        parsed = F.parse_vote(fv["wire"])
+        self.assertTrue(F.verify_vote(parsed, cid, k.public_key))
+        self.assertFalse(F.verify_vote(parsed, "ait-test", k.public_key))
+        self.assertEqual(sha256_hex(canonical(fv["wire"])), fv["leaf"])
+        self.assertEqual(parsed.leaf(), fv["leaf"])
+        self.assertEqual(F.votes_root([fv["wire"]]), fv["votes_root"])
+        self.assertEqual(hashlib.sha256(b"\x00" + bytes.fromhex(fv["leaf"])).hexdigest(), fv["votes_root"])
+        self.assertEqual({n: F.quorum(int(n)) for n in fv["quorum"]}, fv["quorum"])
+        # The quorum table of the section says the same.
+        rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip().strip("|").split("|")[1:]]
+                for line in self.text.splitlines() if line.startswith(("| n |", "| q |"))}
+        self.assertEqual([str(F.quorum(int(n))) for n in rows["n"]], rows["q"])
+        self.assertEqual(dict(zip(rows["n"], map(int, rows["q"]))), fv["quorum"])
+
+    def test_evidence(self):
+        ev, k, cid = self.ev, self.key, self.cid
+        self.assertEqual((ev["chain_id"], ev["offender"]), (cid, k.address))
+        first = F.sign_vote(k, cid, 7, self.block(7), 6, self.block(6))
+        self.assertEqual(first.to_wire(), self.fv["wire"])
+        state_root = hashlib.sha256(b"aitnode vector state").hexdigest()
+        headers = [{"chain_id": cid, "parent": self.block(6), "height": 7, "timestamp": ts, "proposer": k.address,
+                    "tx_root": "0" * 64, "state_root": state_root} for ts in (1700000070, 1700000071)]
+        built = {
+            "double_vote": E.vote_evidence(first, F.sign_vote(k, cid, 7, self.block("7b"), 6, self.block(6))),
+            "surround_vote": E.vote_evidence(F.sign_vote(k, cid, 9, self.block(9), 5, self.block(5)), first),
+            "double_proposal": E.proposal_evidence(*(x for hd in headers for x in (hd, k.sign(bytes.fromhex(block_hash(hd))).hex()))),
+        }
+        for name, e in built.items():
+            item = ev[name]
+            self.assertEqual(e.to_wire(), item["wire"], name)
+            self.assertEqual(canonical(item["wire"]).hex(), item["cbor"], name)
+            self.assertEqual(hashlib.sha256(bytes.fromhex(item["cbor"])).hexdigest(), item["id"], name)
+            self.assertEqual(e.id, item["id"])
+            self.assertEqual(e.offence, name)
+            parsed = E.parse_evidence(json.loads(json.dumps(item["wire"])))
+            self.assertEqual(parsed.id, item["id"])
+            self.assertEqual(E.check_evidence(parsed, cid, lambda a, height: k.public_key), k.address)
+            self.assertRaises(AitError, E.check_evidence, parsed, "ait-test", lambda a, height: k.public_key)
+            w = item["wire"]
+            if name == "double_proposal":
+                self.assertEqual([block_hash(w["a"]["header"]), block_hash(w["b"]["header"])], item["block_hashes"])
+                self.assertLess(*item["block_hashes"])
+            else:
+                self.assertEqual([sha256_hex(canonical(w["a"])), sha256_hex(canonical(w["b"]))], item["leaves"])
+                self.assertLess(*item["leaves"])
+        block = E.block_evidence(built.values())
+        self.assertEqual([sha256_hex(canonical(w)) for w in block], ev["block_ids"])
+        self.assertEqual(ev["block_ids"], sorted(item["id"] for item in (ev[n] for n in built)))
+        self.assertEqual(E.evidence_root(block), ev["evidence_root"])
+        self.assertEqual(merkle_root(ev["block_ids"]), ev["evidence_root"])
+        found = E.check_block_evidence([ev[n]["wire"] for n in sorted(built, key=lambda n: ev[n]["id"])], cid,
+                                       lambda a, height: k.public_key, lambda i: False)
+        self.assertEqual([e.id for e in found], ev["block_ids"])
