@@ -13,7 +13,7 @@ authority's votes safe to count; breaking one is slashable evidence
 from typing import NamedTuple
 
 from aitnode import crypto
-from aitnode.encoding import canonical, merkle_root, parse_hex, require_fields, require_int, sha256, sha256_hex
+from aitnode.encoding import canonical, is_hex, merkle_root, parse_hex, require_fields, require_int, sha256, sha256_hex
 from aitnode.errors import AitError
 
 VOTE_FIELDS = ("voter", "height", "hash", "source_height", "source_hash", "sig")
@@ -182,7 +182,7 @@ class Record(NamedTuple):
             raise ValueError(f"not a vote record: {obj!r}")
         rec = cls(*(obj[f] for f in RECORD_FIELDS))
         if not (type(rec.height) is int and type(rec.source_height) is int and 0 <= rec.source_height < rec.height
-                and all(type(h) is str and len(h) == 64 for h in (rec.hash, rec.source_hash))):
+                and is_hex(rec.hash, 32) and is_hex(rec.source_hash, 32)):
             raise ValueError(f"not a vote record: {obj!r}")
         return rec
 

@@ -194,7 +194,7 @@ class SafeVoterTests(SynchronousTestCase):
         self.assertEqual(obj, {"height": 5, "hash": h(5), "source_height": 4, "source_hash": h(4)})
         self.assertEqual(F.Record.from_json(json.loads(json.dumps(obj))), rec)
         for bad in (None, [], dict(obj, x=1), dict(obj, height="5"), dict(obj, source_height=5),
-                    dict(obj, hash=h(5)[:10]), {k: v for k, v in obj.items() if k != "hash"}):
+                    dict(obj, hash=h(5)[:10]), dict(obj, hash=h(5).upper()), dict(obj, source_hash=None), {k: v for k, v in obj.items() if k != "hash"}):
             self.assertRaises(ValueError, F.Record.from_json, bad)
 
     def test_not_mine(self):
