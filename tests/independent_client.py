@@ -529,6 +529,57 @@ def locator_heights(head_height):
 
 
 # --------------------------------------------------------------------------
+# Finality votes and evidence ("Finality votes and evidence")
+
+
+def quorum(n):
+    return n - (n - 1) // 3
+
+
+def vote_sign_bytes(chain_id, height, block, source_height, source_block):
+    return sha256(cbor({"chain_id": chain_id, "height": height, "hash": block,
+                        "source_height": source_height, "source_hash": source_block}))
+
+
+def sign_vote(seed, chain_id, height, block, source_height, source_block):
+    """The wire form of a vote."""
+    sig = sign(seed, vote_sign_bytes(chain_id, height, block, source_height, source_block))
+    return {"voter": keypair(seed)[2], "height": height, "hash": block, "source_height": source_height,
+            "source_hash": source_block, "sig": sig.hex()}
+
+
+def vote_ok(wire, public_key_hex, chain_id):
+    return address(bytes.fromhex(public_key_hex)) == wire["voter"] and _verify(
+        public_key_hex, wire["sig"],
+        vote_sign_bytes(chain_id, wire["height"], wire["hash"], wire["source_height"], wire["source_hash"]))
+
+
+def vote_rule_broken(a, b):
+    """None, "double_vote" or "surround_vote" for two wire votes of one voter."""
+    fields = ("height", "hash", "source_height", "source_hash")
+    if [a[f] for f in fields] == [b[f] for f in fields]:
+        return None
+    if a["height"] == b["height"]:
+        return "double_vote"
+    for x, y in ((a, b), (b, a)):
+        if x["source_height"] < y["source_height"] and y["height"] < x["height"]:
+            return "surround_vote"
+    return None
+
+
+def vote_evidence(a, b):
+    """The wire form of vote evidence: the pair ordered by leaf."""
+    a, b = sorted((a, b), key=hash_hex)
+    return {"kind": "vote", "a": a, "b": b}
+
+
+def proposal_evidence(a, b):
+    """The wire form of proposal evidence from two {"header", "sig"}."""
+    a, b = sorted((a, b), key=lambda p: block_hash(p["header"]))
+    return {"kind": "proposal", "a": a, "b": b}
+
+
+# --------------------------------------------------------------------------
 # A small state machine for TRANSFER, MINT and RECEIPT_CLAIM (sections 6,
 # 8, 10.2, Compute receipts), enough to follow a block from its parent's
 # state.  Rules broken raise ValueError(<the node's error code>).

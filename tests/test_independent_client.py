@@ -122,6 +122,39 @@ class VectorTests(SynchronousTestCase):
         for n, root in m["roots"].items():
             self.assertEqual(ic.merkle_root(m["hashes"][: int(n)]), root)
 
+    def test_finality_vote(self):
+        fv = self.v["finality_vote"]
+        seed = hashlib.sha256(b"aitnode vector authority").digest()
+        cid, s = fv["chain_id"], fv["signed"]
+        self.assertEqual(ic.cbor(s).hex(), fv["signed_cbor"])
+        self.assertEqual(ic.vote_sign_bytes(cid, s["height"], s["hash"], s["source_height"], s["source_hash"]).hex(),
+                         fv["sign_bytes"])
+        wire = ic.sign_vote(seed, cid, s["height"], s["hash"], s["source_height"], s["source_hash"])
+        self.assertEqual(wire, fv["wire"])
+        self.assertTrue(ic.vote_ok(wire, fv["voter"]["public_key"], cid))
+        self.assertFalse(ic.vote_ok(wire, fv["voter"]["public_key"], "another-chain"))
+        self.assertEqual(ic.hash_hex(wire), fv["leaf"])
+        self.assertEqual(ic.merkle_root([fv["leaf"]]), fv["votes_root"])
+        self.assertEqual({n: ic.quorum(int(n)) for n in fv["quorum"]}, fv["quorum"])
+
+    def test_evidence(self):
+        ev = self.v["evidence"]
+        pk = self.v["finality_vote"]["voter"]["public_key"]
+        for name in ("double_vote", "surround_vote"):
+            w = ev[name]["wire"]
+            self.assertEqual(ic.vote_evidence(w["b"], w["a"]), w)
+            self.assertEqual(ic.vote_rule_broken(w["a"], w["b"]), name)
+            self.assertTrue(ic.vote_ok(w["a"], pk, ev["chain_id"]) and ic.vote_ok(w["b"], pk, ev["chain_id"]))
+            self.assertEqual(ic.hash_hex(w), ev[name]["id"])
+        w = ev["double_proposal"]["wire"]
+        self.assertEqual(ic.proposal_evidence(w["b"], w["a"]), w)
+        for half in ("a", "b"):
+            self.assertTrue(ic._verify(pk, w[half]["sig"], bytes.fromhex(ic.block_hash(w[half]["header"]))))
+        self.assertEqual(ic.hash_hex(w), ev["double_proposal"]["id"])
+        ids = sorted(ev[n]["id"] for n in ("double_vote", "surround_vote", "double_proposal"))
+        self.assertEqual(ids, ev["block_ids"])
+        self.assertEqual(ic.merkle_root(ids), ev["evidence_root"])
+
     def test_genesis(self):
         gv = self.v["genesis"]
         doc = gv["genesis_json"]

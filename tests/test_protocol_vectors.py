@@ -34,7 +34,8 @@ DOC = os.path.join(ROOT, "docs", "protocol.md")
 PACKAGE = os.path.join(ROOT, "aitnode")
 
 _VECTOR = re.compile(r"^```json vector:([a-z0-9_]+)\n(.*?)\n```$", re.M | re.S)
-EXPECTED_VECTORS = {"cbor", "keys", "transfer", "min_fee", "merkle", "genesis", "block1", "claim", "peer_auth"}
+EXPECTED_VECTORS = {"cbor", "keys", "transfer", "min_fee", "merkle", "genesis", "block1", "claim", "peer_auth",
+                    "finality_vote", "evidence"}
 
 
 def doc_text():
