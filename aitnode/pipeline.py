@@ -30,7 +30,16 @@ class BlockPipeline:
         self.block_listeners = []  # called with each committed block
         self.blocks = 0
         self.head_changed_at = clock.seconds()
-        self.peer_height = 0  # the best height peers announced (set by p2p)
+        # The greatest height of a block header this node checked (its
+        # proposer's signature, its parent on our chain or on a checked
+        # branch); p2p raises it, the sync lag metric reads it.  What peers
+        # merely claim never counts.
+        self.best_verified_height = 0
+
+    def header_verified(self, height):
+        """A block header at height was checked (see best_verified_height)."""
+        if height > self.best_verified_height:
+            self.best_verified_height = height
 
     @property
     def is_proposer(self):

@@ -88,8 +88,9 @@ class Net:
         self._port = 40000
         testcase.addCleanup(self.close)
 
-    def peer(self, doc=None, key=AUTHORITY, sync_batch=p2pmod.SYNC_BATCH, node_key=None):
-        node = make_node(self.tc, doc=doc, key=key, clock=self.clock)
+    def peer(self, doc=None, key=AUTHORITY, sync_batch=p2pmod.SYNC_BATCH, node_key=None, **kw):
+        """A node with its P2P manager; kw go to make_node (mempool, verifier...)."""
+        node = make_node(self.tc, doc=doc, key=key, clock=self.clock, **kw)
         p2p = P2P(node, node_key or KeyPair.generate(), self.clock, sync_batch=sync_batch)
         clock_timers(p2p.server_factory, self.clock)
         p2p.startService()

@@ -181,7 +181,6 @@ class P2P(service.MultiService):
             return
         conn.ready = True
         self.conns.add(conn)
-        self._update_peer_height()  # its hello told us its height
         self.scores.setdefault(conn.remote_id, 0)
         self._touch(conn)
         self._log.info("peer joined {peer} ({direction}) height={height}", peer=conn.addr, direction=conn.direction,
@@ -191,9 +190,6 @@ class P2P(service.MultiService):
     def _touch(self, conn):
         rec = {"addr": conn.addr, "last_seen": int(self.reactor.seconds()), "score": self.scores.get(conn.remote_id, 0)}
         self.node.local.put_peer(conn.remote_id, rec)
-
-    def _update_peer_height(self):
-        self.node.pipeline.peer_height = max((c.remote_height for c in self.conns), default=0)
 
     # -- dispatch ----------------------------------------------------------
     def received(self, conn, mtype, data):
@@ -215,7 +211,6 @@ class P2P(service.MultiService):
         if type(d) is not dict:
             raise PeerError("protocol", "status is not a map")
         conn.set_status(d)
-        self._update_peer_height()
         self.sync.maybe_sync(conn)
 
     def _on_tx(self, conn, d):
@@ -243,9 +238,8 @@ class P2P(service.MultiService):
         header = entry["block"]["header"]
         if not self.seen_block.add(entry["block"]["hash"]):
             return
-        if header["height"] >= conn.remote_height:
+        if header["height"] >= conn.remote_height:  # a claim: it picks whom to sync from, nothing more
             conn.remote_height, conn.remote_head = header["height"], entry["block"]["hash"]
-            self._update_peer_height()
         # Relaying is on_local_block's: it runs for every committed block.
         self.sync.on_block(conn, entry)
 
@@ -326,7 +320,6 @@ class P2P(service.MultiService):
             self.conns.discard(conn)
             self._log.info("peer left {peer}", peer=conn.addr, component="p2p", event="peer_left")
         self.sync.disconnected(conn)
-        self._update_peer_height()
 
     def peer_list(self):
         out = []
