@@ -198,7 +198,9 @@ class P2P(service.MultiService):
         if mtype == "auth":
             return self._on_auth(conn, data)
         if mtype == "reject":
-            self._log.warn("peer {peer} refused us: {reason}", peer=conn.addr, reason=str(data)[:200],
+            reason = data.get("reason") if type(data) is dict else None
+            reason = reason[:200] if type(reason) is str else "(no reason given)"
+            self._log.warn("peer {peer} refused us: {reason}", peer=conn.addr, reason=reason,
                            component="p2p", event="refused_by_peer")
             return conn.sendClose(1000, "rejected")
         if not conn.ready:

@@ -85,6 +85,7 @@ class PeerConnection:
             self.sendMessage(encode(mtype, data), isBinary=True)
 
     def onMessage(self, payload, isBinary):
+        closing = self.state != self.STATE_OPEN
         try:
             if not isBinary:
                 raise PeerError("garbage", "text frame")
@@ -94,9 +95,15 @@ class PeerConnection:
                 raise PeerError("garbage", "frame is not CBOR")
             if type(msg) is not dict or set(msg) != {"type", "data"} or type(msg["type"]) is not str:
                 raise PeerError("garbage", "message is not {type, data}")
+            if closing and msg["type"] != "reject":
+                return
             self.p2p.received(self, msg["type"], msg["data"])
         except PeerError as e:
-            self.p2p.misbehaved(self, e.kind, str(e))
+            # A closing connection (we refused it, or it broke the protocol
+            # already) is neither acted on nor penalised again: only the
+            # other side's reject is still read, to log its reason.
+            if not closing:
+                self.p2p.misbehaved(self, e.kind, str(e))
 
     # -- the handshake ---------------------------------------------------------
     def on_hello(self, d, mine):
