@@ -135,9 +135,13 @@ class BlockPipeline:
         """Switch to a competing branch [(block, txs)] forking after
         fork_height, once all of it verified (chain.reorganise_steps);
         the transactions of the undone blocks go back to the mempool.
-        Raises AitError, having changed nothing, if any block fails."""
+        Raises AitError, having changed nothing, if any block fails.
+        pause: awaited between blocks (signature checks, then state
+        transitions), so a long branch never holds the reactor."""
         for _, txs in branch:
             await self.check_signatures(txs)
+            if pause is not None:
+                await pause()
         steps = self.chain.reorganise_steps(fork_height, branch)
         committed, dropped = run_steps(steps) if pause is None else await run_steps_async(steps, pause)
         self._readmit_after_switch(fork_height, dropped)

@@ -2,16 +2,26 @@
 peer could stop, mislead or bloat a node, in process on tests.test_p2p's
 in-memory network (one Clock, iosim transports)."""
 
+import os
+import signal
+
 from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
 
 from aitnode import p2p as p2pmod
+from aitnode.blocks import block_hash
+from aitnode.chain import Chain
 from aitnode.crypto import KeyPair
-from aitnode.p2p import auth_bytes
+from aitnode.genesis import Genesis
+from aitnode.p2p import auth_bytes, sync as sync_mod
 from aitnode.proposer import ProposerService
+from aitnode.steps import run_steps
+from aitnode.store import Store
 from aitnode.verifier import verify_chunk
 
-from tests.common import CHAIN_ID, make_node
-from tests.test_p2p import P2PTestCase, RawClient
+from tests.common import ALICE, BOB, CAROL, CHAIN_ID, genesis_doc, make_node, state_dump, transfer
+from tests.test_p2p import K1, K2, P2PTestCase, RawClient, hashes
 
 
 def authed_raw(net, victim, height=0, head=None, node_key=None):
@@ -219,3 +229,228 @@ class SpoofingTests(P2PTestCase):
         self.assertHonestUntouched()
         self.assertEqual([c.remote_id for c in v.conns], [self.honest_id])
         self.assertEqual(v.node.local.peers()[raw.node_id]["score"], p2pmod.PENALTY["protocol"])
+
+
+# -- defect 4: forged forks, and switching branches at once -----------------
+
+def resign(block, signer, **header_changes):
+    """block with header fields changed, hashed and signed again by signer."""
+    header = dict(block["header"], **header_changes)
+    h = block_hash(header)
+    return dict(block, header=header, hash=h, sig=signer.sign(bytes.fromhex(h)).hex())
+
+
+def forge_chain(entries, signer, index, **header_changes):
+    """entries (a run of block entries) with entry index changed and every
+    later one re-linked to it and signed again by signer."""
+    out = [dict(e) for e in entries]
+    out[index] = dict(out[index], block=resign(out[index]["block"], signer, **header_changes))
+    for i in range(index + 1, len(out)):
+        out[i] = dict(out[i], block=resign(out[i]["block"], signer, parent=out[i - 1]["block"]["hash"]))
+    return out
+
+
+class ForkAttackTests(P2PTestCase):
+    """A node (authority K1) with 6 blocks; a competing branch by K2 that
+    forks after its block 3 and is 5 blocks long (heights 4 to 8)."""
+
+    def setUp(self):
+        super().setUp()
+        doc = genesis_doc(authorities=(K1, K2))
+        self.a = self.net.peer(doc=doc, key=K1)
+        self.kept = transfer(ALICE, 1, CAROL, 5)
+        self.a.node.admission.submit(self.kept.to_wire())
+        for _ in range(6):
+            self.a.node.pipeline.propose()
+        self.b = make_node(self, doc=doc, key=K2, clock=self.net.clock)
+        for h in (1, 2, 3):
+            e = self.a.node.chain.block_entry(h)
+            self.b.pipeline.import_block(e["block"], [self.b.admission.parse(w) for w in e["txs"]])
+        self.b.admission.submit(transfer(BOB, 1, CAROL, 7).to_wire())
+        for _ in range(5):
+            self.b.pipeline.propose()
+        self.branch = [self.b.chain.block_entry(h) for h in range(4, 9)]
+        self.ours = hashes(self.a)
+        self.state = state_dump(self.a.node.store)
+        self.switches = []
+        store = self.a.node.store
+        real = store.switch_branch
+        store.switch_branch = lambda height, blocks: (self.switches.append((height, len(blocks))),
+                                                      real(height, blocks))[1]
+        self.rollbacks = []
+        real_rb = store.rollback_to
+        store.rollback_to = lambda height: (self.rollbacks.append(height), real_rb(height))[1]
+
+    def assertUntouched(self):
+        a = self.a
+        self.assertEqual(hashes(a), self.ours)
+        self.assertEqual(state_dump(a.node.store), self.state)
+        self.assertEqual(a.node.queries.get_tx(self.kept.hash)["status"], "included")
+        self.assertEqual(self.switches, [])
+        self.assertEqual(self.rollbacks, [])
+        self.assertFalse(self.logged("reorg"))
+
+    def offer(self, entries, liar=None):
+        """A peer claiming a long chain answers the node's get_blocks with entries."""
+        liar = liar or authed_raw(self.net, self.a, height=100, head="ab" * 32)
+        [ask] = [m["data"] for m in liar.client.got if m["type"] == "get_blocks"]
+        self.assertIn(self.ours[3], ask["locator"])  # the fork point comes from the node's own locator
+        liar.client.send("blocks", {"blocks": entries, "height": 100})
+        self.net.settle()
+        return liar
+
+    def test_forged_first_block_of_a_fork(self):
+        outsider = KeyPair.generate()
+        first = self.branch[0]
+        rest = self.branch[1:]
+        outsiders = forge_chain(self.branch, K2, 0, proposer=outsider.address)
+        outsiders[0] = dict(outsiders[0], block=resign(outsiders[0]["block"], outsider))
+        for forged, why in (
+            ([dict(first, block=dict(first["block"], sig="00" * 64))] + rest, "signature"),
+            (outsiders, "not an authority"),
+            (forge_chain(self.branch, K2, 0, state_root="11" * 32), "state_root"),
+        ):
+            liar = self.offer(forged)
+            self.assertUntouched()
+            self.assertEqual(self.a.scores[liar.node_id], p2pmod.PENALTY["bad_block"])
+            self.assertTrue(any(why in e["reason"] for e in self.logged("peer_penalized")), why)
+
+    def test_invalid_block_deep_in_a_longer_branch(self):
+        """The 3rd of 5 blocks is invalid: nothing is rolled back or switched,
+        the head stays, and the peer pays for it."""
+        for changes in ({"state_root": "11" * 32}, {"tx_root": "22" * 32}, {"timestamp": 1}):
+            forged = forge_chain(self.branch, K2, 2, **changes)
+            liar = self.offer(forged)
+            self.assertUntouched()
+            self.assertEqual(self.a.scores[liar.node_id], p2pmod.PENALTY["bad_block"])
+            self.assertIsNone(self.a.sync._branch)
+
+    def test_valid_longer_branch_switched_in_one_transaction(self):
+        self.offer(self.branch)
+        self.assertEqual(hashes(self.a), hashes_of(self.b))
+        self.assertEqual(state_dump(self.a.node.store), state_dump(self.b.store))
+        self.assertEqual(self.switches, [(3, 5)])
+        self.assertEqual(self.rollbacks, [])
+        self.assertTrue(self.logged("reorg"))
+        self.assertEqual(self.a.node.queries.get_tx(self.kept.hash)["status"], "included")  # in block 1
+
+    def test_branch_held_until_longer_then_switched(self):
+        """Fetched in pieces, the branch is only held (the chain untouched)
+        until it is longer than ours."""
+        liar = authed_raw(self.net, self.a, height=100, head="ab" * 32)
+        liar.client.send("blocks", {"blocks": self.branch[:3], "height": 100})  # 4..6: not longer
+        self.net.settle()
+        self.assertEqual(self.switches, [])
+        self.assertEqual(hashes(self.a), self.ours)
+        [ask] = [m["data"] for m in liar.client.got if m["type"] == "get_blocks"][1:]
+        self.assertEqual(ask["from"], 7)
+        liar.client.send("blocks", {"blocks": self.branch[3:], "height": 100})
+        self.net.settle()
+        self.assertEqual(self.switches, [(3, 5)])
+        self.assertEqual(hashes(self.a), hashes_of(self.b))
+
+    def test_a_branch_too_large_to_hold_is_dropped(self):
+        self.patch(sync_mod, "MAX_BRANCH_BYTES", 2000)
+        liar = authed_raw(self.net, self.a, height=100, head="ab" * 32)
+        liar.client.send("blocks", {"blocks": self.branch, "height": 100})
+        self.net.settle()
+        self.assertUntouched()
+        self.assertTrue(self.logged("fork_too_large"))
+        self.assertIsNone(self.a.sync._branch)
+
+    def test_checking_a_branch_lets_the_reactor_run_between_blocks(self):
+        """Signatures and state transitions of a branch are checked a block
+        at a time, with a pause (one Clock turn) in between."""
+        turns = []
+        real = self.a.sync.pause
+
+        def pause():
+            turns.append(self.a.node.chain.head())
+            return real()
+
+        self.a.sync.pause = pause
+        self.offer(self.branch)
+        self.assertEqual(hashes(self.a), hashes_of(self.b))
+        self.assertGreaterEqual(len(turns), 2 * len(self.branch))
+        # Until the switch, every turn saw the old head.
+        self.assertEqual(turns.count((6, self.ours[6])), len(turns) - turns.count((8, hashes_of(self.b)[8])))
+
+
+def hashes_of(node):
+    return [node.store.hash_at(h) for h in range(node.chain.head()[0] + 1)]
+
+
+class AtomicSwitchTests(SynchronousTestCase):
+    """A process killed while it switches branches (inside the one LMDB
+    write transaction of Store.switch_branch) leaves the old branch or the
+    new one whole, never a mix: a child process (os.fork) runs the switch
+    on the node's folder and SIGKILLs itself between two blocks of it."""
+
+    def setUp(self):
+        doc = genesis_doc(authorities=(K1, K2))
+        self.genesis = Genesis(doc)
+        clock = Clock()
+        a = make_node(self, doc=doc, key=K1, clock=clock)
+        b = make_node(self, doc=doc, key=K2, clock=clock)
+        for n in (1, 2, 3):
+            a.admission.submit(transfer(ALICE, n, CAROL, n).to_wire())
+            a.pipeline.propose()
+        for h in (1, 2):
+            e = a.chain.block_entry(h)
+            b.pipeline.import_block(e["block"], [b.admission.parse(w) for w in e["txs"]])
+        for n in range(1, 7):
+            b.admission.submit(transfer(BOB, n, CAROL, 10 * n).to_wire())
+            b.pipeline.propose()
+        self.branch = [(e["block"], [b.admission.parse(w) for w in e["txs"]])
+                       for e in (b.chain.block_entry(h) for h in range(3, 9))]
+        self.old = (hashes_of(a), state_dump(a.store), a.store.accumulator())
+        self.new = (hashes_of(b), state_dump(b.store), b.store.accumulator())
+        self.path = a.store.path
+        a.store.close()
+
+    def switch_in_child(self, kill_at=None):
+        """Run the switch in a child; kill_at: SIGKILL it as the kill_at-th
+        block of the branch is written (1-based).  Returns its wait status."""
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                store = Store(self.path)
+                chain = Chain(store, self.genesis)
+                commit, calls = store._commit, []
+
+                def dying(*args):
+                    calls.append(1)
+                    if len(calls) == kill_at:
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    return commit(*args)
+
+                store._commit = dying
+                run_steps(chain.reorganise_steps(2, self.branch))
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        return status
+
+    def reopened(self):
+        """(hashes, state, accumulator) of the folder, opened afresh."""
+        store = Store(self.path)
+        try:
+            Chain(store, self.genesis)  # the genesis check passes on what is there
+            height = store.head()[0]
+            return [store.hash_at(h) for h in range(height + 1)], state_dump(store), store.accumulator()
+        finally:
+            store.close()
+
+    def test_killed_mid_switch_keeps_the_old_branch_whole(self):
+        for kill_at in (1, 3, 6):
+            status = self.switch_in_child(kill_at)
+            self.assertTrue(os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status)
+            got = self.reopened()
+            self.assertEqual(got, self.old, f"killed at block {kill_at} of 6")
+
+    def test_a_finished_switch_leaves_the_new_branch_whole(self):
+        status = self.switch_in_child()
+        self.assertTrue(os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status)
+        self.assertEqual(self.reopened(), self.new)

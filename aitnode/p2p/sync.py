@@ -18,7 +18,10 @@ from aitnode.p2p.wire import MAX_MESSAGE, PeerError
 
 SYNC_BATCH = 64
 SYNC_TIMEOUT = 30  # seconds to wait for a get_blocks answer
-MAX_BRANCH_BYTES = 64 * 1024 * 1024  # a competing branch held while it is fetched
+# A competing branch is held (parsed, in memory) while it is fetched, until
+# it is longer than the node's chain; the answers that brought it may add
+# up to this many bytes on the wire.  One branch is held at a time.
+MAX_BRANCH_BYTES = 64 * 1024 * 1024
 
 
 class BlockSync:
@@ -142,7 +145,7 @@ class BlockSync:
         if self.syncing is not conn:
             return
         self._cancel_timer()
-        dd = self.importing.run(self._sync_entries, conn, entries)
+        dd = self.importing.run(self._sync_entries, conn, entries, conn.frame_bytes)
 
         def done(progressed):
             self.syncing = None
@@ -179,13 +182,14 @@ class BlockSync:
             return False
         return self._import_entries(conn, [entry])
 
-    async def _sync_entries(self, conn, entries):
+    async def _sync_entries(self, conn, entries, size=0):
         """Import a run of blocks from conn, or hold and then switch to the
         branch it starts.  Fork choice: the verified chain with the greater
-        height wins; at equal height the current head stays."""
+        height wins; at equal height the current head stays.  size: the
+        bytes of the answer, counted against MAX_BRANCH_BYTES when held."""
         store = self.chain.store
         if self._branch is not None and self._branch[0] is conn:
-            return await self._extend_branch(conn, entries)
+            return await self._extend_branch(conn, entries, size)
         # Blocks we already hold (an answer that started lower than it had
         # to, e.g. because blocks arrived by gossip meanwhile) are skipped:
         # they are no fork.
@@ -204,7 +208,7 @@ class BlockSync:
                 return False
             self._branch = (conn, fork_height, [])
             self._branch_bytes = 0
-            return await self._extend_branch(conn, entries)
+            return await self._extend_branch(conn, entries, size)
         entries = self._checked_headers(conn, entries)
         return await self._import_entries(conn, entries)
 
@@ -230,9 +234,17 @@ class BlockSync:
             self.pipeline.header_verified(entries[-1]["block"]["header"]["height"])
         return entries
 
-    async def _extend_branch(self, conn, entries):
+    async def _extend_branch(self, conn, entries, size):
         _, fork_height, branch = self._branch
-        for entry in entries:
+        self._branch_bytes += size
+        if self._branch_bytes > MAX_BRANCH_BYTES:
+            self._branch = None
+            self._log.warn("branch from {peer} too large to hold; ignoring it", peer=conn.addr,
+                           component="p2p", event="fork_too_large")
+            return False
+        for n, entry in enumerate(entries):
+            if n:
+                await self.pause()  # parsing a block's transactions takes a while: let the reactor run
             header = entry["block"]["header"]
             prev = branch[-1][0] if branch else None
             want = (prev["header"]["height"] + 1) if prev else fork_height + 1
@@ -247,13 +259,7 @@ class BlockSync:
                 self.p2p.penalize(conn, "bad_block", e.message)
                 return False
             self.pipeline.header_verified(header["height"])  # it links to our chain through the branch
-            self._branch_bytes += sum(len(str(w)) for w in entry["txs"]) + 512
             branch.append((entry["block"], txs))
-        if self._branch_bytes > MAX_BRANCH_BYTES:
-            self._branch = None
-            self._log.warn("branch from {peer} too large to hold; ignoring it", peer=conn.addr,
-                           component="p2p", event="fork_too_large")
-            return False
         if not entries:
             self._branch = None
             return False  # the peer has nothing more: its branch is not longer

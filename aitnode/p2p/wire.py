@@ -58,6 +58,7 @@ class PeerConnection:
     _log = Logger()
     p2p = None
     direction = "?"
+    frame_bytes = 0
 
     def onOpen(self):
         self.p2p = self.factory.p2p
@@ -97,6 +98,7 @@ class PeerConnection:
                 raise PeerError("garbage", "message is not {type, data}")
             if closing and msg["type"] != "reject":
                 return
+            self.frame_bytes = len(payload)  # what the message being handled took on the wire
             self.p2p.received(self, msg["type"], msg["data"])
         except PeerError as e:
             # A closing connection (we refused it, or it broke the protocol
