@@ -454,3 +454,70 @@ class AtomicSwitchTests(SynchronousTestCase):
         status = self.switch_in_child()
         self.assertTrue(os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status)
         self.assertEqual(self.reopened(), self.new)
+
+
+# -- defect 5: an old, validly signed block and a claimed height -------------
+
+class ReplayTests(P2PTestCase):
+    """A node (K1) with 10 blocks; an old block signed by the other
+    authority (K2) at height 3, on the node's own block 2."""
+
+    def setUp(self):
+        super().setUp()
+        doc = genesis_doc(authorities=(K1, K2))
+        self.a = self.net.peer(doc=doc, key=K1)
+        self.t = transfer(ALICE, 1, CAROL, 5)
+        self.a.node.admission.submit(self.t.to_wire())
+        for _ in range(10):
+            self.a.node.pipeline.propose()
+        b = make_node(self, doc=doc, key=K2, clock=self.net.clock)
+        for h in (1, 2):
+            e = self.a.node.chain.block_entry(h)
+            b.pipeline.import_block(e["block"], [b.admission.parse(w) for w in e["txs"]])
+        for _ in range(3):
+            b.pipeline.propose()
+        self.old = [b.chain.block_entry(h) for h in (3, 4, 5)]
+        self.ours = hashes(self.a)
+        self.state = state_dump(self.a.node.store)
+
+    def assertKept(self):
+        self.assertEqual(hashes(self.a), self.ours)
+        self.assertEqual(state_dump(self.a.node.store), self.state)
+        self.assertEqual(self.a.node.queries.get_tx(self.t.hash)["status"], "included")
+        self.assertEqual(len(self.a.node.mempool), 0)
+        self.assertFalse(self.logged("reorg"))
+        self.assertEqual(sync_lag(self.a), 0)
+
+    def asks(self, liar):
+        return [m["data"] for m in liar.client.got if m["type"] == "get_blocks"]
+
+    def test_old_block_with_a_high_claim_never_drops_the_longer_chain(self):
+        liar = authed_raw(self.net, self.a, height=10**6, head="ab" * 32)
+        self.assertEqual(len(self.asks(liar)), 1)
+        liar.client.send("blocks", {"blocks": self.old[:1], "height": 10**6})
+        self.net.settle()
+        self.assertKept()
+        self.assertEqual(self.asks(liar)[-1], {"from": 4, "limit": p2pmod.SYNC_BATCH})  # held, asked for more
+        liar.client.send("blocks", {"blocks": self.old[1:], "height": 10**9})
+        self.net.settle()
+        self.assertKept()
+        liar.client.send("blocks", {"blocks": [], "height": 10**9})  # nothing more: it was never longer
+        self.net.settle()
+        self.assertKept()
+        self.assertIsNone(self.a.sync._branch)
+        # The same replayed as gossip, or with a status claim, changes nothing either.
+        for entry in self.old:
+            liar.client.send("block", entry)
+        liar.client.send("status", {"height": 10**9, "head": "cd" * 32})
+        self.net.settle()
+        self.assertKept()
+        self.assertEqual(self.a.scores[liar.node_id], 0)  # old valid blocks are no offence
+
+    def test_a_branch_whose_peer_goes_silent_is_let_go(self):
+        liar = authed_raw(self.net, self.a, height=10**6, head="ab" * 32)
+        liar.client.send("blocks", {"blocks": self.old, "height": 10**6})
+        self.net.settle()
+        self.assertIsNotNone(self.a.sync._branch)
+        self.net.advance(p2pmod.SYNC_TIMEOUT)
+        self.assertIsNone(self.a.sync._branch)  # its memory is not held for a silent peer
+        self.assertKept()

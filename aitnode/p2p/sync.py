@@ -74,6 +74,8 @@ class BlockSync:
         self._timer = None
         if self.syncing is conn:
             self.syncing = None
+            if self._branch is not None and self._branch[0] is conn:
+                self._branch = None  # a silent peer's branch is not held for ever
             self._log.warn("peer {peer} did not answer get_blocks; asking again", peer=conn.addr,
                            component="p2p", event="sync_timeout")
             for other in list(self.p2p.conns):
