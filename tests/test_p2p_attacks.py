@@ -5,8 +5,12 @@ in-memory network (one Clock, iosim transports)."""
 import os
 import signal
 
+import cbor2
+
 from twisted.internet import defer
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
 
 from aitnode import p2p as p2pmod
@@ -14,7 +18,7 @@ from aitnode.blocks import block_hash
 from aitnode.chain import Chain
 from aitnode.crypto import KeyPair
 from aitnode.genesis import Genesis
-from aitnode.p2p import auth_bytes, sync as sync_mod
+from aitnode.p2p import auth_bytes, encode, sync as sync_mod, wire as wire_mod
 from aitnode.proposer import ProposerService
 from aitnode.steps import run_steps
 from aitnode.store import Store
@@ -521,3 +525,166 @@ class ReplayTests(P2PTestCase):
         self.net.advance(p2pmod.SYNC_TIMEOUT)
         self.assertIsNone(self.a.sync._branch)  # its memory is not held for a silent peer
         self.assertKept()
+
+
+# -- defect 6: get_blocks amplification ----------------------------------------
+
+def queued(link):
+    """Bytes the accepting node wrote to link that its peer has not read."""
+    return sum(len(chunk) for chunk in link.pump.serverIO.stream)
+
+
+def push(link):
+    """Move what the dialing side wrote to the node, and nothing back: a
+    peer that never reads its socket."""
+    data = link.pump.clientIO.getOutBuffer()
+    if data:
+        link.pump.serverIO.bufferReceived(data)
+
+
+def tick(clock, seconds):
+    """Let seconds pass a second at a time, as a running reactor would
+    (Clock.advance runs a LoopingCall once however far it jumps)."""
+    for _ in range(seconds):
+        clock.advance(1)
+
+
+class DeafPeerTests(P2PTestCase):
+    """A peer that asks for blocks and never reads the answers."""
+
+    def setUp(self):
+        super().setUp()
+        self.auth = self.net.peer()
+        # Auto-ping would drop a peer that reads nothing at all after 40 s
+        # (no pong); off here, as for a peer that reads only its pings.
+        self.auth.server_factory.setProtocolOptions(autoPingInterval=0)
+        for _ in range(200):
+            self.auth.node.pipeline.propose()
+        self.entry_bytes = len(encode("x", self.auth.node.chain.block_entry(100))) - 8
+
+    def deaf(self):
+        """An authenticated raw peer, then taken off the network's pump."""
+        link = authed_raw(self.net, self.auth, height=0)
+        self.net.links.remove(link)
+        self.conn = link.server
+        self.assertIn(self.conn, self.auth.conns)
+        return link
+
+    def test_flood_of_get_blocks_stays_bounded_and_is_cut_off(self):
+        link = self.deaf()
+        for _ in range(300):
+            link.client.send("get_blocks", {"from": 1, "limit": 512})
+        push(link)
+        self.net.clock.advance(0)
+        bound = wire_mod.SEND_LOW + sync_mod.ANSWER_BYTES + 4096
+        self.assertLessEqual(queued(link), bound)
+        # One request waited; the next was a protocol violation: closed.
+        self.assertEqual(self.auth.scores[link.node_id], p2pmod.PENALTY["protocol"])
+        self.assertEqual(self.conn.state, self.conn.STATE_CLOSING)
+        for _ in range(5):
+            self.net.clock.advance(1)  # the close handshake times out: dropped
+        self.assertTrue(link.pump.serverIO.disconnecting)
+        self.assertLessEqual(queued(link), bound)
+        # The node goes on: it proposes and answers another peer.
+        self.auth.node.pipeline.propose()
+        other = authed_raw(self.net, self.auth, height=0)
+        other.client.send("get_blocks", {"from": 195, "limit": 10})
+        self.net.settle()
+        answer = [m["data"] for m in other.client.got if m["type"] == "blocks"][-1]
+        self.assertEqual([e["block"]["header"]["height"] for e in answer["blocks"]], list(range(195, 202)))
+
+    def test_a_peer_that_stops_reading_is_dropped_after_the_deadline(self):
+        link = self.deaf()
+        sent = 0
+        while queued(link) <= wire_mod.SEND_LOW:  # one request at a time, each answered
+            link.client.send("get_blocks", {"from": 1, "limit": 512})
+            push(link)
+            sent += 1
+            self.assertLess(sent, 100)
+        link.client.send("get_blocks", {"from": 1, "limit": 512})  # waits: the output is over SEND_LOW
+        push(link)
+        held = queued(link)
+        self.assertEqual(self.conn.state, self.conn.STATE_OPEN)
+        tick(self.net.clock, wire_mod.SEND_DEADLINE - 1)
+        self.assertFalse(link.pump.serverIO.disconnecting)
+        self.assertEqual(queued(link), held)  # the waiting request was not answered
+        tick(self.net.clock, 2)
+        self.assertTrue(link.pump.serverIO.disconnecting)
+        self.assertTrue(self.logged("peer_not_reading"))
+        self.assertLessEqual(held, wire_mod.SEND_LOW + sync_mod.ANSWER_BYTES)
+
+    def test_a_waiting_request_is_answered_once_the_peer_reads(self):
+        link = self.deaf()
+        asked = 0
+        while queued(link) <= wire_mod.SEND_LOW:
+            link.client.send("get_blocks", {"from": 1, "limit": 512})
+            push(link)
+            asked += 1
+        link.client.send("get_blocks", {"from": 150, "limit": 3})
+        push(link)
+        self.net.links.append(link)  # it reads again
+        self.net.settle()
+        self.net.advance(1)
+        got = [m["data"] for m in link.client.got if m["type"] == "blocks"]
+        self.assertEqual(len(got), asked + 1)
+        self.assertEqual([e["block"]["header"]["height"] for e in got[-1]["blocks"]], [150, 151, 152])
+        self.assertFalse(link.closed)
+
+    def test_gossip_to_a_peer_that_does_not_read_is_bounded(self):
+        self.patch(wire_mod, "SEND_LOW", 10_000)
+        self.patch(wire_mod, "SEND_HIGH", 20_000)
+        link = self.deaf()
+        for _ in range(200):
+            self.auth.node.pipeline.propose()
+            self.net.clock.advance(0)
+        self.assertLessEqual(queued(link), wire_mod.SEND_HIGH + 2 * self.entry_bytes)
+        tick(self.net.clock, wire_mod.SEND_DEADLINE + 1)
+        self.assertTrue(link.pump.serverIO.disconnecting)
+
+    def test_answer_bytes_are_capped_by_their_encoding(self):
+        self.patch(sync_mod, "ANSWER_BYTES", 10 * self.entry_bytes)
+        raw = authed_raw(self.net, self.auth, height=0)
+        frames = []
+        real = raw.client.onMessage
+        raw.client.onMessage = lambda payload, isBinary: (frames.append(payload), real(payload, isBinary))
+        raw.client.send("get_blocks", {"from": 1, "limit": 512})
+        self.net.settle()
+        [frame] = [f for f in frames if cbor2.loads(f)["type"] == "blocks"]
+        answer = cbor2.loads(frame)["data"]
+        self.assertLessEqual(len(frame), sync_mod.ANSWER_BYTES + 64)
+        self.assertEqual(frame, encode("blocks", answer))  # the frame is canonical CBOR
+        sizes = [len(cbor2.dumps(e, canonical=True)) for e in answer["blocks"]]
+        self.assertLessEqual(sum(sizes), sync_mod.ANSWER_BYTES)
+        following = self.auth.node.chain.block_entry(len(sizes) + 1)
+        self.assertGreater(sum(sizes) + len(cbor2.dumps(following, canonical=True)), sync_mod.ANSWER_BYTES)
+        # A single block larger than the cap still goes, alone.
+        self.patch(sync_mod, "ANSWER_BYTES", 10)
+        raw.client.send("get_blocks", {"from": 7, "limit": 512})
+        self.net.settle()
+        answer = cbor2.loads([f for f in frames if cbor2.loads(f)["type"] == "blocks"][-1])["data"]
+        self.assertEqual([e["block"]["header"]["height"] for e in answer["blocks"]], [7])
+
+
+class PendingOutputTests(SynchronousTestCase):
+    def test_tcp_transport_buffer_counted(self):
+        """What Twisted's TCP transport (a FileDescriptor) still holds, and
+        autobahn's own queue, through a wrapper such as TLS."""
+        fd = FileDescriptor(reactor=MemoryReactor())
+        fd.connected = 1
+        fd.write(b"x" * 100)  # waiting in _tempDataBuffer
+        fd.dataBuffer, fd.offset = b"y" * 50, 10  # 40 bytes of it not yet sent
+        conn = wire_mod.PeerConnection()
+        conn.transport = fd
+        self.assertEqual(conn.pending_output(), 140)
+        conn.transport = type("TLS", (), {"transport": fd})()
+        conn.send_queue = [(b"z" * 7, False)]
+        self.assertEqual(conn.pending_output(), 147)
+
+    def test_blocks_frame_is_the_canonical_encoding(self):
+        entries = [{"block": {"n": n, "pad": "p" * n}, "txs": []} for n in (0, 1, 30, 300)]
+        for count, heights in ((0, (0, 23, 24, 2**40)), (1, (7,)), (23, (7,)), (24, (7,)), (255, (7,)), (256, (7,)),
+                               (65_536, (2**32,))):
+            some = (entries * (count // 4 + 1))[:count] if count < 1000 else [0] * count
+            raw = [cbor2.dumps(e, canonical=True) for e in some]
+            for height in heights:
+                self.assertEqual(wire_mod.blocks_frame(raw, height), encode("blocks", {"blocks": some, "height": height}))

@@ -21,10 +21,12 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketServerFa
 from twisted.application import internet, service
 from twisted.internet import defer
 from twisted.internet.endpoints import clientFromString
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
 from aitnode.errors import AitError
+from aitnode.p2p import wire
 from aitnode.p2p.sync import SYNC_BATCH, BlockSync, check_entry
 from aitnode.p2p.wire import (
     CLOSE_BANNED, CLOSE_PROTOCOL, VERSION, ClientPeer, PeerError, ServerPeer, auth_bytes, encode, set_options,
@@ -35,6 +37,7 @@ BAN_SCORE = -100
 BAN_SECONDS = 600
 HOST_BAN_SECONDS = 30
 PENALTY = {"garbage": -50, "bad_tx": -10, "bad_block": -60, "oversized": -100, "protocol": -30}
+WATCH_INTERVAL = 1  # seconds between two looks at every connection's pending output
 
 
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
@@ -97,13 +100,15 @@ class P2P(service.MultiService):
         self.key = node_key
         self.node_id = node_key.public_key.hex()
         self.reactor = reactor
-        self.conns = set()
+        self.conns = set()  # ready connections
+        self.open_conns = set()  # every open connection, ready or still in its handshake
         self.seen_tx = LRUSet(SEEN_SIZE)
         self.seen_block = LRUSet(SEEN_SIZE)
         self.bans = {}  # node_id or host -> until (seconds)
         self.scores = {}  # node_id -> score
         self.importing_from = None  # the peer whose block is being imported
         self.outgoing = {}  # url -> ClientService
+        self._watcher = None
         self.sync = BlockSync(self, node, reactor, lambda: _yield(reactor), sync_batch=sync_batch)
         self.server_factory = WebSocketServerFactory()
         self.server_factory.protocol = ServerPeer
@@ -123,9 +128,15 @@ class P2P(service.MultiService):
 
     def startService(self):
         self.server_factory.startFactory()
+        self._watcher = LoopingCall(self._watch)
+        self._watcher.clock = self.reactor
+        self._watcher.start(WATCH_INTERVAL, now=False)
         super().startService()
 
     def stopService(self):
+        if self._watcher is not None and self._watcher.running:
+            self._watcher.stop()
+        self._watcher = None
         self.sync.stop()
         d = super().stopService()
         for conn in list(self.conns):
@@ -151,6 +162,36 @@ class P2P(service.MultiService):
         self.outgoing[url] = svc
         svc.setServiceParent(self)
         return True
+
+    # -- connections' output ---------------------------------------------------
+    def opened(self, conn):
+        self.open_conns.add(conn)
+
+    def _watch(self):
+        """Each second: answer a get_blocks that waited for a peer's output
+        to drain, and drop a peer whose output stayed over SEND_LOW for
+        SEND_DEADLINE seconds (it does not read)."""
+        now = self.reactor.seconds()
+        for conn in list(self.open_conns):
+            try:
+                self._watch_one(conn, now)
+            except Exception:
+                self._log.failure("watching peer {peer} failed", peer=conn.addr, component="p2p", event="watch_error")
+
+    def _watch_one(self, conn, now):
+        if conn.state != conn.STATE_OPEN:
+            return
+        if conn.pending_output() <= wire.SEND_LOW:
+            conn.stalled_since = None
+            if conn.waiting_request is not None:
+                request, conn.waiting_request = conn.waiting_request, None
+                self.sync.answer(conn, request)
+        elif conn.stalled_since is None:
+            conn.stalled_since = now
+        elif now - conn.stalled_since >= wire.SEND_DEADLINE:
+            self._log.warn("peer {peer} has not read {n} bytes for {s} s; dropping it", peer=conn.addr,
+                           n=conn.pending_output(), s=wire.SEND_DEADLINE, component="p2p", event="peer_not_reading")
+            conn.dropConnection(abort=True)
 
     # -- handshake -------------------------------------------------------
     def hello(self, challenge):
@@ -279,8 +320,9 @@ class P2P(service.MultiService):
         frame = encode(mtype, data)
         for conn in list(self.conns):
             # A connection being dropped stays in conns until onClose;
-            # sending on it would raise (and stop the caller's loop).
-            if conn is not exclude and conn.state == conn.STATE_OPEN:
+            # sending on it would raise (and stop the caller's loop).  A
+            # peer that does not read gets no more gossip (it syncs later).
+            if conn is not exclude and conn.state == conn.STATE_OPEN and conn.pending_output() <= wire.SEND_HIGH:
                 conn.sendMessage(frame, isBinary=True)
 
     # -- scores and bans ---------------------------------------------------
@@ -318,6 +360,7 @@ class P2P(service.MultiService):
         return False
 
     def disconnected(self, conn):
+        self.open_conns.discard(conn)
         if conn in self.conns:
             self.conns.discard(conn)
             self._log.info("peer left {peer}", peer=conn.addr, component="p2p", event="peer_left")

@@ -9,15 +9,19 @@ switches to it at once (chain.reorganise_steps).  Fork choice compares
 blocks this node verified, never a height a peer claimed.
 """
 
+import cbor2
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from aitnode.encoding import is_hex
 from aitnode.errors import AitError
-from aitnode.p2p.wire import MAX_MESSAGE, PeerError
+from aitnode.p2p import wire
+from aitnode.p2p.wire import PeerError
 
 SYNC_BATCH = 64
 SYNC_TIMEOUT = 30  # seconds to wait for a get_blocks answer
+MAX_LIMIT = 512  # blocks one get_blocks may ask for
+ANSWER_BYTES = 4 * 1024 * 1024  # encoded blocks in one answer (one block always goes, whatever its size)
 # A competing branch is held (parsed, in memory) while it is fetched, until
 # it is longer than the node's chain; the answers that brought it may add
 # up to this many bytes on the wire.  One branch is held at a time.
@@ -105,38 +109,55 @@ class BlockSync:
 
     # -- answering -------------------------------------------------------------
     def on_get_blocks(self, conn, d):
+        """Answer at once, or once the peer has read what it was sent
+        before: one request waits at most (P2P._watch answers it when the
+        output drains); another one meanwhile is a protocol violation."""
+        request = self.check_request(d)
+        if conn.waiting_request is not None:
+            raise PeerError("protocol", "get_blocks while another waits for the peer to read")
+        if conn.pending_output() > wire.SEND_LOW:
+            conn.waiting_request = request
+            return
+        self.answer(conn, request)
+
+    def check_request(self, d):
+        """(locator or None, from or None, limit) of a well-formed get_blocks."""
         if type(d) is not dict:
             raise PeerError("protocol", "get_blocks malformed")
         limit = d.get("limit", self.sync_batch)
-        if type(limit) is not int or not 1 <= limit <= 512:
-            raise PeerError("protocol", "get_blocks limit must be 1..512")
-        store = self.chain.store
-        start = None
+        if type(limit) is not int or not 1 <= limit <= MAX_LIMIT:
+            raise PeerError("protocol", f"get_blocks limit must be 1..{MAX_LIMIT}")
         if "locator" in d:
             loc = d["locator"]
             if type(loc) is not list or len(loc) > 64:
                 raise PeerError("protocol", "locator must be a list of at most 64 hashes")
+            return loc, None, limit
+        start = d.get("from")
+        if type(start) is not int or start < 0:
+            raise PeerError("protocol", "get_blocks from must be a height")
+        return None, start, limit
+
+    def answer(self, conn, request):
+        """Send conn the blocks it asked for, at most ANSWER_BYTES of them
+        as encoded (at least one block when there is any)."""
+        loc, start, limit = request
+        store = self.chain.store
+        if loc is not None:
+            start = 1
             for h in loc:
                 block = store.block_by_hash(h) if is_hex(h, 32) else None
                 if block is not None and store.hash_at(block["header"]["height"]) == h:
                     start = block["header"]["height"] + 1
                     break
-            if start is None:
-                start = 1
-        else:
-            start = d.get("from")
-            if type(start) is not int or start < 0:
-                raise PeerError("protocol", "get_blocks from must be a height")
         height = self.chain.head()[0]
-        blocks = []
-        size = 0
+        parts, size = [], 0
         for h in range(start, min(height, start + limit - 1) + 1):
-            entry = self.chain.block_entry(h)
-            blocks.append(entry)
-            size += sum(len(str(w)) for w in entry["txs"])
-            if size > MAX_MESSAGE // 4:
+            raw = cbor2.dumps(self.chain.block_entry(h), canonical=True)
+            if parts and size + len(raw) > ANSWER_BYTES:
                 break
-        conn.send("blocks", {"blocks": blocks, "height": height})
+            parts.append(raw)
+            size += len(raw)
+        conn.send_frame(wire.blocks_frame(parts, height))
 
     # -- importing -------------------------------------------------------------
     def on_blocks(self, conn, d):
@@ -309,9 +330,9 @@ class BlockSync:
         if type(hashes) is not list or len(hashes) != len(wires):
             raise AitError("bad_block", "block transaction list does not match")
         out = []
-        for h, wire in zip(hashes, wires):
+        for h, w in zip(hashes, wires):
             tx = self.mempool.get(h) if type(h) is str else None
-            out.append(tx if tx is not None else self.chain.parse_stored_tx(wire))
+            out.append(tx if tx is not None else self.chain.parse_stored_tx(w))
         return out
 
 
