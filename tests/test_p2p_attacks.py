@@ -20,11 +20,15 @@ from aitnode.crypto import KeyPair
 from aitnode.genesis import Genesis
 from aitnode.p2p import auth_bytes, encode, sync as sync_mod, wire as wire_mod
 from aitnode.proposer import ProposerService
+from aitnode.receipts import CLAIM, attestation_request, sign_attestation, sign_claim
 from aitnode.steps import run_steps
 from aitnode.store import Store
+from aitnode.tx import sign_tx
 from aitnode.verifier import verify_chunk
 
-from tests.common import ALICE, BOB, CAROL, CHAIN_ID, genesis_doc, make_node, state_dump, transfer
+from tests.common import (
+    ALICE, BOB, CAROL, CHAIN_ID, COORDINATOR, ESCROW, MINER, genesis_doc, make_node, state_dump, transfer,
+)
 from tests.test_p2p import K1, K2, P2PTestCase, RawClient, hashes
 
 
@@ -688,3 +692,60 @@ class PendingOutputTests(SynchronousTestCase):
             raw = [cbor2.dumps(e, canonical=True) for e in some]
             for height in heights:
                 self.assertEqual(wire_mod.blocks_frame(raw, height), encode("blocks", {"blocks": some, "height": height}))
+
+
+# -- defect 11: claim gossip poisoning -----------------------------------------
+
+class ClaimGossipTests(P2PTestCase):
+    """A valid claim relayed first with a junk attestation must not make the
+    node ignore the real one; the junk costs the relaying peer."""
+
+    def setUp(self):
+        super().setUp()
+        self.auth = self.net.peer()
+        payment = transfer(ALICE, 1, ESCROW, 5000)
+        self.auth.node.admission.submit(payment.to_wire())
+        self.auth.node.pipeline.propose()
+        payload = sign_claim(MINER, CHAIN_ID, receipt_id="r1", job_id="job_1", client_addr=ALICE.address,
+                             miner_addr=MINER.address, compute_units=3, price=5000, output_hash="out",
+                             client_payment_tx=payment.hash)
+        self.claim = sign_tx(MINER, CHAIN_ID, CLAIM, 1, 1000, payload)
+        self.real = sign_attestation(COORDINATOR, CHAIN_ID, attestation_request(payload))
+
+    def junk(self):
+        other = KeyPair.generate()
+        wrong_payment = dict(attestation_request(self.claim.payload), client_payment_tx="ee" * 32)
+        return {
+            "attestation_missing": None,
+            "attestation_malformed": {"sig": "00"},
+            "attestation_bad_signature": dict(self.real, sig=other.sign(b"x" * 32).hex()),
+            "attestation_wrong_coordinator": sign_attestation(other, CHAIN_ID, attestation_request(self.claim.payload)),
+            "attestation_wrong_payment": sign_attestation(COORDINATOR, CHAIN_ID, wrong_payment),
+            "job_not_paid": sign_attestation(COORDINATOR, CHAIN_ID, attestation_request(self.claim.payload), paid=False),
+        }
+
+    def relay(self, link, attestation):
+        data = {"tx": self.claim.to_wire()}
+        if attestation is not None:
+            data["attestation"] = attestation
+        link.client.send("tx", data)
+        self.net.settle()
+
+    def test_junk_attestation_first_never_hides_the_real_one(self):
+        junk = self.junk()
+        liar = authed_raw(self.net, self.auth)
+        for n, (code, att) in enumerate(junk.items(), 1):
+            self.relay(liar, att)
+            self.assertNotIn(self.claim.hash, self.auth.node.mempool, code)
+            self.assertEqual(self.auth.scores[liar.node_id], n * p2pmod.PENALTY["bad_tx"], code)
+        honest = authed_raw(self.net, self.auth)
+        self.relay(honest, self.real)
+        self.assertIn(self.claim.hash, self.auth.node.mempool)
+        self.assertEqual(self.auth.node.mempool.attestation(self.claim.hash), self.real)
+        self.assertEqual(self.auth.scores[honest.node_id], 0)
+        block = self.auth.node.pipeline.propose()
+        self.assertEqual(block["txs"], [self.claim.hash])
+        self.assertEqual(block["attestations"], {self.claim.hash: self.real})
+        # Once admitted it is seen: more copies are dropped unread, at no cost.
+        self.relay(liar, None)
+        self.assertEqual(self.auth.scores[liar.node_id], len(junk) * p2pmod.PENALTY["bad_tx"])

@@ -27,6 +27,7 @@ from twisted.web.resource import Resource
 
 from aitnode.errors import AitError
 from aitnode.p2p import wire
+from aitnode.receipts import CLAIM
 from aitnode.p2p.sync import SYNC_BATCH, BlockSync, check_entry
 from aitnode.p2p.wire import (
     CLOSE_BANNED, CLOSE_PROTOCOL, VERSION, ClientPeer, PeerError, ServerPeer, auth_bytes, encode, set_options,
@@ -37,6 +38,10 @@ BAN_SCORE = -100
 BAN_SECONDS = 600
 HOST_BAN_SECONDS = 30
 PENALTY = {"garbage": -50, "bad_tx": -10, "bad_block": -60, "oversized": -100, "protocol": -30}
+# Refusals of a relayed transaction that no honest peer could cause (it
+# checked the same things before relaying); every attestation_* code too.
+# The others (nonce, balance, fee...) depend on a state peers may not share.
+PEER_FAULTS = frozenset(("bad_signature", "pubkey_mismatch", "job_not_found", "job_not_paid", "job_double_spent"))
 WATCH_INTERVAL = 1  # seconds between two looks at every connection's pending output
 
 
@@ -264,13 +269,18 @@ class P2P(service.MultiService):
             tx = self.admission.parse(wire)
         except AitError as e:
             raise PeerError("bad_tx", e.message)
-        if not self.seen_tx.add(tx.hash) or self.admission.known(tx):
+        if tx.hash in self.seen_tx or self.admission.known(tx):
             return
+        if tx.type != CLAIM:
+            # A claim's attestation is not in its txHash: only a claim
+            # admitted with an attestation that checks is marked seen (by
+            # on_local_tx), or a junk copy would hide the real one.
+            self.seen_tx.add(tx.hash)
         d = defer.ensureDeferred(self.admission.relay(tx, d.get("attestation")))
 
         def failed(f):
             f.trap(AitError)
-            if f.value.code in ("bad_signature", "pubkey_mismatch", "attestation_bad_signature"):
+            if f.value.code in PEER_FAULTS or f.value.code.startswith("attestation_"):
                 self.penalize(conn, "bad_tx", f.value.message)
 
         d.addErrback(failed)
