@@ -142,29 +142,47 @@ class BlockPipeline:
             await self.check_signatures(txs)
             if pause is not None:
                 await pause()
+        attestations = self._attestations_above(fork_height)
         steps = self.chain.reorganise_steps(fork_height, branch)
         committed, dropped = run_steps(steps) if pause is None else await run_steps_async(steps, pause)
-        self._readmit_after_switch(fork_height, dropped)
+        self._readmit_after_switch(fork_height, dropped, attestations)
         for block in committed:
             self._after_commit(block, [(h, self.chain.store.tx_record(h)) for h in block["txs"]], {})
         return committed
 
     def rollback(self, height):
         """Undo blocks above height; their transactions go back to the mempool."""
+        attestations = self._attestations_above(height)
         dropped = self.chain.rollback(height)
-        return self._readmit_after_switch(height, dropped)
+        return self._readmit_after_switch(height, dropped, attestations)
 
-    def _readmit_after_switch(self, height, dropped):
+    def _attestations_above(self, height):
+        """{txHash: attestation} of the claims in the blocks above height."""
+        out = {}
+        for h in range(height + 1, self.chain.head()[0] + 1):
+            out.update(self.chain.store.block_at(h).get("attestations") or {})
+        return out
+
+    def _readmit_after_switch(self, height, dropped, attestations):
+        """The transactions of undone blocks (dropped, wire forms; claims
+        with their blocks' attestations), then those pending, are admitted
+        again on the new head.  Each one that no longer applies is recorded
+        as failed (getTx): dropped_by_reorg, with the refusal."""
         pending = [(tx, self.mempool.attestation(tx.hash)) for tx in self.mempool.all()]
         self.mempool.clear()
         readmit = []
         for wire in dropped:
-            try:
-                readmit.append((self.chain.parse_stored_tx(wire), None))
-            except AitError:
-                pass
-        restored = self.admission.readmit(readmit + pending)
+            tx = self.chain.parse_stored_tx(wire)  # it was stored by this node: it parses
+            readmit.append((tx, attestations.get(tx.hash)))
+        refused = []
+        restored = self.admission.readmit(readmit + pending, refused)
+        lost = {}
+        for tx, err in refused:
+            message = f"{err.code}: a reorganisation undid its block or left it pending, and it no longer applies: {err.message}"
+            lost[tx.hash] = {"tx": tx.to_wire(), "error": {"code": "dropped_by_reorg", "message": message}}
+            self.metrics.tx_event(tx.type, "failed")
+        self.local.record_failed(lost)
         self.head_changed_at = self.clock.seconds()
-        self._log.warn("rolled back to height {height}; {n} transactions back in the mempool",
-                       height=height, n=restored, component="chain", event="reorg")
+        self._log.warn("rolled back to height {height}; {n} transactions back in the mempool, {lost} dropped",
+                       height=height, n=restored, lost=len(lost), component="chain", event="reorg")
         return restored

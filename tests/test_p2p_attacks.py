@@ -18,6 +18,7 @@ from aitnode.blocks import block_hash
 from aitnode.chain import Chain
 from aitnode.crypto import KeyPair
 from aitnode.genesis import Genesis
+from aitnode.mempool import Mempool
 from aitnode.p2p import auth_bytes, encode, sync as sync_mod, wire as wire_mod
 from aitnode.proposer import ProposerService
 from aitnode.receipts import CLAIM, attestation_request, sign_attestation, sign_claim
@@ -749,3 +750,66 @@ class ClaimGossipTests(P2PTestCase):
         # Once admitted it is seen: more copies are dropped unread, at no cost.
         self.relay(liar, None)
         self.assertEqual(self.auth.scores[liar.node_id], len(junk) * p2pmod.PENALTY["bad_tx"])
+
+
+# -- defect 13: a reorganisation loses no transaction silently -----------------
+
+class ReorgKeepsTransactionsTests(P2PTestCase):
+    def test_every_undone_transaction_is_pending_again_or_reported(self):
+        """a (K1, a mempool holding 4 per sender) has blocks with 6 of
+        ALICE's transfers, BOB's nonce 1 and a claim; b (K2) a longer chain
+        holding another BOB nonce 1.  After a switches to b's chain, each
+        transaction of a's undone blocks is pending again, or getTx says it
+        was dropped by the reorganisation and why."""
+        doc = genesis_doc(authorities=(K1, K2))
+        a = self.net.peer(doc=doc, key=K1, mempool=Mempool(max_per_sender=4))
+        b = self.net.peer(doc=doc, key=K2)
+        payment = transfer(ALICE, 1, ESCROW, 5000)
+        a.node.admission.submit(payment.to_wire())
+        a.node.pipeline.propose()
+        e = a.node.chain.block_entry(1)
+        b.node.pipeline.import_block(e["block"], [b.node.admission.parse(w) for w in e["txs"]])
+        # a's branch: blocks 2 to 4.
+        payload = sign_claim(MINER, CHAIN_ID, receipt_id="r1", job_id="job_1", client_addr=ALICE.address,
+                             miner_addr=MINER.address, compute_units=3, price=5000, output_hash="out",
+                             client_payment_tx=payment.hash)
+        claim = sign_tx(MINER, CHAIN_ID, CLAIM, 1, 1000, payload)
+        att = sign_attestation(COORDINATOR, CHAIN_ID, attestation_request(payload))
+        self.successResultOf(defer.ensureDeferred(a.node.admission.relay(claim, att)))
+        alice = [transfer(ALICE, n, CAROL, n) for n in range(2, 8)]
+        bob = transfer(BOB, 1, CAROL, 1)
+        for batch in (alice[:4] + [bob], alice[4:]):
+            for t in batch:
+                a.node.admission.submit(t.to_wire())
+            a.node.pipeline.propose()
+        a.node.pipeline.propose()
+        undone = [claim] + alice + [bob]
+        for t in undone:
+            self.assertEqual(a.node.queries.get_tx(t.hash)["status"], "included")
+        later = transfer(ALICE, 8, CAROL, 8)  # pending at a when the reorganisation comes
+        a.node.admission.submit(later.to_wire())
+        # b's branch: blocks 2 to 5, with another transaction of BOB's nonce 1.
+        b.node.admission.submit(transfer(BOB, 1, CAROL, 99).to_wire())
+        for _ in range(4):
+            b.node.pipeline.propose()
+        self.net.connect(a, b)
+        self.assertEqual(self.assertSameChain(a, b), hashes(b))
+        self.assertTrue(self.logged("reorg"))
+        statuses = {}
+        for t in undone + [later]:
+            got = a.node.queries.get_tx(t.hash)
+            self.assertIsNotNone(got, f"{t} vanished")
+            statuses[t.hash] = got["status"]
+            if got["status"] == "failed":
+                error = got["receipt"]["error"]
+                self.assertEqual(error["code"], "dropped_by_reorg")
+                statuses[t.hash] += ":" + error["message"].split(":")[0]
+        self.assertEqual(statuses[claim.hash], "pending")
+        self.assertEqual(a.node.mempool.attestation(claim.hash), att)  # it came back with its block's attestation
+        self.assertEqual(statuses[bob.hash], "failed:nonce_too_low")
+        self.assertEqual([statuses[t.hash] for t in alice + [later]],
+                         ["pending"] * 4 + ["failed:nonce_too_far_ahead"] * 3)
+        self.assertEqual(len(a.node.mempool), 5)
+        # What is pending is included next; the claim settles on the new chain.
+        a.node.pipeline.propose()
+        self.assertEqual(a.node.queries.get_tx(claim.hash)["status"], "included")
