@@ -111,16 +111,17 @@ class BlockPipeline:
             if not ok:
                 raise AitError("bad_block", f"transaction {tx.hash} has a bad signature")
 
-    async def import_block_async(self, block, txs):
+    async def import_block_async(self, block, txs, now=None):
         """Check the signatures of the block's transactions, then verify and
         commit the block."""
         await self.check_signatures(txs)
-        return self.import_block(block, txs)
+        return self.import_block(block, txs, now)
 
-    def import_block(self, block, txs):
-        """Verify a block built elsewhere on top of the head, and commit it."""
+    def import_block(self, block, txs, now=None):
+        """Verify a block built elsewhere on top of the head, and commit it.
+        now: bound its timestamp by this time (chain.verify_block)."""
         started = time.perf_counter()
-        checked, records, view = self.chain.verify_block(block, txs)
+        checked, records, view = self.chain.verify_block(block, txs, now=now)
         self.chain.commit(checked, records, view)
         self._after_commit(checked, records, {})
         self._log.info(
@@ -131,7 +132,7 @@ class BlockPipeline:
         )
         return checked
 
-    async def reorganise(self, fork_height, branch, pause=None):
+    async def reorganise(self, fork_height, branch, pause=None, now=None):
         """Switch to a competing branch [(block, txs)] forking after
         fork_height, once all of it verified (chain.reorganise_steps);
         the transactions of the undone blocks go back to the mempool.
@@ -143,7 +144,7 @@ class BlockPipeline:
             if pause is not None:
                 await pause()
         attestations = self._attestations_above(fork_height)
-        steps = self.chain.reorganise_steps(fork_height, branch)
+        steps = self.chain.reorganise_steps(fork_height, branch, now)
         committed, dropped = run_steps(steps) if pause is None else await run_steps_async(steps, pause)
         self._readmit_after_switch(fork_height, dropped, attestations)
         for block in committed:

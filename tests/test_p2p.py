@@ -29,6 +29,7 @@ from tests.common import (
 )
 
 K1, K2 = key(21), key(22)  # two authorities for the multi-authority tests
+GENESIS_TIME = 1_700_000_000  # tests.common.genesis_doc's timestamp
 SERVER_ADDR = IPv4Address("TCP", "127.0.0.1", 9000)
 
 
@@ -84,6 +85,9 @@ class Net:
     def __init__(self, testcase):
         self.tc = testcase
         self.clock = Clock()
+        # Time starts at the genesis timestamp: blocks are stamped with the
+        # clock, and a node refuses blocks stamped ahead of its own clock.
+        self.clock.advance(GENESIS_TIME)
         self.links = []
         self._port = 40000
         testcase.addCleanup(self.close)
@@ -877,8 +881,8 @@ class ReorgTests(P2PTestCase):
         real = follower.node.pipeline.import_block_async
         fired = []
 
-        async def hooked(block, txs):
-            out = await real(block, txs)
+        async def hooked(block, txs, now=None):
+            out = await real(block, txs, now)
             if block["header"]["height"] == 1 and not fired:
                 fired.append(True)  # the rival arrives mid-sync, on head 1
                 follower.received(conn, "block", {"block": rival, "txs": []})

@@ -15,11 +15,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from aitnode import p2p as p2pmod
 from aitnode.blocks import block_hash
+from aitnode import chain as chain_mod
 from aitnode.chain import Chain
 from aitnode.crypto import KeyPair
+from aitnode.errors import AitError
 from aitnode.genesis import Genesis
 from aitnode.mempool import Mempool
-from aitnode.p2p import auth_bytes, encode, sync as sync_mod, wire as wire_mod
+from aitnode.p2p import auth_bytes, encode, peers as peers_mod, sync as sync_mod, wire as wire_mod
 from aitnode.proposer import ProposerService
 from aitnode.receipts import CLAIM, attestation_request, sign_attestation, sign_claim
 from aitnode.steps import run_steps
@@ -28,7 +30,7 @@ from aitnode.tx import sign_tx
 from aitnode.verifier import verify_chunk
 
 from tests.common import (
-    ALICE, BOB, CAROL, CHAIN_ID, COORDINATOR, ESCROW, MINER, genesis_doc, make_node, state_dump, transfer,
+    ALICE, AUTHORITY, BOB, CAROL, CHAIN_ID, COORDINATOR, ESCROW, MINER, genesis_doc, make_node, state_dump, transfer,
 )
 from tests.test_p2p import K1, K2, P2PTestCase, RawClient, hashes
 
@@ -813,3 +815,161 @@ class ReorgKeepsTransactionsTests(P2PTestCase):
         # What is pending is included next; the claim settles on the new chain.
         a.node.pipeline.propose()
         self.assertEqual(a.node.queries.get_tx(claim.hash)["status"], "included")
+
+
+# -- defect 14: peer table, scores and bans, blocks from the future ------------
+
+class StubConn:
+    """Just what P2P.penalize reads of a connection."""
+
+    def __init__(self, host, remote_id=None):
+        self.host, self.addr, self.remote_id = host, host + ":1", remote_id
+        self.dropped = False
+
+    def dropConnection(self, abort=False):
+        self.dropped = True
+
+
+class BookkeepingTests(P2PTestCase):
+    def test_claimed_ids_never_reach_the_peer_table(self):
+        auth = self.net.peer()
+        claimed = [KeyPair.generate() for _ in range(3)]
+        for nk, misbehave in zip(claimed, (
+                lambda raw: raw.sendMessage(b"junk", isBinary=True),
+                lambda raw: raw.send("auth", {"sig": "00" * 64}),
+                lambda raw: raw.dropConnection(abort=True))):
+            self.net.advance(p2pmod.HOST_BAN_SECONDS + 1)
+            link = self.net.connect(None, auth, protocol=RawClient)
+            hello_as(link, auth, nk)
+            self.net.settle()
+            misbehave(link.client)
+            self.net.settle()
+        proven = authed_raw(self.net, auth)
+        self.assertEqual(set(auth.node.local.peers()), {proven.node_id})
+        self.assertFalse({nk.public_key.hex() for nk in claimed} & (set(auth.scores) | set(auth.bans)))
+
+    def test_bans_and_scores_are_pruned_and_bounded(self):
+        p = self.net.peer()
+        clock = self.net.clock
+        self.patch(peers_mod, "MAX_SCORES", 50)
+        self.patch(peers_mod, "SCORE_TTL", 900)  # ticked through a second at a time below
+        self.patch(peers_mod, "MAX_BANS", 20)
+        for n in range(200):  # many hosts and many proven ids, each banned
+            conn = StubConn(f"10.0.{n // 250}.{n % 250}", remote_id=None if n % 2 else f"{n:064x}")
+            p.penalize(conn, "oversized", "test")
+            self.assertTrue(conn.dropped)
+            self.assertLessEqual(len(p.scores), 50)
+            self.assertLessEqual(len(p.bans), 20)
+        # The bans that end last are those kept (a host's are short).
+        self.assertEqual(len(p.bans), 20)
+        self.assertTrue(p.is_banned(node_id=f"{198:064x}"))
+        self.assertFalse(p.is_banned(node_id=f"{0:064x}"))
+        # Expired bans go; the scores of peers gone for SCORE_TTL too.
+        tick(clock, p2pmod.BAN_SECONDS + peers_mod.PRUNE_INTERVAL)
+        self.assertEqual(p.bans, {})
+        self.assertTrue(p.scores)
+        tick(clock, peers_mod.SCORE_TTL)
+        self.assertEqual(p.scores, {})
+        # The peer table keeps the rows seen last.
+        self.patch(peers_mod, "MAX_PEER_ROWS", 3)
+        for n in range(6):
+            p.node.local.put_peer(f"{n:064x}", {"addr": "10.1.1.1:1", "last_seen": int(clock.seconds()) + n, "score": 0})
+        p.prune()
+        self.assertEqual(sorted(p.node.local.peers()), [f"{n:064x}" for n in (3, 4, 5)])
+
+    def test_a_connected_peer_keeps_its_score(self):
+        self.patch(peers_mod, "SCORE_TTL", 120)  # ticked through a second at a time below
+        auth = self.net.peer()
+        follower = self.net.peer(key=None)
+        link = self.net.connect(follower, auth)
+        link.client.send("tx", {"tx": {"type": "TRANSFER"}})
+        self.net.settle()
+        tick(self.net.clock, peers_mod.SCORE_TTL + peers_mod.PRUNE_INTERVAL)
+        self.assertFalse(link.closed)
+        self.assertEqual(auth.scores[follower.node_id], p2pmod.PENALTY["bad_tx"])
+        link.client.dropConnection(abort=True)
+        self.net.settle()
+        tick(self.net.clock, peers_mod.SCORE_TTL + peers_mod.PRUNE_INTERVAL)
+        self.assertNotIn(follower.node_id, auth.scores)
+        self.assertEqual(auth.node.local.peers()[follower.node_id]["score"], p2pmod.PENALTY["bad_tx"])
+
+
+class FutureBlockTests(P2PTestCase):
+    """Blocks stamped more than MAX_FUTURE_DRIFT seconds ahead of the
+    node's clock are held until their time, never imported early."""
+
+    def setUp(self):
+        super().setUp()
+        self.follower = self.net.peer(key=None)
+        self.now = int(self.net.clock.seconds())
+
+    def source(self, ahead):
+        """An authority whose clock runs ahead seconds ahead of the network's."""
+        clock = Clock()
+        clock.advance(self.now + ahead)
+        return make_node(self, clock=clock)
+
+    def test_verify_block_bounds_the_timestamp(self):
+        node = make_node(self, clock=self.net.clock)
+        block = self.source(chain_mod.MAX_FUTURE_DRIFT + 1).pipeline.propose()
+        with self.assertRaises(AitError) as e:
+            node.chain.verify_block(block, [], now=self.now)
+        self.assertEqual(e.exception.code, "block_in_future")
+        node.chain.verify_block(block, [], now=self.now + 1)[2].release()  # within the drift
+        node.chain.verify_block(block, [], now=None)[2].release()  # no clock, no bound (the caller's choice)
+
+    def test_gossiped_block_from_the_future_is_held_until_its_time(self):
+        ahead = 30
+        block = self.source(ahead).pipeline.propose()
+        peer = authed_raw(self.net, self.follower)
+        peer.client.send("block", {"block": block, "txs": []})
+        self.net.settle()
+        self.assertEqual(self.follower.node.chain.head()[0], 0)
+        self.assertEqual(len(self.follower.sync.held), 1)
+        self.assertEqual(self.follower.scores[peer.node_id], 0)  # no offence
+        self.net.advance(ahead - chain_mod.MAX_FUTURE_DRIFT - 1)
+        self.assertEqual(self.follower.node.chain.head()[0], 0)
+        self.net.advance(1)
+        self.assertEqual(self.follower.node.queries.get_head(), {"height": 1, "hash": block["hash"]})
+        self.assertEqual(self.follower.sync.held, {})
+
+    def test_the_holding_area_is_bounded(self):
+        source = self.source(40)
+        peer = authed_raw(self.net, self.follower)
+        for n in range(sync_mod.HELD_BLOCKS + 5):  # distinct blocks at height 1
+            block, _, view, _ = source.chain.build_block([], AUTHORITY, self.now + 20 + n)
+            view.release()
+            peer.client.send("block", {"block": block, "txs": []})
+        far = self.source(sync_mod.HOLD_AHEAD + chain_mod.MAX_FUTURE_DRIFT + 60).pipeline.propose()
+        peer.client.send("block", {"block": far, "txs": []})
+        self.net.settle()
+        self.assertEqual(len(self.follower.sync.held), sync_mod.HELD_BLOCKS)
+        self.assertNotIn(far["hash"], self.follower.sync.held)
+        self.assertTrue(self.logged("block_too_far_ahead"))
+        self.net.advance(100)
+        self.assertEqual(self.follower.node.chain.head()[0], 1)  # one of them; the others no longer extend
+        self.assertEqual(self.follower.sync.held, {})
+        self.assertEqual(self.follower.scores[peer.node_id], 0)
+
+    def test_sync_answer_stops_at_a_block_from_the_future(self):
+        source = self.source(0)
+        source.pipeline.propose()
+        source.pipeline.propose()
+        source.clock.advance(100)
+        source.pipeline.propose()  # block 3: 100 s ahead of the network's clock
+        source.pipeline.propose()
+        peer = authed_raw(self.net, self.follower, height=4)
+        peer.client.send("blocks", {"blocks": [source.chain.block_entry(h) for h in (1, 2, 3, 4)], "height": 4})
+        self.net.settle()
+        self.assertEqual(self.follower.node.chain.head()[0], 2)
+        self.assertEqual(self.follower.scores[peer.node_id], 0)
+        asks = [m["data"] for m in peer.client.got if m["type"] == "get_blocks"]
+        self.assertEqual(len(asks), 1)  # it does not ask again before block 3 is due
+        self.net.advance(100 - chain_mod.MAX_FUTURE_DRIFT - 1)
+        self.assertEqual(len([m for m in peer.client.got if m["type"] == "get_blocks"]), 1)
+        self.net.advance(1)
+        asks = [m["data"] for m in peer.client.got if m["type"] == "get_blocks"]
+        self.assertEqual(len(asks), 2)
+        peer.client.send("blocks", {"blocks": [source.chain.block_entry(h) for h in (3, 4)], "height": 4})
+        self.net.settle()
+        self.assertEqual(self.follower.node.chain.head(), source.chain.head())

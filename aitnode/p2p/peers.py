@@ -43,6 +43,16 @@ PENALTY = {"garbage": -50, "bad_tx": -10, "bad_block": -60, "oversized": -100, "
 # The others (nonce, balance, fee...) depend on a state peers may not share.
 PEER_FAULTS = frozenset(("bad_signature", "pubkey_mismatch", "job_not_found", "job_not_paid", "job_double_spent"))
 WATCH_INTERVAL = 1  # seconds between two looks at every connection's pending output
+# What the node remembers of peers is bounded: bans end (and are forgotten)
+# after BAN_SECONDS; the score of a peer not connected for SCORE_TTL seconds
+# is forgotten; past MAX_SCORES scores or MAX_BANS bans the oldest go; past
+# MAX_PEER_ROWS rows in the peer table, those seen longest ago.  Pruned every
+# PRUNE_INTERVAL seconds, and at once when a map passes its bound.
+SCORE_TTL = 3600
+MAX_SCORES = 10_000
+MAX_BANS = 10_000
+MAX_PEER_ROWS = 10_000
+PRUNE_INTERVAL = 60
 
 
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
@@ -110,7 +120,9 @@ class P2P(service.MultiService):
         self.seen_tx = LRUSet(SEEN_SIZE)
         self.seen_block = LRUSet(SEEN_SIZE)
         self.bans = {}  # node_id or host -> until (seconds)
-        self.scores = {}  # node_id -> score
+        self.scores = {}  # node_id (or host, before auth) -> score
+        self._score_seen = {}  # the same keys -> when that peer was last connected or penalised
+        self._next_prune = 0
         self.importing_from = None  # the peer whose block is being imported
         self.outgoing = {}  # url -> ClientService
         self._watcher = None
@@ -175,8 +187,14 @@ class P2P(service.MultiService):
     def _watch(self):
         """Each second: answer a get_blocks that waited for a peer's output
         to drain, and drop a peer whose output stayed over SEND_LOW for
-        SEND_DEADLINE seconds (it does not read)."""
+        SEND_DEADLINE seconds (it does not read); now and then, prune."""
         now = self.reactor.seconds()
+        if now >= self._next_prune:
+            self._next_prune = now + PRUNE_INTERVAL
+            try:
+                self.prune()
+            except Exception:
+                self._log.failure("pruning peers failed", component="p2p", event="prune_error")
         for conn in list(self.open_conns):
             try:
                 self._watch_one(conn, now)
@@ -228,6 +246,8 @@ class P2P(service.MultiService):
         conn.ready = True
         self.conns.add(conn)
         self.scores.setdefault(conn.remote_id, 0)
+        self._score_seen[conn.remote_id] = self.reactor.seconds()
+        self._bound_scores()
         self._touch(conn)
         self._log.info("peer joined {peer} ({direction}) height={height}", peer=conn.addr, direction=conn.direction,
                        height=conn.remote_height, node_id=conn.remote_id, component="p2p", event="peer_joined")
@@ -341,6 +361,8 @@ class P2P(service.MultiService):
         key = who or conn.host
         score = self.scores.get(key, 0) + PENALTY[kind]
         self.scores[key] = score
+        self._score_seen[key] = self.reactor.seconds()
+        self._bound_scores()
         self._log.warn("peer {peer} misbehaved ({kind}): {reason}; score {score}", peer=conn.addr, kind=kind,
                        reason=reason[:200], score=score, component="p2p", event="peer_penalized")
         if score <= BAN_SCORE:
@@ -350,6 +372,7 @@ class P2P(service.MultiService):
             # that ban is short, enough to stop a reconnect loop.
             seconds = BAN_SECONDS if who else HOST_BAN_SECONDS
             self.bans[key] = self.reactor.seconds() + seconds
+            self._bound_bans()
             if not who:
                 self.scores[key] = 0  # start afresh once the short ban ends
             self._log.warn("peer {peer} banned for {s} s", peer=conn.addr, s=seconds, component="p2p", event="peer_banned")
@@ -362,6 +385,46 @@ class P2P(service.MultiService):
         if kind in ("garbage", "protocol") and conn.state != conn.STATE_CLOSED:
             conn.sendClose(CLOSE_PROTOCOL, reason[:100])
 
+    def _connected_keys(self):
+        keys = set()
+        for conn in self.open_conns:
+            keys.add(conn.host)
+            if conn.remote_id is not None:
+                keys.add(conn.remote_id)
+        return keys
+
+    def prune(self):
+        """Forget ended bans, and scores of peers gone for SCORE_TTL; keep
+        both maps, and the peer table, within their bounds."""
+        now = self.reactor.seconds()
+        for key in [k for k, until in self.bans.items() if until <= now]:
+            del self.bans[key]
+        connected = self._connected_keys()
+        for key in [k for k, seen in self._score_seen.items() if now - seen >= SCORE_TTL and k not in connected]:
+            self.scores.pop(key, None)
+            del self._score_seen[key]
+        self._bound_scores(connected)
+        self._bound_bans()
+        if self.node.local.peer_count() > MAX_PEER_ROWS:
+            rows = self.node.local.peers()
+            ids = {c.remote_id for c in self.conns}
+            old = sorted((rec.get("last_seen", 0), node_id) for node_id, rec in rows.items() if node_id not in ids)
+            self.node.local.drop_peers([node_id for _, node_id in old[:len(rows) - MAX_PEER_ROWS]])
+
+    def _bound_scores(self, connected=None):
+        if len(self.scores) <= MAX_SCORES:
+            return
+        connected = self._connected_keys() if connected is None else connected
+        old = sorted((seen, k) for k, seen in self._score_seen.items() if k not in connected)
+        for _, key in old[:len(self.scores) - MAX_SCORES]:
+            self.scores.pop(key, None)
+            del self._score_seen[key]
+
+    def _bound_bans(self):
+        if len(self.bans) > MAX_BANS:
+            for _, key in sorted((until, k) for k, until in self.bans.items())[:len(self.bans) - MAX_BANS]:
+                del self.bans[key]
+
     def is_banned(self, node_id=None, addr=None):
         now = self.reactor.seconds()
         for key in (node_id, addr):
@@ -371,6 +434,9 @@ class P2P(service.MultiService):
 
     def disconnected(self, conn):
         self.open_conns.discard(conn)
+        for key in (conn.host, conn.remote_id):
+            if key in self._score_seen:
+                self._score_seen[key] = self.reactor.seconds()  # its time to be forgotten starts now
         if conn in self.conns:
             self.conns.discard(conn)
             self._log.info("peer left {peer}", peer=conn.addr, component="p2p", event="peer_left")

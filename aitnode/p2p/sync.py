@@ -13,6 +13,7 @@ import cbor2
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from aitnode.chain import MAX_FUTURE_DRIFT
 from aitnode.encoding import is_hex
 from aitnode.errors import AitError
 from aitnode.p2p import wire
@@ -26,6 +27,12 @@ ANSWER_BYTES = 4 * 1024 * 1024  # encoded blocks in one answer (one block always
 # it is longer than the node's chain; the answers that brought it may add
 # up to this many bytes on the wire.  One branch is held at a time.
 MAX_BRANCH_BYTES = 64 * 1024 * 1024
+# Gossiped blocks stamped ahead of this node's clock (more than
+# chain.MAX_FUTURE_DRIFT) are held until their time: at most this many, of
+# at most HELD_BYTES in all, and none more than HOLD_AHEAD seconds early.
+HELD_BLOCKS = 16
+HELD_BYTES = 16 * 1024 * 1024
+HOLD_AHEAD = 60
 
 
 class BlockSync:
@@ -44,9 +51,63 @@ class BlockSync:
         self._branch = None  # (conn, fork height, [(block, txs)]) of a fork being fetched
         self._branch_bytes = 0
         self.importing = defer.DeferredLock()
+        self.held = {}  # hash -> (conn, entry, size, timer) of gossiped blocks from the future
+        self._held_bytes = 0
+        self._retry = None  # asks again once a block from the future is due
 
     def stop(self):
         self._cancel_timer()
+        for _, _, _, timer in self.held.values():
+            if timer.active():
+                timer.cancel()
+        self.held.clear()
+        self._held_bytes = 0
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+
+    # -- blocks from the future ----------------------------------------------
+    def too_early(self, header):
+        """Seconds until a block with this header may be imported (0: now)."""
+        ts = header.get("timestamp")
+        if type(ts) is not int:
+            return 0  # verification refuses it
+        return max(0, ts - MAX_FUTURE_DRIFT - self.pipeline.now())
+
+    def _hold(self, conn, entry, wait):
+        block = entry["block"]
+        if block["hash"] in self.held:
+            return
+        size = conn.frame_bytes
+        if wait > HOLD_AHEAD or len(self.held) >= HELD_BLOCKS or self._held_bytes + size > HELD_BYTES:
+            self._log.warn("block {hash} is {s} s ahead of this node's clock; not held", hash=block["hash"],
+                           s=wait + MAX_FUTURE_DRIFT, component="p2p", event="block_too_far_ahead")
+            return
+        timer = self.reactor.callLater(wait, self._release, block["hash"])
+        self.held[block["hash"]] = (conn, entry, size, timer)
+        self._held_bytes += size
+
+    def _release(self, block_hash):
+        conn, entry, size, _ = self.held.pop(block_hash)
+        self._held_bytes -= size
+        self.on_block(conn, entry)
+
+    def _until_due(self, conn, entries):
+        """The entries before the first one stamped too far ahead; for that
+        one, ask conn again when it is due.  (entries, whether cut)."""
+        for n, entry in enumerate(entries):
+            wait = self.too_early(entry["block"]["header"])
+            if wait:
+                if self._retry is not None and self._retry.active():
+                    self._retry.cancel()
+                self._retry = self.reactor.callLater(wait, self._retry_sync, conn)
+                return entries[:n], True
+        return entries, False
+
+    def _retry_sync(self, conn):
+        self._retry = None
+        if conn in self.p2p.conns:
+            self.maybe_sync(conn)
 
     # -- asking --------------------------------------------------------------
     def maybe_sync(self, conn):
@@ -187,13 +248,24 @@ class BlockSync:
                                  self._log.failure("sync failed", f, component="p2p", event="sync_error")))
 
     def on_block(self, conn, entry):
-        """A block a peer announced: import it if it extends the head."""
+        """A block a peer announced: import it if it extends the head (or
+        hold it until its time if it is stamped too far ahead)."""
         header = entry["block"]["header"]
         height, head = self.chain.head()
-        if header["parent"] == head and header["height"] == height + 1:
+        if header["height"] <= height:
+            return
+        wait = self.too_early(header)
+        if wait:
+            try:
+                self.chain.check_signed_header(entry["block"])  # only an authority's block is worth holding
+            except AitError as e:
+                self.p2p.penalize(conn, "bad_block", e.message)
+                return
+            self._hold(conn, entry, wait)
+        elif header["parent"] == head and header["height"] == height + 1:
             d = self.importing.run(self._import_announced, conn, entry)
             d.addErrback(lambda f: self._log.failure("block import failed", f, component="p2p", event="import_error"))
-        elif header["height"] > height:
+        else:
             self.maybe_sync(conn)
 
     def _import_announced(self, conn, entry):
@@ -211,15 +283,16 @@ class BlockSync:
         height wins; at equal height the current head stays.  size: the
         bytes of the answer, counted against MAX_BRANCH_BYTES when held."""
         store = self.chain.store
+        entries, cut = self._until_due(conn, entries)
         if self._branch is not None and self._branch[0] is conn:
-            return await self._extend_branch(conn, entries, size)
+            return await self._extend_branch(conn, entries, size, cut)
         # Blocks we already hold (an answer that started lower than it had
         # to, e.g. because blocks arrived by gossip meanwhile) are skipped:
         # they are no fork.
         while entries and store.hash_at(entries[0]["block"]["header"]["height"]) == entries[0]["block"]["hash"]:
             entries = entries[1:]
         if not entries:
-            return self.chain.head()[0] < conn.remote_height
+            return not cut and self.chain.head()[0] < conn.remote_height
         first = entries[0]["block"]["header"]
         fork_height = first["height"] - 1
         if store.hash_at(fork_height) != first["parent"]:
@@ -231,9 +304,10 @@ class BlockSync:
                 return False
             self._branch = (conn, fork_height, [])
             self._branch_bytes = 0
-            return await self._extend_branch(conn, entries, size)
+            return await self._extend_branch(conn, entries, size, cut)
         entries = self._checked_headers(conn, entries)
-        return await self._import_entries(conn, entries)
+        progressed = await self._import_entries(conn, entries)
+        return progressed and not cut  # after a cut, ask again when the block is due
 
     def _checked_headers(self, conn, entries):
         """The run of entries, up to the first whose header does not follow
@@ -257,7 +331,7 @@ class BlockSync:
             self.pipeline.header_verified(entries[-1]["block"]["header"]["height"])
         return entries
 
-    async def _extend_branch(self, conn, entries, size):
+    async def _extend_branch(self, conn, entries, size, cut=False):
         _, fork_height, branch = self._branch
         self._branch_bytes += size
         if self._branch_bytes > MAX_BRANCH_BYTES:
@@ -283,18 +357,19 @@ class BlockSync:
                 return False
             self.pipeline.header_verified(header["height"])  # it links to our chain through the branch
             branch.append((entry["block"], txs))
-        if not entries:
+        if not entries and not cut:
             self._branch = None
             return False  # the peer has nothing more: its branch is not longer
         if fork_height + len(branch) <= self.chain.head()[0]:
-            return True  # not longer than ours yet: ask for more
+            return not cut  # not longer than ours yet: ask for more (after a cut, when the block is due)
         self._branch = None
         try:
-            committed = await self.pipeline.reorganise(fork_height, branch, self.pause)
+            committed = await self.pipeline.reorganise(fork_height, branch, self.pause, now=self.pipeline.now())
         except AitError as e:
             if e.code == "head_moved":
                 return True
-            self.p2p.penalize(conn, "bad_block", e.message)
+            if e.code != "block_in_future":  # the clock went back meanwhile: no one's fault
+                self.p2p.penalize(conn, "bad_block", e.message)
             return False
         for block in committed:
             self.p2p.seen_block.add(block["hash"])
@@ -310,11 +385,12 @@ class BlockSync:
                 txs = self.block_txs(block, entry["txs"])
                 self.p2p.importing_from = conn
                 try:
-                    await self.pipeline.import_block_async(block, txs)
+                    await self.pipeline.import_block_async(block, txs, now=self.pipeline.now())
                 finally:
                     self.p2p.importing_from = None
             except AitError as e:
-                self.p2p.penalize(conn, "bad_block", e.message)
+                if e.code != "block_in_future":  # stamped ahead: held or asked again, no offence
+                    self.p2p.penalize(conn, "bad_block", e.message)
                 return imported > 0
             self.p2p.seen_block.add(block["hash"])
             imported += 1
