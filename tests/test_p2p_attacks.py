@@ -973,3 +973,40 @@ class FutureBlockTests(P2PTestCase):
         peer.client.send("blocks", {"blocks": [source.chain.block_entry(h) for h in (3, 4)], "height": 4})
         self.net.settle()
         self.assertEqual(self.follower.node.chain.head(), source.chain.head())
+
+
+class ConnectionBoundTests(P2PTestCase):
+    def test_a_connection_that_never_finishes_its_handshake_is_closed(self):
+        auth = self.net.peer()
+        idle = self.net.connect(None, auth, protocol=RawClient)
+        slow = self.net.connect(None, auth, protocol=RawClient)
+        hello_as(slow, auth, KeyPair.generate())  # a hello, but never an auth
+        tick(self.net.clock, peers_mod.HANDSHAKE_SECONDS - 1)
+        self.net.settle()
+        self.assertFalse(idle.closed or slow.closed)
+        tick(self.net.clock, 2)
+        self.net.settle()
+        self.assertTrue(idle.closed and slow.closed)
+        self.assertEqual(idle.client.closed[0], p2pmod.CLOSE_PROTOCOL)
+        self.assertEqual(auth.open_conns, set())
+        self.assertEqual(auth.scores, {})  # slowness is no offence
+        self.assertTrue(self.logged("handshake_timeout"))
+
+    def test_incoming_connections_are_capped_but_own_dials_are_not(self):
+        self.patch(peers_mod, "MAX_INBOUND", 3)
+        auth = self.net.peer()
+        held = [self.net.connect(None, auth, protocol=RawClient) for _ in range(3)]
+        refused = self.net.connect(None, auth, protocol=RawClient)
+        self.assertTrue(refused.closed)
+        self.assertEqual(refused.client.closed[0], p2pmod.CLOSE_FULL)
+        self.assertNotIn("hello", refused.client.types())
+        self.assertFalse(any(link.closed for link in held))
+        # The node's own dial to a peer it chose still goes through.
+        other = self.net.peer(key=None)
+        out = self.net.connect(auth, other)
+        self.assertFalse(out.closed)
+        self.assertEqual(len(auth.conns), 1)
+        # Once one goes, a newcomer is taken again.
+        held[0].client.dropConnection(abort=True)
+        self.net.settle()
+        self.assertFalse(self.net.connect(None, auth, protocol=RawClient).closed)

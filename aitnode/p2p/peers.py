@@ -53,6 +53,11 @@ MAX_SCORES = 10_000
 MAX_BANS = 10_000
 MAX_PEER_ROWS = 10_000
 PRUNE_INTERVAL = 60
+# Incoming peer connections taken at once (the node's own dials to its
+# configured peers are never refused), and the seconds a connection has to
+# finish its handshake (hello and auth both ways) before it is closed.
+MAX_INBOUND = 128
+HANDSHAKE_SECONDS = 10
 
 
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
@@ -184,6 +189,9 @@ class P2P(service.MultiService):
     def opened(self, conn):
         self.open_conns.add(conn)
 
+    def inbound_full(self):
+        return sum(1 for c in self.open_conns if c.direction == "in") >= MAX_INBOUND
+
     def _watch(self):
         """Each second: answer a get_blocks that waited for a peer's output
         to drain, and drop a peer whose output stayed over SEND_LOW for
@@ -203,6 +211,11 @@ class P2P(service.MultiService):
 
     def _watch_one(self, conn, now):
         if conn.state != conn.STATE_OPEN:
+            return
+        if not conn.ready and now - conn.opened_at >= HANDSHAKE_SECONDS:
+            self._log.info("peer {peer} did not finish the handshake in {s} s", peer=conn.addr, s=HANDSHAKE_SECONDS,
+                           component="p2p", event="handshake_timeout")
+            conn.sendClose(CLOSE_PROTOCOL, "handshake timeout")
             return
         if conn.pending_output() <= wire.SEND_LOW:
             conn.stalled_since = None

@@ -33,6 +33,7 @@ SEND_DEADLINE = 60  # seconds over SEND_LOW without draining below it: the peer 
 # (1002/1008 are the library's own), so ours are in the private range.
 CLOSE_PROTOCOL = 4002  # garbage or a protocol violation
 CLOSE_BANNED = 4008  # the peer is banned
+CLOSE_FULL = 4029  # the node has as many incoming peer connections as it takes
 
 
 def encode(mtype, data):
@@ -98,8 +99,12 @@ class PeerConnection:
         self.stalled_since = None  # when pending_output went over SEND_LOW (checked each second)
         self.addr = self._peer_addr()
         self.host = self.addr.rsplit(":", 1)[0]
+        self.opened_at = self.p2p.reactor.seconds()
         if self.p2p.is_banned(addr=self.host):
             self.sendClose(CLOSE_BANNED, "banned")
+            return
+        if self.direction == "in" and self.p2p.inbound_full():
+            self.sendClose(CLOSE_FULL, "too many peers")
             return
         self.p2p.opened(self)
         self.send("hello", self.p2p.hello(self.challenge))
