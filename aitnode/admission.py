@@ -232,20 +232,20 @@ class Admission:
         self._admit(tx)
         return tx.hash
 
-    def readmit(self, entries):
+    def readmit(self, entries, refused=None):
         """Admit again [(tx, attestation)] whose signatures were checked before
         (after a reorganisation, or from the snapshot of a restart); those
-        that no longer apply are left out.  Returns how many were admitted."""
+        that no longer apply are left out, and appended to refused (a list)
+        as (tx, AitError) when it is given.  Returns how many were admitted."""
         restored = 0
         for tx, att in entries:
-            if tx.type == receipts.CLAIM and att is None:
-                continue  # its attestation left with its block; the miner resubmits
             try:
                 if not self.known(tx):
                     self._admit(tx, att)
                     restored += 1
-            except AitError:
-                pass
+            except AitError as e:
+                if refused is not None:
+                    refused.append((tx, e))
         return restored
 
     # -- the snapshot kept across restarts -------------------------------------

@@ -21,6 +21,9 @@ from aitnode.store import RESOURCE_ERRORS, check_format, encode_tx_records
 from aitnode.tx import parse_tx
 
 SLICE = 256  # transactions applied between two chances for the reactor to run
+# Seconds a block's timestamp may be ahead of the verifying node's clock
+# (block timestamps are whole seconds since 1970): more is block_in_future.
+MAX_FUTURE_DRIFT = 15
 
 
 class TxBreaksBlock(Exception):
@@ -210,13 +213,16 @@ class Chain:
         return out
 
     # -- verifying -----------------------------------------------------------
-    def verify_block(self, block, txs, parent=None, view=None):
+    def verify_block(self, block, txs, parent=None, view=None, now=None):
         """Check a block from elsewhere; return (block, tx_records, view) to commit.
 
         parent: the header it must extend (the head's by default); view:
         the state after parent (the head's by default).  txs are parsed
-        Transactions whose signatures the caller checked.  Raises
-        AitError("bad_block", ...) naming the first problem.
+        Transactions whose signatures the caller checked.  now: the
+        verifying node's time in seconds; a block stamped more than
+        MAX_FUTURE_DRIFT after it raises AitError("block_in_future")
+        (None: no upper bound).  Raises AitError("bad_block", ...) naming
+        the first problem.
         """
         header = block.get("header")
         if type(header) is not dict or set(header) != HEADER_FIELDS:
@@ -229,6 +235,8 @@ class Chain:
             raise AitError("bad_block", "block does not extend the head")
         if type(header["timestamp"]) is not int or header["timestamp"] < parent["timestamp"]:
             raise AitError("bad_block", "block timestamp is before its parent's")
+        if now is not None and header["timestamp"] > now + MAX_FUTURE_DRIFT:
+            raise AitError("block_in_future", f"block timestamp is more than {MAX_FUTURE_DRIFT} s ahead of this node's clock")
         h = self.check_signed_header(block)
         if [tx.hash for tx in txs] != block.get("txs", [tx.hash for tx in txs]):
             raise AitError("bad_block", "block transaction list does not match")
@@ -285,7 +293,7 @@ class Chain:
         """Undo blocks above height; the wire transactions they held, oldest first."""
         return self.store.rollback_to(height)
 
-    def reorganise_steps(self, fork_height, branch):
+    def reorganise_steps(self, fork_height, branch, now=None):
         """Verify a competing branch that forks after fork_height, then switch
         to it in one write transaction.
 
@@ -295,7 +303,8 @@ class Chain:
         on the state its parent left); a generator yielding between blocks,
         run with steps.run_steps or run_steps_async.  Returns (committed
         blocks, wire transactions of the blocks undone, oldest first).
-        Raises AitError("bad_block", ...) for the first block that fails.
+        Raises AitError("bad_block", ...) for the first block that fails
+        (now: as for verify_block).
         """
         head = self.head()
         if head[0] - fork_height > self.store.undo_depth():
@@ -308,7 +317,7 @@ class Chain:
         for block, txs in branch:
             yield
             view = StateView(self.store, acc=acc, overlay=overlay)
-            checked, records, view = self.verify_block(block, txs, parent=parent, view=view)
+            checked, records, view = self.verify_block(block, txs, parent=parent, view=view, now=now)
             acc, changes = view.finish()
             view.release()
             for ident, (_, new) in changes.items():

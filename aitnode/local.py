@@ -46,6 +46,15 @@ class LocalStore:
         with self.env.begin(db=self._db["peers"]) as t:
             return {k.decode(): _loads(v) for k, v in t.cursor()}
 
+    def peer_count(self):
+        with self.env.begin() as t:
+            return t.stat(self._db["peers"])["entries"]
+
+    def drop_peers(self, node_ids):
+        with self.env.begin(write=True, db=self._db["peers"]) as t:
+            for node_id in node_ids:
+                t.delete(node_id.encode())
+
     # -- mempool snapshot ---------------------------------------------
     def save_mempool(self, wire_txs):
         with self.env.begin(write=True, db=self._db["mempool"]) as t:

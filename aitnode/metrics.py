@@ -32,7 +32,10 @@ class Metrics:
         self.rpc_latency = Histogram(
             "aitnode_rpc_latency_seconds", "RPC request latency",
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=r)
-        self.sync_lag = Gauge("aitnode_sync_lag_blocks", "Blocks the best peer is ahead of this node", registry=r)
+        self.sync_lag = Gauge(
+            "aitnode_sync_lag_blocks",
+            "Blocks between the head and the highest block header this node verified (signed by an authority, "
+            "on a parent it holds); peers' claimed heights never count", registry=r)
         self._last_block_at = None
         self._tx_children = {}
         self._rpc_children = {}

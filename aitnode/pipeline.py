@@ -35,7 +35,16 @@ class BlockPipeline:
         self.block_listeners = []  # called with each committed block
         self.blocks = 0
         self.head_changed_at = clock.seconds()
-        self.peer_height = 0  # the best height peers announced (set by p2p)
+        # The greatest height of a block header this node checked (its
+        # proposer's signature, its parent on our chain or on a checked
+        # branch); p2p raises it, the sync lag metric reads it.  What peers
+        # merely claim never counts.
+        self.best_verified_height = 0
+
+    def header_verified(self, height):
+        """A block header at height was checked (see best_verified_height)."""
+        if height > self.best_verified_height:
+            self.best_verified_height = height
 
     @property
     def is_proposer(self):
@@ -136,16 +145,17 @@ class BlockPipeline:
             if not ok:
                 raise AitError("bad_block", f"transaction {tx.hash} has a bad signature")
 
-    async def import_block_async(self, block, txs):
+    async def import_block_async(self, block, txs, now=None):
         """Check the signatures of the block's transactions, then verify and
         commit the block."""
         await self.check_signatures(txs)
-        return self.import_block(block, txs)
+        return self.import_block(block, txs, now)
 
-    def import_block(self, block, txs):
-        """Verify a block built elsewhere on top of the head, and commit it."""
+    def import_block(self, block, txs, now=None):
+        """Verify a block built elsewhere on top of the head, and commit it.
+        now: bound its timestamp by this time (chain.verify_block)."""
         started = time.perf_counter()
-        checked, records, view = self.chain.verify_block(block, txs)
+        checked, records, view = self.chain.verify_block(block, txs, now=now)
         self.chain.commit(checked, records, view)
         self._after_commit(checked, records, {})
         self._log.info(
@@ -156,36 +166,58 @@ class BlockPipeline:
         )
         return checked
 
-    async def reorganise(self, fork_height, branch, pause=None):
+    async def reorganise(self, fork_height, branch, pause=None, now=None):
         """Switch to a competing branch [(block, txs)] forking after
         fork_height, once all of it verified (chain.reorganise_steps);
         the transactions of the undone blocks go back to the mempool.
-        Raises AitError, having changed nothing, if any block fails."""
+        Raises AitError, having changed nothing, if any block fails.
+        pause: awaited between blocks (signature checks, then state
+        transitions), so a long branch never holds the reactor."""
         for _, txs in branch:
             await self.check_signatures(txs)
-        steps = self.chain.reorganise_steps(fork_height, branch)
+            if pause is not None:
+                await pause()
+        attestations = self._attestations_above(fork_height)
+        steps = self.chain.reorganise_steps(fork_height, branch, now)
         committed, dropped = run_steps(steps) if pause is None else await run_steps_async(steps, pause)
-        self._readmit_after_switch(fork_height, dropped)
+        self._readmit_after_switch(fork_height, dropped, attestations)
         for block in committed:
             self._after_commit(block, [(h, self.chain.store.tx_record(h)) for h in block["txs"]], {})
         return committed
 
     def rollback(self, height):
         """Undo blocks above height; their transactions go back to the mempool."""
+        attestations = self._attestations_above(height)
         dropped = self.chain.rollback(height)
-        return self._readmit_after_switch(height, dropped)
+        return self._readmit_after_switch(height, dropped, attestations)
 
-    def _readmit_after_switch(self, height, dropped):
+    def _attestations_above(self, height):
+        """{txHash: attestation} of the claims in the blocks above height."""
+        out = {}
+        for h in range(height + 1, self.chain.head()[0] + 1):
+            out.update(self.chain.store.block_at(h).get("attestations") or {})
+        return out
+
+    def _readmit_after_switch(self, height, dropped, attestations):
+        """The transactions of undone blocks (dropped, wire forms; claims
+        with their blocks' attestations), then those pending, are admitted
+        again on the new head.  Each one that no longer applies is recorded
+        as failed (getTx): dropped_by_reorg, with the refusal."""
         pending = [(tx, self.mempool.attestation(tx.hash)) for tx in self.mempool.all()]
         self.mempool.clear()
         readmit = []
         for wire in dropped:
-            try:
-                readmit.append((self.chain.parse_stored_tx(wire), None))
-            except AitError:
-                pass
-        restored = self.admission.readmit(readmit + pending)
+            tx = self.chain.parse_stored_tx(wire)  # it was stored by this node: it parses
+            readmit.append((tx, attestations.get(tx.hash)))
+        refused = []
+        restored = self.admission.readmit(readmit + pending, refused)
+        lost = {}
+        for tx, err in refused:
+            message = f"{err.code}: a reorganisation undid its block or left it pending, and it no longer applies: {err.message}"
+            lost[tx.hash] = {"tx": tx.to_wire(), "error": {"code": "dropped_by_reorg", "message": message}}
+            self.metrics.tx_event(tx.type, "failed")
+        self.local.record_failed(lost)
         self.head_changed_at = self.clock.seconds()
-        self._log.warn("rolled back to height {height}; {n} transactions back in the mempool",
-                       height=height, n=restored, component="chain", event="reorg")
+        self._log.warn("rolled back to height {height}; {n} transactions back in the mempool, {lost} dropped",
+                       height=height, n=restored, lost=len(lost), component="chain", event="reorg")
         return restored

@@ -32,14 +32,15 @@ class ProposerService(service.Service):
 
         The in-turn authority for height h is authorities[h mod N]; it
         proposes once the head is ``interval`` old.  The others back it up
-        in rotation order, the r-th after ``interval * (1 + 2r)``.
+        in rotation order, the r-th after ``interval * (1 + 2r)``.  What
+        peers claim (their height) never delays a turn: an authority that
+        is behind syncs meanwhile, and fork choice settles two blocks at
+        one height.
         """
         pipeline = self.pipeline
         if pipeline.key is None:
             return False
         head = pipeline.chain.head()[0]
-        if pipeline.peer_height > head:
-            return False  # behind a peer: catch up before building on a stale head
         auths = pipeline.chain.authority_list
         if len(auths) == 1:
             return True

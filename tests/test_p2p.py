@@ -29,6 +29,7 @@ from tests.common import (
 )
 
 K1, K2 = key(21), key(22)  # two authorities for the multi-authority tests
+GENESIS_TIME = 1_700_000_000  # tests.common.genesis_doc's timestamp
 SERVER_ADDR = IPv4Address("TCP", "127.0.0.1", 9000)
 
 
@@ -84,12 +85,16 @@ class Net:
     def __init__(self, testcase):
         self.tc = testcase
         self.clock = Clock()
+        # Time starts at the genesis timestamp: blocks are stamped with the
+        # clock, and a node refuses blocks stamped ahead of its own clock.
+        self.clock.advance(GENESIS_TIME)
         self.links = []
         self._port = 40000
         testcase.addCleanup(self.close)
 
-    def peer(self, doc=None, key=AUTHORITY, sync_batch=p2pmod.SYNC_BATCH, node_key=None):
-        node = make_node(self.tc, doc=doc, key=key, clock=self.clock)
+    def peer(self, doc=None, key=AUTHORITY, sync_batch=p2pmod.SYNC_BATCH, node_key=None, **kw):
+        """A node with its P2P manager; kw go to make_node (mempool, verifier...)."""
+        node = make_node(self.tc, doc=doc, key=key, clock=self.clock, **kw)
         p2p = P2P(node, node_key or KeyPair.generate(), self.clock, sync_batch=sync_batch)
         clock_timers(p2p.server_factory, self.clock)
         p2p.startService()
@@ -876,8 +881,8 @@ class ReorgTests(P2PTestCase):
         real = follower.node.pipeline.import_block_async
         fired = []
 
-        async def hooked(block, txs):
-            out = await real(block, txs)
+        async def hooked(block, txs, now=None):
+            out = await real(block, txs, now)
             if block["header"]["height"] == 1 and not fired:
                 fired.append(True)  # the rival arrives mid-sync, on head 1
                 follower.received(conn, "block", {"block": rival, "txs": []})

@@ -21,10 +21,13 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketServerFa
 from twisted.application import internet, service
 from twisted.internet import defer
 from twisted.internet.endpoints import clientFromString
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
 from aitnode.errors import AitError
+from aitnode.p2p import wire
+from aitnode.receipts import CLAIM
 from aitnode.p2p.sync import SYNC_BATCH, BlockSync, check_entry
 from aitnode.p2p.wire import (
     CLOSE_BANNED, CLOSE_PROTOCOL, VERSION, ClientPeer, PeerError, ServerPeer, auth_bytes, encode, set_options,
@@ -35,6 +38,26 @@ BAN_SCORE = -100
 BAN_SECONDS = 600
 HOST_BAN_SECONDS = 30
 PENALTY = {"garbage": -50, "bad_tx": -10, "bad_block": -60, "oversized": -100, "protocol": -30}
+# Refusals of a relayed transaction that no honest peer could cause (it
+# checked the same things before relaying); every attestation_* code too.
+# The others (nonce, balance, fee...) depend on a state peers may not share.
+PEER_FAULTS = frozenset(("bad_signature", "pubkey_mismatch", "job_not_found", "job_not_paid", "job_double_spent"))
+WATCH_INTERVAL = 1  # seconds between two looks at every connection's pending output
+# What the node remembers of peers is bounded: bans end (and are forgotten)
+# after BAN_SECONDS; the score of a peer not connected for SCORE_TTL seconds
+# is forgotten; past MAX_SCORES scores or MAX_BANS bans the oldest go; past
+# MAX_PEER_ROWS rows in the peer table, those seen longest ago.  Pruned every
+# PRUNE_INTERVAL seconds, and at once when a map passes its bound.
+SCORE_TTL = 3600
+MAX_SCORES = 10_000
+MAX_BANS = 10_000
+MAX_PEER_ROWS = 10_000
+PRUNE_INTERVAL = 60
+# Incoming peer connections taken at once (the node's own dials to its
+# configured peers are never refused), and the seconds a connection has to
+# finish its handshake (hello and auth both ways) before it is closed.
+MAX_INBOUND = 128
+HANDSHAKE_SECONDS = 10
 
 
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
@@ -97,13 +120,17 @@ class P2P(service.MultiService):
         self.key = node_key
         self.node_id = node_key.public_key.hex()
         self.reactor = reactor
-        self.conns = set()
+        self.conns = set()  # ready connections
+        self.open_conns = set()  # every open connection, ready or still in its handshake
         self.seen_tx = LRUSet(SEEN_SIZE)
         self.seen_block = LRUSet(SEEN_SIZE)
         self.bans = {}  # node_id or host -> until (seconds)
-        self.scores = {}  # node_id -> score
+        self.scores = {}  # node_id (or host, before auth) -> score
+        self._score_seen = {}  # the same keys -> when that peer was last connected or penalised
+        self._next_prune = 0
         self.importing_from = None  # the peer whose block is being imported
         self.outgoing = {}  # url -> ClientService
+        self._watcher = None
         self.sync = BlockSync(self, node, reactor, lambda: _yield(reactor), sync_batch=sync_batch)
         self.server_factory = WebSocketServerFactory()
         self.server_factory.protocol = ServerPeer
@@ -123,9 +150,15 @@ class P2P(service.MultiService):
 
     def startService(self):
         self.server_factory.startFactory()
+        self._watcher = LoopingCall(self._watch)
+        self._watcher.clock = self.reactor
+        self._watcher.start(WATCH_INTERVAL, now=False)
         super().startService()
 
     def stopService(self):
+        if self._watcher is not None and self._watcher.running:
+            self._watcher.stop()
+        self._watcher = None
         self.sync.stop()
         d = super().stopService()
         for conn in list(self.conns):
@@ -151,6 +184,50 @@ class P2P(service.MultiService):
         self.outgoing[url] = svc
         svc.setServiceParent(self)
         return True
+
+    # -- connections' output ---------------------------------------------------
+    def opened(self, conn):
+        self.open_conns.add(conn)
+
+    def inbound_full(self):
+        return sum(1 for c in self.open_conns if c.direction == "in") >= MAX_INBOUND
+
+    def _watch(self):
+        """Each second: answer a get_blocks that waited for a peer's output
+        to drain, and drop a peer whose output stayed over SEND_LOW for
+        SEND_DEADLINE seconds (it does not read); now and then, prune."""
+        now = self.reactor.seconds()
+        if now >= self._next_prune:
+            self._next_prune = now + PRUNE_INTERVAL
+            try:
+                self.prune()
+            except Exception:
+                self._log.failure("pruning peers failed", component="p2p", event="prune_error")
+        for conn in list(self.open_conns):
+            try:
+                self._watch_one(conn, now)
+            except Exception:
+                self._log.failure("watching peer {peer} failed", peer=conn.addr, component="p2p", event="watch_error")
+
+    def _watch_one(self, conn, now):
+        if conn.state != conn.STATE_OPEN:
+            return
+        if not conn.ready and now - conn.opened_at >= HANDSHAKE_SECONDS:
+            self._log.info("peer {peer} did not finish the handshake in {s} s", peer=conn.addr, s=HANDSHAKE_SECONDS,
+                           component="p2p", event="handshake_timeout")
+            conn.sendClose(CLOSE_PROTOCOL, "handshake timeout")
+            return
+        if conn.pending_output() <= wire.SEND_LOW:
+            conn.stalled_since = None
+            if conn.waiting_request is not None:
+                request, conn.waiting_request = conn.waiting_request, None
+                self.sync.answer(conn, request)
+        elif conn.stalled_since is None:
+            conn.stalled_since = now
+        elif now - conn.stalled_since >= wire.SEND_DEADLINE:
+            self._log.warn("peer {peer} has not read {n} bytes for {s} s; dropping it", peer=conn.addr,
+                           n=conn.pending_output(), s=wire.SEND_DEADLINE, component="p2p", event="peer_not_reading")
+            conn.dropConnection(abort=True)
 
     # -- handshake -------------------------------------------------------
     def hello(self, challenge):
@@ -181,8 +258,9 @@ class P2P(service.MultiService):
             return
         conn.ready = True
         self.conns.add(conn)
-        self._update_peer_height()  # its hello told us its height
         self.scores.setdefault(conn.remote_id, 0)
+        self._score_seen[conn.remote_id] = self.reactor.seconds()
+        self._bound_scores()
         self._touch(conn)
         self._log.info("peer joined {peer} ({direction}) height={height}", peer=conn.addr, direction=conn.direction,
                        height=conn.remote_height, node_id=conn.remote_id, component="p2p", event="peer_joined")
@@ -192,9 +270,6 @@ class P2P(service.MultiService):
         rec = {"addr": conn.addr, "last_seen": int(self.reactor.seconds()), "score": self.scores.get(conn.remote_id, 0)}
         self.node.local.put_peer(conn.remote_id, rec)
 
-    def _update_peer_height(self):
-        self.node.pipeline.peer_height = max((c.remote_height for c in self.conns), default=0)
-
     # -- dispatch ----------------------------------------------------------
     def received(self, conn, mtype, data):
         if mtype == "hello":
@@ -202,7 +277,9 @@ class P2P(service.MultiService):
         if mtype == "auth":
             return self._on_auth(conn, data)
         if mtype == "reject":
-            self._log.warn("peer {peer} refused us: {reason}", peer=conn.addr, reason=str(data)[:200],
+            reason = data.get("reason") if type(data) is dict else None
+            reason = reason[:200] if type(reason) is str else "(no reason given)"
+            self._log.warn("peer {peer} refused us: {reason}", peer=conn.addr, reason=reason,
                            component="p2p", event="refused_by_peer")
             return conn.sendClose(1000, "rejected")
         if not conn.ready:
@@ -215,7 +292,6 @@ class P2P(service.MultiService):
         if type(d) is not dict:
             raise PeerError("protocol", "status is not a map")
         conn.set_status(d)
-        self._update_peer_height()
         self.sync.maybe_sync(conn)
 
     def _on_tx(self, conn, d):
@@ -226,13 +302,18 @@ class P2P(service.MultiService):
             tx = self.admission.parse(wire)
         except AitError as e:
             raise PeerError("bad_tx", e.message)
-        if not self.seen_tx.add(tx.hash) or self.admission.known(tx):
+        if tx.hash in self.seen_tx or self.admission.known(tx):
             return
+        if tx.type != CLAIM:
+            # A claim's attestation is not in its txHash: only a claim
+            # admitted with an attestation that checks is marked seen (by
+            # on_local_tx), or a junk copy would hide the real one.
+            self.seen_tx.add(tx.hash)
         d = defer.ensureDeferred(self.admission.relay(tx, d.get("attestation")))
 
         def failed(f):
             f.trap(AitError)
-            if f.value.code in ("bad_signature", "pubkey_mismatch", "attestation_bad_signature"):
+            if f.value.code in PEER_FAULTS or f.value.code.startswith("attestation_"):
                 self.penalize(conn, "bad_tx", f.value.message)
 
         d.addErrback(failed)
@@ -243,9 +324,8 @@ class P2P(service.MultiService):
         header = entry["block"]["header"]
         if not self.seen_block.add(entry["block"]["hash"]):
             return
-        if header["height"] >= conn.remote_height:
+        if header["height"] >= conn.remote_height:  # a claim: it picks whom to sync from, nothing more
             conn.remote_height, conn.remote_head = header["height"], entry["block"]["hash"]
-            self._update_peer_height()
         # Relaying is on_local_block's: it runs for every committed block.
         self.sync.on_block(conn, entry)
 
@@ -283,8 +363,9 @@ class P2P(service.MultiService):
         frame = encode(mtype, data)
         for conn in list(self.conns):
             # A connection being dropped stays in conns until onClose;
-            # sending on it would raise (and stop the caller's loop).
-            if conn is not exclude and conn.state == conn.STATE_OPEN:
+            # sending on it would raise (and stop the caller's loop).  A
+            # peer that does not read gets no more gossip (it syncs later).
+            if conn is not exclude and conn.state == conn.STATE_OPEN and conn.pending_output() <= wire.SEND_HIGH:
                 conn.sendMessage(frame, isBinary=True)
 
     # -- scores and bans ---------------------------------------------------
@@ -293,6 +374,8 @@ class P2P(service.MultiService):
         key = who or conn.host
         score = self.scores.get(key, 0) + PENALTY[kind]
         self.scores[key] = score
+        self._score_seen[key] = self.reactor.seconds()
+        self._bound_scores()
         self._log.warn("peer {peer} misbehaved ({kind}): {reason}; score {score}", peer=conn.addr, kind=kind,
                        reason=reason[:200], score=score, component="p2p", event="peer_penalized")
         if score <= BAN_SCORE:
@@ -302,6 +385,7 @@ class P2P(service.MultiService):
             # that ban is short, enough to stop a reconnect loop.
             seconds = BAN_SECONDS if who else HOST_BAN_SECONDS
             self.bans[key] = self.reactor.seconds() + seconds
+            self._bound_bans()
             if not who:
                 self.scores[key] = 0  # start afresh once the short ban ends
             self._log.warn("peer {peer} banned for {s} s", peer=conn.addr, s=seconds, component="p2p", event="peer_banned")
@@ -314,6 +398,46 @@ class P2P(service.MultiService):
         if kind in ("garbage", "protocol") and conn.state != conn.STATE_CLOSED:
             conn.sendClose(CLOSE_PROTOCOL, reason[:100])
 
+    def _connected_keys(self):
+        keys = set()
+        for conn in self.open_conns:
+            keys.add(conn.host)
+            if conn.remote_id is not None:
+                keys.add(conn.remote_id)
+        return keys
+
+    def prune(self):
+        """Forget ended bans, and scores of peers gone for SCORE_TTL; keep
+        both maps, and the peer table, within their bounds."""
+        now = self.reactor.seconds()
+        for key in [k for k, until in self.bans.items() if until <= now]:
+            del self.bans[key]
+        connected = self._connected_keys()
+        for key in [k for k, seen in self._score_seen.items() if now - seen >= SCORE_TTL and k not in connected]:
+            self.scores.pop(key, None)
+            del self._score_seen[key]
+        self._bound_scores(connected)
+        self._bound_bans()
+        if self.node.local.peer_count() > MAX_PEER_ROWS:
+            rows = self.node.local.peers()
+            ids = {c.remote_id for c in self.conns}
+            old = sorted((rec.get("last_seen", 0), node_id) for node_id, rec in rows.items() if node_id not in ids)
+            self.node.local.drop_peers([node_id for _, node_id in old[:len(rows) - MAX_PEER_ROWS]])
+
+    def _bound_scores(self, connected=None):
+        if len(self.scores) <= MAX_SCORES:
+            return
+        connected = self._connected_keys() if connected is None else connected
+        old = sorted((seen, k) for k, seen in self._score_seen.items() if k not in connected)
+        for _, key in old[:len(self.scores) - MAX_SCORES]:
+            self.scores.pop(key, None)
+            del self._score_seen[key]
+
+    def _bound_bans(self):
+        if len(self.bans) > MAX_BANS:
+            for _, key in sorted((until, k) for k, until in self.bans.items())[:len(self.bans) - MAX_BANS]:
+                del self.bans[key]
+
     def is_banned(self, node_id=None, addr=None):
         now = self.reactor.seconds()
         for key in (node_id, addr):
@@ -322,11 +446,14 @@ class P2P(service.MultiService):
         return False
 
     def disconnected(self, conn):
+        self.open_conns.discard(conn)
+        for key in (conn.host, conn.remote_id):
+            if key in self._score_seen:
+                self._score_seen[key] = self.reactor.seconds()  # its time to be forgotten starts now
         if conn in self.conns:
             self.conns.discard(conn)
             self._log.info("peer left {peer}", peer=conn.addr, component="p2p", event="peer_left")
         self.sync.disconnected(conn)
-        self._update_peer_height()
 
     def peer_list(self):
         out = []

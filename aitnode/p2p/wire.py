@@ -25,14 +25,39 @@ from aitnode.encoding import canonical, is_hex, sha256
 
 VERSION = 1
 MAX_MESSAGE = 16 * 1024 * 1024
+# Output a peer has not read yet (pending_output):
+SEND_LOW = 1024 * 1024  # a get_blocks waits while more than this is pending
+SEND_HIGH = 8 * 1024 * 1024  # gossip to the peer is skipped while more than this is pending
+SEND_DEADLINE = 60  # seconds over SEND_LOW without draining below it: the peer is dropped
 # Close codes: autobahn lets an application send only 1000 or 3000-4999
 # (1002/1008 are the library's own), so ours are in the private range.
 CLOSE_PROTOCOL = 4002  # garbage or a protocol violation
 CLOSE_BANNED = 4008  # the peer is banned
+CLOSE_FULL = 4029  # the node has as many incoming peer connections as it takes
 
 
 def encode(mtype, data):
     return cbor2.dumps({"type": mtype, "data": data}, canonical=True)
+
+
+def _cbor_head(major, n):
+    """The head of a CBOR item of major type major and length n (RFC 8949 3.1)."""
+    for info, size in ((24, 1), (25, 2), (26, 4), (27, 8)):
+        if n < 24:
+            return bytes([major << 5 | n])
+        if n < 1 << (8 * size):
+            return bytes([major << 5 | info]) + n.to_bytes(size, "big")
+    raise ValueError("too long for CBOR")
+
+
+def blocks_frame(encoded_entries, height):
+    """encode("blocks", {"blocks": entries, "height": height}), built from
+    entries each already encoded as canonical CBOR (so an answer's size is
+    known, and each entry encoded once, as it is put together)."""
+    return b"".join([
+        b"\xa2\x64data\xa2\x66blocks", _cbor_head(4, len(encoded_entries)), *encoded_entries,
+        b"\x66height", cbor2.dumps(height), b"\x64type\x66blocks",
+    ])
 
 
 def auth_bytes(chain_id, challenge, node_id):
@@ -58,6 +83,7 @@ class PeerConnection:
     _log = Logger()
     p2p = None
     direction = "?"
+    frame_bytes = 0
 
     def onOpen(self):
         self.p2p = self.factory.p2p
@@ -69,11 +95,18 @@ class PeerConnection:
         self.authed_in = False  # we checked their auth
         self.authed_out = False  # we sent ours
         self.ready = False
+        self.waiting_request = None  # a get_blocks that waits for the output to drain
+        self.stalled_since = None  # when pending_output went over SEND_LOW (checked each second)
         self.addr = self._peer_addr()
         self.host = self.addr.rsplit(":", 1)[0]
+        self.opened_at = self.p2p.reactor.seconds()
         if self.p2p.is_banned(addr=self.host):
             self.sendClose(CLOSE_BANNED, "banned")
             return
+        if self.direction == "in" and self.p2p.inbound_full():
+            self.sendClose(CLOSE_FULL, "too many peers")
+            return
+        self.p2p.opened(self)
         self.send("hello", self.p2p.hello(self.challenge))
 
     def _peer_addr(self):
@@ -81,10 +114,30 @@ class PeerConnection:
         return f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
 
     def send(self, mtype, data):
+        self.send_frame(encode(mtype, data))
+
+    def send_frame(self, frame):
         if self.state == self.STATE_OPEN:  # a closing connection takes no more
-            self.sendMessage(encode(mtype, data), isBinary=True)
+            self.sendMessage(frame, isBinary=True)
+
+    def pending_output(self):
+        """Bytes written to this connection that the peer has not taken
+        yet: autobahn's queue and the transport's send buffer (through a
+        TLS wrapper to the TCP transport under it)."""
+        n = sum(len(data) for data, _ in getattr(self, "send_queue", ()))
+        t = self.transport
+        for _ in range(3):
+            if t is None:
+                break
+            if hasattr(t, "_tempDataLen"):  # twisted.internet.abstract.FileDescriptor (TCP)
+                n += len(t.dataBuffer) - t.offset + t._tempDataLen
+            elif type(getattr(t, "stream", None)) is list:  # twisted.test.iosim.FakeTransport
+                n += sum(len(chunk) for chunk in t.stream)
+            t = getattr(t, "transport", None)
+        return n
 
     def onMessage(self, payload, isBinary):
+        closing = self.state != self.STATE_OPEN
         try:
             if not isBinary:
                 raise PeerError("garbage", "text frame")
@@ -94,9 +147,16 @@ class PeerConnection:
                 raise PeerError("garbage", "frame is not CBOR")
             if type(msg) is not dict or set(msg) != {"type", "data"} or type(msg["type"]) is not str:
                 raise PeerError("garbage", "message is not {type, data}")
+            if closing and msg["type"] != "reject":
+                return
+            self.frame_bytes = len(payload)  # what the message being handled took on the wire
             self.p2p.received(self, msg["type"], msg["data"])
         except PeerError as e:
-            self.p2p.misbehaved(self, e.kind, str(e))
+            # A closing connection (we refused it, or it broke the protocol
+            # already) is neither acted on nor penalised again: only the
+            # other side's reject is still read, to log its reason.
+            if not closing:
+                self.p2p.misbehaved(self, e.kind, str(e))
 
     # -- the handshake ---------------------------------------------------------
     def on_hello(self, d, mine):
