@@ -1,13 +1,17 @@
 """The block format: header fields, block hash and tx_root.
 
-Block header: {"chain_id", "parent", "height", "timestamp", "proposer",
-"tx_root", "state_root"}; block hash = sha256(canonical(header)); the
-proposer signs the 32 hash bytes.  See docs/protocol.md.
+Block header: {"chain_id", "parent", "height", "timestamp" (ms),
+"proposer", "tx_root", "state_root", "votes_root", "evidence_root",
+"authorities_hash"}; block hash = sha256(canonical(header)); the proposer
+signs the 32 hash bytes.  See docs/protocol.md.
 """
 
 from aitnode.encoding import canonical, canonical_unchecked, merkle_root, sha256_hex
 
-HEADER_FIELDS = frozenset(("chain_id", "parent", "height", "timestamp", "proposer", "tx_root", "state_root"))
+HEADER_FIELDS = frozenset((
+    "chain_id", "parent", "height", "timestamp", "proposer", "tx_root", "state_root",
+    "votes_root", "evidence_root", "authorities_hash",
+))
 
 # The size of a block (docs/protocol.md 10.4), the measure max_block_bytes
 # bounds: per transaction, its canonical wire form (the bytes hashed for

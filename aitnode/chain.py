@@ -9,7 +9,7 @@ Transactions of a block are applied in order; the fees they pay are
 credited to the proposer after the last one.
 """
 
-from aitnode import crypto
+from aitnode import consensus as C, evidence as E, finality as F
 from aitnode.blocks import HEADER_FIELDS, block_bytes, block_hash, tx_bytes, tx_root
 from aitnode.errors import AitError, ConfigError
 from aitnode.params import block_limits
@@ -17,39 +17,14 @@ from aitnode.receipts import CLAIM
 from aitnode.rules import BlockContext, apply_tx, finish_block
 from aitnode.state import StateView
 from aitnode.steps import run_steps
-from aitnode.store import RESOURCE_ERRORS, check_format, encode_tx_records
+from aitnode.store import check_format, encode_tx_records
+from aitnode.unstorable import apply_in_build
 from aitnode.tx import parse_tx
 
 SLICE = 256  # transactions applied between two chances for the reactor to run
 # Seconds a block's timestamp may be ahead of the verifying node's clock
 # (block timestamps are whole seconds since 1970): more is block_in_future.
-MAX_FUTURE_DRIFT = 15
-
-
-class TxBreaksBlock(Exception):
-    """A transaction made building or storing a block fail, other than by
-    breaking a rule (that is an AitError, and the builder leaves it out):
-    the proposer drops it from the mempool with ``error`` as the reason."""
-
-    def __init__(self, tx, error):
-        super().__init__(error.message)
-        self.tx = tx
-        self.error = error
-
-
-class _Inconclusive(Exception):
-    pass
-
-
-def _apply_in_build(ctx, tx):
-    """apply_tx for a builder: an error that breaks no rule (a bug the
-    transaction triggers; the view is then half written) is TxBreaksBlock."""
-    try:
-        return apply_tx(ctx, tx)
-    except (AitError, *RESOURCE_ERRORS):
-        raise
-    except Exception as e:
-        raise TxBreaksBlock(tx, AitError("tx_unprocessable", f"applying it raised {type(e).__name__}: {e}"))
+MAX_FUTURE_DRIFT = 15_000  # ms a block may be stamped ahead of the verifying node's clock
 
 
 def _limits(params, max_txs=None, max_bytes=None):
@@ -68,6 +43,18 @@ def _check_limits(txs, attestations, params):
         raise AitError("bad_block", f"block holds {size} bytes, more than max_block_bytes {max_bytes}")
 
 
+def _tx_records(block, applied):
+    height = block["header"]["height"]
+    atts = block.get("attestations", {})
+    out = []
+    for i, (tx, result) in enumerate(applied):
+        rec = {"tx": tx.to_wire(), "height": height, "block": block["hash"], "index": i, "result": result}
+        if tx.hash in atts:
+            rec["attestation"] = atts[tx.hash]
+        out.append((tx.hash, rec))
+    return out
+
+
 class Chain:
     """The chain on one Store: genesis, head, and block application."""
 
@@ -75,11 +62,9 @@ class Chain:
         self.store = store
         self.genesis = genesis
         self.chain_id = genesis.chain_id
-        self._params_at = None
-        self._params = None
+        self._params_at = self._set_at = None
+        self._params = self._set = None
         self._init_or_check()
-        self._authorities = {a["address"]: bytes.fromhex(a["public_key"]) for a in genesis.authorities}
-        self.authority_list = [a["address"] for a in genesis.authorities]
 
     def _init_or_check(self):
         store, g = self.store, self.genesis
@@ -109,8 +94,20 @@ class Chain:
             self._params_at = head
         return self._params
 
+    def authority_set(self):
+        """The authority set in effect for the next block (cached per head)."""
+        head = self.store.head()
+        if self._set_at != head:
+            self._set = C.set_of(self.view())
+            self._set_at = head
+        return self._set
+
     def is_authority(self, address):
-        return address in self._authorities
+        return address in self.authority_set().keys
+
+    def finality(self, view=None):
+        """The justified and finalized checkpoints after the head (or view)."""
+        return C.finality_of(view or self.view(), self.genesis.hash)
 
     def head(self):
         return self.store.head()
@@ -122,11 +119,14 @@ class Chain:
     def view(self):
         return StateView(self.store)
 
-    def context(self, view, proposer=None, height=None, timestamp=None, params=None, attestations=None):
+    def context(self, view, proposer=None, height=None, timestamp=None, params=None, attestations=None,
+                authorities=None):
         """A BlockContext on view; with no height, the next block's (admission)."""
         if height is None:
             height = self.head()[0] + 1
-        return BlockContext(self.chain_id, view, self._authorities, proposer, height, timestamp,
+        if authorities is None:
+            authorities = C.set_of(view).keys
+        return BlockContext(self.chain_id, view, authorities, proposer, height, timestamp,
                             params=params, attestations=attestations)
 
     def block_entry(self, height):
@@ -148,15 +148,34 @@ class Chain:
         return run_steps(self.build_steps(candidates, key, timestamp, max_txs, attestations, max_bytes=max_bytes))
 
     def build_steps(self, candidates, key, timestamp, max_txs=None, attestations=None, slice_size=SLICE,
-                    max_bytes=None):
+                    max_bytes=None, votes=(), evidence=()):
         """build_block as a generator yielding every slice_size transactions
         (run it with steps.run_steps, or run_steps_async to keep the reactor
-        answering while a large block is built)."""
+        answering while a large block is built).  timestamp (ms) is raised
+        to the earliest the key's turn allows; votes (for the head) and
+        evidence are wire lists the block carries (left out if they do not
+        check)."""
         parent = self.head_header()
+        parent_hash = self.store.hash_at(parent["height"])
         height = parent["height"] + 1
-        timestamp = max(timestamp, parent["timestamp"])
         view = self.view()
-        ctx = self.context(view, key.address, height, timestamp, attestations=attestations)
+        aset = C.set_of(view)
+        earliest = aset.earliest(key.address, height, parent["timestamp"], view.param("block_interval_ms"))
+        if earliest is None:
+            view.release()
+            raise AitError("not_authority", f"{key.address} may not propose: it is no authority, or jailed")
+        timestamp = max(timestamp, earliest)
+        carries = C.carries_set(view, height)
+        votes, evidence = list(votes), list(evidence)
+        ctx = self.context(view, key.address, height, timestamp, attestations=attestations, authorities=aset.keys)
+        try:
+            C.begin_block(ctx, parent_hash, self.genesis.hash, votes, evidence)
+        except AitError:
+            view.release()  # the pool offered a vote or evidence that does not check: leave them out
+            view = self.view()
+            ctx = self.context(view, key.address, height, timestamp, attestations=attestations, authorities=aset.keys)
+            votes, evidence = [], []
+            C.begin_block(ctx, parent_hash, self.genesis.hash, votes, evidence)
         max_txs, max_bytes = _limits(ctx.params, max_txs, max_bytes)
         included, records, failed, size = [], [], {}, 0
         for n, tx in enumerate(candidates, 1):
@@ -168,7 +187,7 @@ class Chain:
             if size + cost > max_bytes:
                 break
             try:
-                result = _apply_in_build(ctx, tx)
+                result = apply_in_build(ctx, tx)
             except AitError as e:
                 failed[tx.hash] = (tx, e)
                 continue
@@ -179,38 +198,33 @@ class Chain:
             records.append((tx, result))
             size += cost
         finish_block(ctx)
+        C.end_block(ctx)
         yield from view.finish_steps(slice_size)
         hashes = [tx.hash for tx in included]
         atts = {h: ctx.attestations[h] for h in hashes if h in ctx.attestations}
         header = {
             "chain_id": self.chain_id,
-            "parent": self.store.hash_at(parent["height"]),
+            "parent": parent_hash,
             "height": height,
             "timestamp": timestamp,
             "proposer": key.address,
             "tx_root": tx_root(hashes, atts),
             "state_root": view.root(),
+            "votes_root": F.votes_root(votes),
+            "evidence_root": E.evidence_root(evidence),
+            "authorities_hash": aset.hash,
         }
         h = block_hash(header)
-        block = {"header": header, "hash": h, "sig": key.sign(bytes.fromhex(h)).hex(), "txs": hashes, "attestations": atts}
-        tx_records = self._tx_records(block, records)
+        block = {"header": header, "hash": h, "sig": key.sign(bytes.fromhex(h)).hex(), "txs": hashes, "attestations": atts,
+                 "votes": votes, "evidence": evidence}
+        if carries:
+            block["authorities"] = aset.members
+        tx_records = _tx_records(block, records)
         encoded = []
         for i in range(0, len(tx_records), slice_size):
             encoded += encode_tx_records(tx_records[i:i + slice_size])
             yield
         return block, encoded, view, failed
-
-    @staticmethod
-    def _tx_records(block, applied):
-        height = block["header"]["height"]
-        atts = block.get("attestations", {})
-        out = []
-        for i, (tx, result) in enumerate(applied):
-            rec = {"tx": tx.to_wire(), "height": height, "block": block["hash"], "index": i, "result": result}
-            if tx.hash in atts:
-                rec["attestation"] = atts[tx.hash]
-            out.append((tx.hash, rec))
-        return out
 
     # -- verifying -----------------------------------------------------------
     def verify_block(self, block, txs, parent=None, view=None, now=None):
@@ -219,10 +233,11 @@ class Chain:
         parent: the header it must extend (the head's by default); view:
         the state after parent (the head's by default).  txs are parsed
         Transactions whose signatures the caller checked.  now: the
-        verifying node's time in seconds; a block stamped more than
+        verifying node's time in ms; a block stamped more than
         MAX_FUTURE_DRIFT after it raises AitError("block_in_future")
         (None: no upper bound).  Raises AitError("bad_block", ...) naming
-        the first problem.
+        the first problem: a turn not the proposer's, a wrong vote or
+        evidence, a wrong authority set, a transaction or the state root.
         """
         header = block.get("header")
         if type(header) is not dict or set(header) != HEADER_FIELDS:
@@ -236,8 +251,11 @@ class Chain:
         if type(header["timestamp"]) is not int or header["timestamp"] < parent["timestamp"]:
             raise AitError("bad_block", "block timestamp is before its parent's")
         if now is not None and header["timestamp"] > now + MAX_FUTURE_DRIFT:
-            raise AitError("block_in_future", f"block timestamp is more than {MAX_FUTURE_DRIFT} s ahead of this node's clock")
+            raise AitError("block_in_future", f"block timestamp is more than {MAX_FUTURE_DRIFT} ms ahead of this node's clock")
         h = self.check_signed_header(block)
+        if view is None:
+            view = self.view()
+        aset = C.check_block_fields(block, header, parent, view)
         if [tx.hash for tx in txs] != block.get("txs", [tx.hash for tx in txs]):
             raise AitError("bad_block", "block transaction list does not match")
         atts = block.get("attestations") or {}
@@ -246,10 +264,10 @@ class Chain:
             raise AitError("bad_block", "block attestations do not belong to its claims")
         if tx_root([tx.hash for tx in txs], atts) != header["tx_root"]:
             raise AitError("bad_block", "tx_root does not match the transactions")
-        if view is None:
-            view = self.view()
-        ctx = self.context(view, header["proposer"], header["height"], header["timestamp"], attestations=atts)
+        ctx = self.context(view, header["proposer"], header["height"], header["timestamp"], attestations=atts,
+                           authorities=aset.keys)
         _check_limits(txs, atts, ctx.params)
+        C.begin_block(ctx, header["parent"], self.genesis.hash, block.get("votes", []), block.get("evidence", []))
         records = []
         for tx in txs:
             try:
@@ -257,31 +275,28 @@ class Chain:
             except AitError as e:
                 raise AitError("bad_block", f"transaction {tx.hash} is invalid: {e.message}")
         finish_block(ctx)
+        C.end_block(ctx)
         if view.root() != header["state_root"]:
             raise AitError("bad_block", "state_root does not match the state after the block")
-        out = {"header": header, "hash": h, "sig": block["sig"], "txs": [tx.hash for tx in txs], "attestations": atts}
-        return out, self._tx_records(out, records), view
+        out = {"header": header, "hash": h, "sig": block["sig"], "txs": [tx.hash for tx in txs], "attestations": atts,
+               "votes": block.get("votes", []), "evidence": block.get("evidence", [])}
+        if "authorities" in block:
+            out["authorities"] = block["authorities"]
+        return out, _tx_records(out, records), view
 
     def check_signed_header(self, block):
         """The block's hash matches its header and its proposer, an
-        authority, signed it; the hash.  Needs no state: a peer's branch is
-        checked this far as it arrives."""
+        authority (now or before), signed it; the hash.  Needs no state of
+        the block's parent: a peer's branch is checked this far as it arrives."""
         header = block.get("header")
         if type(header) is not dict or set(header) != HEADER_FIELDS:
             raise AitError("bad_block", "block header fields are wrong")
-        h = block_hash(header)
-        if block.get("hash") not in (None, h):
+        if block.get("hash") not in (None, block_hash(header)):
             raise AitError("bad_block", "block hash does not match its header")
-        pk = self._authorities.get(header["proposer"])
-        if pk is None:
+        raw = self.view().get("authkey", header["proposer"]) if type(header["proposer"]) is str else None
+        if raw is None:
             raise AitError("bad_block", "block proposer is not an authority")
-        try:
-            sig = bytes.fromhex(block["sig"])
-        except (KeyError, TypeError, ValueError):
-            raise AitError("bad_block", "block sig is not hex")
-        if not crypto.verify(pk, sig, bytes.fromhex(h)):
-            raise AitError("bad_block", "block signature is not the proposer's")
-        return h
+        return E.check_signed_header(header, block.get("sig"), bytes.fromhex(raw))
 
     # -- committing ----------------------------------------------------------
     def commit(self, block, tx_records, view):
@@ -294,98 +309,58 @@ class Chain:
         return self.store.rollback_to(height)
 
     def reorganise_steps(self, fork_height, branch, now=None):
-        """Verify a competing branch that forks after fork_height, then switch
-        to it in one write transaction.
-
-        branch: [(block, txs)] in height order, txs parsed Transactions whose
-        signatures the caller checked.  Nothing is written unless every
-        block verifies (headers, signatures, tx roots and state roots, each
-        on the state its parent left); a generator yielding between blocks,
-        run with steps.run_steps or run_steps_async.  Returns (committed
-        blocks, wire transactions of the blocks undone, oldest first).
-        Raises AitError("bad_block", ...) for the first block that fails
-        (now: as for verify_block).
-        """
-        head = self.head()
-        if head[0] - fork_height > self.store.undo_depth():
-            raise AitError("fork_too_deep", f"the fork is deeper than the {self.store.undo_depth()} blocks of undo data")
-        overlay, acc = self.store.state_at(fork_height)
-        parent = self.store.block_at(fork_height)["header"]
-        if acc is None:  # no block above fork_height: the head's accumulator
-            acc = self.store.accumulator()
-        writes = []
-        for block, txs in branch:
-            yield
-            view = StateView(self.store, acc=acc, overlay=overlay)
-            checked, records, view = self.verify_block(block, txs, parent=parent, view=view, now=now)
-            acc, changes = view.finish()
-            view.release()
-            for ident, (_, new) in changes.items():
-                overlay[ident] = new
-            writes.append((checked, encode_tx_records(records), changes, acc))
-            parent = checked["header"]
-        if self.head() != head:
-            raise AitError("head_moved", "the head changed while the branch was checked", status=409)
-        dropped = self.store.switch_branch(fork_height, writes)
-        return [w[0] for w in writes], dropped
+        """See reorganise_steps below: verify a competing branch, then
+        switch to it in one write transaction if fork choice prefers it."""
+        return (yield from reorganise_steps(self, fork_height, branch, now))
 
 
-def commit_built_steps(chain, block, tx_records, view, candidates, key):
-    """chain.commit of a block this node built from candidates.  When
-    storing it fails and one of its transactions is to blame, raise
-    TxBreaksBlock naming it (tx_unstorable), so the proposer drops it and
-    goes on; otherwise raise what storing raised.  A generator like
-    Chain.build_steps."""
-    try:
-        return chain.commit(block, tx_records, view)
-    except RESOURCE_ERRORS:
-        raise
-    except Exception as e:
-        error = e
-    by_hash = {tx.hash: tx for tx in candidates}
-    txs = [by_hash[h] for h in block["txs"]]
-    culprit = yield from _find_unstorable_steps(
-        chain, txs, key, block["header"]["timestamp"], block["attestations"])
-    if culprit is None:
-        raise error
-    raise TxBreaksBlock(culprit, AitError(
-        "tx_unstorable", f"a block holding it could not be stored: {type(error).__name__}: {error}"))
+def reorganise_steps(chain, fork_height, branch, now=None):
+    """Verify a competing branch that forks after fork_height, then switch
+    to it in one write transaction.
 
+    branch: [(block, txs)] in height order, txs parsed Transactions whose
+    signatures the caller checked.  Nothing is written unless every
+    block verifies (headers, signatures, tx roots and state roots, each
+    on the state its parent left); a generator yielding between blocks,
+    run with steps.run_steps or run_steps_async.  Returns (committed
+    blocks, wire transactions of the blocks undone, oldest first).
+    Raises AitError("bad_block", ...) for the first block that fails
+    (now: as for verify_block).
 
-def _find_unstorable_steps(chain, txs, key, timestamp, attestations):
-    """The first of txs whose block does not store while the block of those
-    before it does; None when no transaction is to blame (the block without
-    any fails too, or the whole block stores now) or the head moved.  Builds
-    about log2(len(txs)) trial blocks, each a prefix of txs (a prefix of a
-    valid block is valid: its transactions apply on the same state in the
-    same order), and writes each in a write transaction that is aborted."""
+    Fork choice: the branch is switched to only if, verified, it is
+    better than the node's chain: a higher justified block, then a
+    greater height, then a lower head hash (AitError "branch_not_better"
+    otherwise).  A finalized block is never reverted: a branch forking
+    below the node's finalized block is refused ("fork_below_finalized").
+    """
     head = chain.head()
-
-    def stores(n):
-        block, records, view, failed = yield from chain.build_steps(
-            txs[:n], key, timestamp, max_txs=n, attestations=attestations)
+    ours = chain.finality()
+    if fork_height < ours.finalized.height:
+        raise AitError("fork_below_finalized",
+                       f"the branch forks at {fork_height}, below the finalized block {ours.finalized.height}")
+    if head[0] - fork_height > chain.store.undo_depth():
+        raise AitError("fork_too_deep", f"the fork is deeper than the {chain.store.undo_depth()} blocks of undo data")
+    overlay, acc = chain.store.state_at(fork_height)
+    parent = chain.store.block_at(fork_height)["header"]
+    if acc is None:  # no block above fork_height: the head's accumulator
+        acc = chain.store.accumulator()
+    writes = []
+    for block, txs in branch:
+        yield
+        view = StateView(chain.store, acc=acc, overlay=overlay)
+        checked, records, view = chain.verify_block(block, txs, parent=parent, view=view, now=now)
         acc, changes = view.finish()
         view.release()
-        if failed or chain.head() != head:
-            raise _Inconclusive()  # not the same block any more
-        try:
-            chain.store.try_commit(block, records, changes, acc)
-        except RESOURCE_ERRORS:
-            raise
-        except Exception:
-            return False
-        return True
-
-    try:
-        if not (yield from stores(0)) or (yield from stores(len(txs))):
-            return None
-        good, bad = 0, len(txs)
-        while bad - good > 1:
-            mid = (good + bad) // 2
-            if (yield from stores(mid)):
-                good = mid
-            else:
-                bad = mid
-    except _Inconclusive:
-        return None
-    return txs[bad - 1]
+        for ident, (_, new) in changes.items():
+            overlay[ident] = new
+        writes.append((checked, encode_tx_records(records), changes, acc))
+        parent = checked["header"]
+    if chain.head() != head:
+        raise AitError("head_moved", "the head changed while the branch was checked", status=409)
+    theirs = chain.finality(StateView(chain.store, acc=acc, overlay=overlay))
+    tip = writes[-1][0] if writes else None
+    if tip is None or not C.better((theirs.justified.height, tip["header"]["height"], tip["hash"]),
+                                  (ours.justified.height, head[0], head[1])):
+        raise AitError("branch_not_better", "the branch is not better than this node's chain (fork choice)")
+    dropped = chain.store.switch_branch(fork_height, writes)
+    return [w[0] for w in writes], dropped

@@ -70,7 +70,7 @@ def cmd_genesis(args):
     params = {"faucet": args.faucet}
     if args.escrow:
         params["escrow"] = args.escrow
-    doc = make_genesis(args.chain_id, auths, accounts, params, timestamp=args.timestamp or int(time.time()))
+    doc = make_genesis(args.chain_id, auths, accounts, params, timestamp=args.timestamp or int(time.time() * 1000))
     try:
         Genesis(doc)
     except AitError as e:

@@ -6,6 +6,7 @@ import re
 from aitnode import crypto, params as P
 from aitnode.encoding import U64, ZERO_HASH, canonical, is_hex, require_int, sha256_hex
 from aitnode.errors import AitError, ConfigError
+from aitnode.consensus import authorities_hash, genesis_set
 from aitnode.state import ACC_MOD, leaf_hash, root_of
 
 _CHAIN_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}\Z")
@@ -55,6 +56,7 @@ class Genesis:
         if self.supply >= U64:
             raise AitError("bad_genesis", "total genesis balance must be below 2**64")
         self.doc = doc
+        self.members = genesis_set(self.authorities)
         self.entries = self._entries()
         acc = 0
         for ns, key, value in self.entries:
@@ -68,13 +70,17 @@ class Genesis:
             "proposer": "",
             "tx_root": ZERO_HASH,
             "state_root": root_of(self.acc),
+            "votes_root": ZERO_HASH,
+            "evidence_root": ZERO_HASH,
+            "authorities_hash": authorities_hash(self.members),
         }
         self.hash = sha256_hex(canonical(self.header))
 
     def _entries(self):
         out = [("acct", addr, [bal, 0]) for addr, bal in sorted(self.accounts.items()) if bal]
         out += [("param", k, v) for k, v in sorted(self.params.items())]
-        out.append(("chain", "authorities", self.authorities))
+        out.append(("chain", "authorities", self.members))
+        out += [("authkey", a["address"], a["public_key"]) for a in self.authorities]
         out.append(("chain", "supply", new_supply(self.supply)))
         return out
 

@@ -23,6 +23,19 @@ class LocalStore:
         self.env = store.env
         self._db = {name: self.env.open_db(name.encode()) for name in LOCAL_DBS}
 
+    # -- what this node signed ------------------------------------------
+    def signed(self, name):
+        """A record of what this node's authority key signed last ("vote":
+        finality.Record json; "proposal": the height of its last header),
+        or None.  Written before what it records is sent (see signing)."""
+        with self.env.begin(db=self._db["signing"]) as t:
+            raw = t.get(name.encode())
+        return None if raw is None else _loads(raw)
+
+    def put_signed(self, name, value):
+        with self.env.begin(write=True, db=self._db["signing"]) as t:
+            t.put(name.encode(), _dumps(value))
+
     # -- failed transactions --------------------------------------------
     def failed_record(self, tx_hash):
         with self.env.begin(db=self._db["failed"]) as t:

@@ -24,6 +24,7 @@ COSTS = {
     "TRANSFER": _cost_transfer,
     "MINT": _cost_fee,
     "PARAM_UPDATE": _cost_fee,
+    "AUTHORITY_UPDATE": _cost_fee,
     receipts.CLAIM: receipts.pending_cost,
 }
 

@@ -59,6 +59,11 @@ SPEC = {
     "coordinator_ratio_bps": (500, True, _uint(0, BPS)),
     "treasury_ratio_bps": (0, True, _uint(0, BPS)),
     "max_block_txs": (10_000, True, _uint(1, 100_000)),
+    # Turns: the in-turn authority proposes block h once its timestamp (ms)
+    # is this far past its parent's; the backup of rank r after 1 + 2r times.
+    "block_interval_ms": (2000, True, _uint(10, 3_600_000)),
+    # Authority updates apply at the end of each epoch of this many blocks.
+    "epoch_length": (100, False, _uint(1, 1_000_000)),
     # Unset by default, so no genesis changes; DEFAULT_MAX_BLOCK_BYTES applies.
     "max_block_bytes": (None, True, _uint(MIN_BLOCK_BYTES, MAX_BLOCK_BYTES)),
     "faucet": (False, False, _bool),
@@ -100,8 +105,8 @@ def block_limits(params):
 def min_fee(params, ttype, payload_size):
     """The least fee a transaction must carry.
 
-    Authority transactions (MINT, PARAM_UPDATE) need no fee.
+    Authority transactions (MINT, PARAM_UPDATE, AUTHORITY_UPDATE) need no fee.
     """
-    if ttype in ("MINT", "PARAM_UPDATE"):
+    if ttype in ("MINT", "PARAM_UPDATE", "AUTHORITY_UPDATE"):
         return 0
     return params["base_fee"] + params["fee_per_byte"] * payload_size

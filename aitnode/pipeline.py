@@ -11,7 +11,7 @@ import time
 
 from twisted.logger import Logger
 
-from aitnode.chain import TxBreaksBlock, commit_built_steps
+from aitnode.unstorable import TxBreaksBlock, commit_built_steps
 from aitnode.errors import AitError
 from aitnode.steps import run_steps, run_steps_async
 
@@ -23,7 +23,9 @@ REBUILDS = 8
 class BlockPipeline:
     _log = Logger()
 
-    def __init__(self, chain, mempool, admission, verifier, local, metrics, clock, key=None):
+    def __init__(self, chain, mempool, admission, verifier, local, metrics, clock, key=None, ballot=None):
+        """ballot: where a proposer takes the votes and evidence its block
+        carries (voting.Ballot), None for none."""
         self.chain = chain
         self.mempool = mempool
         self.admission = admission
@@ -32,6 +34,10 @@ class BlockPipeline:
         self.metrics = metrics
         self.clock = clock
         self.key = key if key is not None and chain.is_authority(key.address) else None
+        self.ballot = ballot
+        # Set when another machine signs with this node's authority key: the
+        # node then signs nothing (no block, no vote) until it is restarted.
+        self.signing_stopped = False
         self.block_listeners = []  # called with each committed block
         self.blocks = 0
         self.head_changed_at = clock.seconds()
@@ -51,7 +57,17 @@ class BlockPipeline:
         return self.key is not None
 
     def now(self):
-        return int(self.clock.seconds())
+        """The time in ms, as block timestamps count it."""
+        return int(self.clock.seconds() * 1000)
+
+    def may_propose(self, height):
+        """Whether this node may sign a header at height: never at or below
+        the height of a block it sent (a second header there is evidence
+        that jails it), and not after a key conflict."""
+        if self.key is None or self.signing_stopped:
+            return False
+        last = self.local.signed("proposal")
+        return last is None or height > last
 
     # -- building ------------------------------------------------------------
     def propose(self):
@@ -71,12 +87,18 @@ class BlockPipeline:
         if self.key is None:
             return None
         started = time.perf_counter()
+        head = self.chain.head()
+        if not self.may_propose(head[0] + 1):
+            return None
         for _ in range(REBUILDS):
-            head = self.chain.head()
+            if self.chain.head() != head:
+                return None
             candidates = self.mempool.candidates()
+            votes, evidence = self.ballot.block_fields(self.chain) if self.ballot is not None else ((), ())
             try:
                 block, records, view, failed = yield from self.chain.build_steps(
-                    candidates, self.key, self.now(), attestations=self.mempool.attestations()
+                    candidates, self.key, self.now(), attestations=self.mempool.attestations(),
+                    votes=votes, evidence=evidence,
                 )
                 if self.chain.head() != head:
                     # A block was imported meanwhile: this one no longer extends the head.
@@ -90,6 +112,9 @@ class BlockPipeline:
                 if self.chain.head() != head:
                     return None  # a block came in while a failed one was examined; the next round tries again
                 raise
+            # Recorded once committed, before listeners send it: a block
+            # signed but never committed was never sent either.
+            self.local.put_signed("proposal", block["header"]["height"])
             self._after_commit(block, records, failed)
             self._log.info(
                 "block proposed height={height} txs={txs} latency_ms={latency_ms}",
@@ -186,9 +211,16 @@ class BlockPipeline:
         return committed
 
     def rollback(self, height):
-        """Undo blocks above height; their transactions go back to the mempool."""
+        """Undo blocks above height; their transactions go back to the mempool.
+
+        An operator's explicit step (peers never cause it: they cause
+        reorganise): it also lets this node sign headers above height again,
+        which, for blocks already sent, another node may take as evidence."""
         attestations = self._attestations_above(height)
         dropped = self.chain.rollback(height)
+        last = self.local.signed("proposal")
+        if last is not None and last > height:
+            self.local.put_signed("proposal", height)
         return self._readmit_after_switch(height, dropped, attestations)
 
     def _attestations_above(self, height):

@@ -28,26 +28,24 @@ class ProposerService(service.Service):
         self.failures = 0
 
     def due(self):
-        """Whether this authority should propose now.
+        """Whether this authority should propose now: its turn has come.
 
-        The in-turn authority for height h is authorities[h mod N]; it
-        proposes once the head is ``interval`` old.  The others back it up
-        in rotation order, the r-th after ``interval * (1 + 2r)``.  What
-        peers claim (their height) never delays a turn: an authority that
-        is behind syncs meanwhile, and fork choice settles two blocks at
-        one height.
+        For height h the non-jailed authority at index h mod n of the set
+        in effect is in turn once ``block_interval_ms`` has passed since the
+        parent's timestamp; the others back it up in rotation order, the
+        r-th after ``block_interval_ms * (1 + 2r)`` (consensus.AuthoritySet;
+        the same rule every node enforces on import).  What peers claim
+        (their height) never delays a turn: an authority that is behind
+        syncs meanwhile, and fork choice settles two blocks at one height.
         """
         pipeline = self.pipeline
-        if pipeline.key is None:
+        if pipeline.key is None or pipeline.signing_stopped:
             return False
-        head = pipeline.chain.head()[0]
-        auths = pipeline.chain.authority_list
-        if len(auths) == 1:
-            return True
-        height = head + 1
-        rank = (auths.index(pipeline.key.address) - height) % len(auths)
-        elapsed = self.clock.seconds() - pipeline.head_changed_at
-        return elapsed + 1e-6 >= self.interval * (1 + 2 * rank)
+        chain = pipeline.chain
+        parent = chain.head_header()
+        earliest = chain.authority_set().earliest(
+            pipeline.key.address, parent["height"] + 1, parent["timestamp"], chain.params()["block_interval_ms"])
+        return earliest is not None and pipeline.now() >= earliest
 
     def tick(self):
         try:
@@ -73,10 +71,9 @@ class ProposerService(service.Service):
         super().startService()
         self._loop = LoopingCall(self.tick)
         self._loop.clock = self.clock
-        # With several authorities, look more often so a silent in-turn
-        # authority is backed up soon after its slot.
-        several = len(self.pipeline.chain.authority_list) > 1
-        self._loop.start(self.interval / 4 if several else self.interval, now=False)
+        # interval: how often to look whether the turn has come (the turns
+        # themselves are the chain's block_interval_ms).
+        self._loop.start(self.interval, now=False)
 
     def stopService(self):
         if self._loop is not None and self._loop.running:

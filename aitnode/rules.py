@@ -7,7 +7,7 @@ admission and block building can never disagree on those rules.  One
 table, ``EXECUTORS``, maps every type to its executor.
 """
 
-from aitnode import params as P, receipts
+from aitnode import consensus, params as P, receipts
 from aitnode.encoding import U64
 from aitnode.errors import AitError
 from aitnode.tx import AUTHORITY_TYPES
@@ -27,6 +27,8 @@ class BlockContext:
         self.params = view.params() if params is None else dict(params)
         self.fees = 0
         self.attestations = attestations if attestations is not None else {}  # claim txHash -> attestation
+        self.finality = None  # finality.Finality after the block's votes (consensus.begin_block)
+        self.jailed = []  # authorities the block's evidence jails from the next block on
 
 
 def _credit(view, address, amount):
@@ -96,6 +98,7 @@ EXECUTORS = {
     "MINT": _apply_mint,
     "PARAM_UPDATE": _apply_param_update,
     receipts.CLAIM: receipts.apply_claim,
+    "AUTHORITY_UPDATE": consensus.apply_update,
 }
 
 

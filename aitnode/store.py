@@ -36,7 +36,7 @@ from aitnode.state import ACC_BYTES
 
 FORMAT_VERSION = 2  # 2: state entries keyed by the hash of their key
 CHAIN_DBS = ("meta", "state", "blocks", "heights", "txs", "undo", "history")
-LOCAL_DBS = ("mempool", "failed", "peers")
+LOCAL_DBS = ("mempool", "failed", "peers", "signing")
 UNDO_KEEP = 1000  # recent blocks whose undo data is kept for reorgs
 # Failures of the storage itself, never of what a block holds.
 RESOURCE_ERRORS = (

@@ -10,7 +10,7 @@ as lowercase hex strings.  See docs/protocol.md.
 
 import cbor2
 
-from aitnode import crypto, receipts
+from aitnode import consensus, crypto, receipts
 from aitnode.encoding import (
     canonical, canonical_unchecked, check_value, parse_hex, require_fields, require_int, sha256,
 )
@@ -39,9 +39,10 @@ _PAYLOADS = {
     "MINT": _amount_payload,
     "PARAM_UPDATE": _param_payload,
     receipts.CLAIM: receipts.validate_claim_payload,
+    "AUTHORITY_UPDATE": consensus.validate_update_payload,
 }
 # Types only an authority may send.
-AUTHORITY_TYPES = frozenset(("MINT", "PARAM_UPDATE"))
+AUTHORITY_TYPES = frozenset(("MINT", "PARAM_UPDATE", "AUTHORITY_UPDATE"))
 
 
 def known_types():

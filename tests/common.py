@@ -35,7 +35,10 @@ GENESIS_BALANCE = 10**12
 
 
 def genesis_doc(faucet=True, accounts=None, authorities=(AUTHORITY,), **params):
+    """A genesis at timestamp 0 (a Clock's start) whose turns are 10 ms
+    apart unless block_interval_ms says otherwise."""
     p = {
+        "block_interval_ms": 10,
         "faucet": faucet,
         "coordinator": {"address": COORDINATOR.address, "public_key": COORDINATOR.public_key.hex()},
         "escrow": ESCROW.address,
@@ -43,7 +46,7 @@ def genesis_doc(faucet=True, accounts=None, authorities=(AUTHORITY,), **params):
     p.update(params)
     if accounts is None:
         accounts = [(ALICE.address, GENESIS_BALANCE), (BOB.address, 10**6)]
-    return make_genesis(CHAIN_ID, list(authorities), accounts, p, timestamp=1_700_000_000)
+    return make_genesis(CHAIN_ID, list(authorities), accounts, p, timestamp=0)
 
 
 def make_node(testcase, doc=None, key=AUTHORITY, clock=None, mempool=None, verifier=None, **kw):

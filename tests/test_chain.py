@@ -27,7 +27,8 @@ class BuildBlockTests(RulesTestBase):
         bad = transfer(CAROL, 1, ALICE, 5)  # CAROL has nothing at this point
         block, records, view, failed = self.chain.build_block([good[0], bad, good[1], good[2]], AUTHORITY, T1)
         header = block["header"]
-        self.assertEqual(set(header), {"chain_id", "parent", "height", "timestamp", "proposer", "tx_root", "state_root"})
+        self.assertEqual(set(header), {"chain_id", "parent", "height", "timestamp", "proposer", "tx_root", "state_root",
+                                       "votes_root", "evidence_root", "authorities_hash"})
         self.assertEqual(header["chain_id"], CHAIN_ID)
         self.assertEqual(header["parent"], Genesis(genesis_doc()).hash)
         self.assertEqual(header["height"], 1)
@@ -49,9 +50,11 @@ class BuildBlockTests(RulesTestBase):
         self.assertEqual(self.chain.head(), (1, block["hash"]))
         self.assertFalse(self.node.store.has_tx(bad.hash))
 
-    def test_empty_block_and_timestamp_never_decreases(self):
+    def test_empty_block_and_timestamp_never_before_the_turn(self):
+        # The genesis is stamped 0 and turns are 10 ms apart: a block asked
+        # for at 5 ms is stamped at its proposer's turn.
         block, _ = self.block([], timestamp=5)
-        self.assertEqual(block["header"]["timestamp"], 1_700_000_000)
+        self.assertEqual(block["header"]["timestamp"], 10)
         self.assertEqual(block["header"]["tx_root"], ZERO_HASH)
         self.assertEqual(block["header"]["state_root"], Genesis(genesis_doc()).header["state_root"])
         b2, _ = self.block([], timestamp=T1)
@@ -185,10 +188,10 @@ class VerifyBlockTests(SynchronousTestCase):
 
     def test_non_authority_proposer(self):
         t = transfer(ALICE, 1, BOB, 10)
-        block, records, view, failed = self.a.chain.build_block([t], ALICE, T1)
-        view.release()
-        self.assertEqual(block["header"]["proposer"], ALICE.address)
-        self.refused(block, [t], "not an authority")
+        self.assertRaises(AitError, self.a.chain.build_block, [t], ALICE, T1)
+        block = self.build([t])
+        block["header"]["proposer"] = ALICE.address
+        self.refused(self.resign(block, ALICE), [t], "not an authority")
 
     def test_block_with_invalid_tx(self):
         good = transfer(ALICE, 1, BOB, 10)
@@ -216,7 +219,7 @@ class VerifyBlockTests(SynchronousTestCase):
         self.refused(bad, [], "fields")
         bad = copy.deepcopy(block)
         bad["header"]["timestamp"] = 5
-        self.refused(self.resign(bad), [], "timestamp")
+        self.refused(self.resign(bad), [], "before its proposer's turn")
 
 
 class BlockSizeTests(SynchronousTestCase):

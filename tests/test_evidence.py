@@ -32,7 +32,8 @@ def all_heights(address, height):
 
 def header(height=7, k=OFFENDER, timestamp=1_700_000_070, chain_id=CHAIN_ID, **kw):
     hd = {"chain_id": chain_id, "parent": h(height - 1), "height": height, "timestamp": timestamp,
-          "proposer": k.address, "tx_root": "0" * 64, "state_root": h("state")}
+          "proposer": k.address, "tx_root": "0" * 64, "state_root": h("state"),
+          "votes_root": "0" * 64, "evidence_root": "0" * 64, "authorities_hash": h("authorities")}
     hd.update(kw)
     assert set(hd) == HEADER_FIELDS
     return hd

@@ -894,9 +894,13 @@ class BookkeepingTests(P2PTestCase):
         self.assertEqual(auth.node.local.peers()[follower.node_id]["score"], p2pmod.PENALTY["bad_tx"])
 
 
+DRIFT = chain_mod.MAX_FUTURE_DRIFT // 1000  # seconds
+
+
 class FutureBlockTests(P2PTestCase):
-    """Blocks stamped more than MAX_FUTURE_DRIFT seconds ahead of the
-    node's clock are held until their time, never imported early."""
+    """Blocks stamped more than MAX_FUTURE_DRIFT (ms) ahead of the node's
+    clock are held until their time, never imported early.  Clocks here
+    count seconds; DRIFT is the drift in seconds."""
 
     def setUp(self):
         super().setUp()
@@ -911,11 +915,11 @@ class FutureBlockTests(P2PTestCase):
 
     def test_verify_block_bounds_the_timestamp(self):
         node = make_node(self, clock=self.net.clock)
-        block = self.source(chain_mod.MAX_FUTURE_DRIFT + 1).pipeline.propose()
+        block = self.source(DRIFT + 1).pipeline.propose()
         with self.assertRaises(AitError) as e:
-            node.chain.verify_block(block, [], now=self.now)
+            node.chain.verify_block(block, [], now=self.now * 1000)
         self.assertEqual(e.exception.code, "block_in_future")
-        node.chain.verify_block(block, [], now=self.now + 1)[2].release()  # within the drift
+        node.chain.verify_block(block, [], now=(self.now + 1) * 1000)[2].release()  # within the drift
         node.chain.verify_block(block, [], now=None)[2].release()  # no clock, no bound (the caller's choice)
 
     def test_gossiped_block_from_the_future_is_held_until_its_time(self):
@@ -927,7 +931,7 @@ class FutureBlockTests(P2PTestCase):
         self.assertEqual(self.follower.node.chain.head()[0], 0)
         self.assertEqual(len(self.follower.sync.held), 1)
         self.assertEqual(self.follower.scores[peer.node_id], 0)  # no offence
-        self.net.advance(ahead - chain_mod.MAX_FUTURE_DRIFT - 1)
+        self.net.advance(ahead - DRIFT - 1)
         self.assertEqual(self.follower.node.chain.head()[0], 0)
         self.net.advance(1)
         self.assertEqual(self.follower.node.queries.get_head(), {"height": 1, "hash": block["hash"]})
@@ -937,10 +941,10 @@ class FutureBlockTests(P2PTestCase):
         source = self.source(40)
         peer = authed_raw(self.net, self.follower)
         for n in range(sync_mod.HELD_BLOCKS + 5):  # distinct blocks at height 1
-            block, _, view, _ = source.chain.build_block([], AUTHORITY, self.now + 20 + n)
+            block, _, view, _ = source.chain.build_block([], AUTHORITY, (self.now + 20) * 1000 + n)
             view.release()
             peer.client.send("block", {"block": block, "txs": []})
-        far = self.source(sync_mod.HOLD_AHEAD + chain_mod.MAX_FUTURE_DRIFT + 60).pipeline.propose()
+        far = self.source(sync_mod.HOLD_AHEAD + DRIFT + 60).pipeline.propose()
         peer.client.send("block", {"block": far, "txs": []})
         self.net.settle()
         self.assertEqual(len(self.follower.sync.held), sync_mod.HELD_BLOCKS)
@@ -965,7 +969,7 @@ class FutureBlockTests(P2PTestCase):
         self.assertEqual(self.follower.scores[peer.node_id], 0)
         asks = [m["data"] for m in peer.client.got if m["type"] == "get_blocks"]
         self.assertEqual(len(asks), 1)  # it does not ask again before block 3 is due
-        self.net.advance(100 - chain_mod.MAX_FUTURE_DRIFT - 1)
+        self.net.advance(100 - DRIFT - 1)
         self.assertEqual(len([m for m in peer.client.got if m["type"] == "get_blocks"]), 1)
         self.net.advance(1)
         asks = [m["data"] for m in peer.client.got if m["type"] == "get_blocks"]

@@ -45,8 +45,8 @@ class ProposerTests(SynchronousTestCase):
             self.assertEqual(self.height(), expected)
         self.assertEqual(self.node.queries.get_tx(t.hash)["block"]["height"], 1)
         self.assertEqual(self.node.store.block_at(2)["txs"], [])
-        # Block timestamps follow the clock (never before genesis).
-        self.assertEqual(self.node.store.block_at(5)["header"]["timestamp"], 1_700_000_000)
+        # Block timestamps (ms) follow the clock.
+        self.assertEqual(self.node.store.block_at(5)["header"]["timestamp"], 10_000)
         self.clock.advance(1.0)
         self.assertEqual(self.height(), 5)
 
@@ -55,8 +55,8 @@ class ProposerTests(SynchronousTestCase):
         self.start()
         self.clock.advance(2)
         self.clock.advance(2)
-        self.assertEqual(self.node.store.block_at(1)["header"]["timestamp"], 1_800_000_002)
-        self.assertEqual(self.node.store.block_at(2)["header"]["timestamp"], 1_800_000_004)
+        self.assertEqual(self.node.store.block_at(1)["header"]["timestamp"], 1_800_000_002_000)
+        self.assertEqual(self.node.store.block_at(2)["header"]["timestamp"], 1_800_000_004_000)
 
     def test_exception_logged_and_next_round_runs(self):
         events = []
@@ -149,7 +149,7 @@ class TurnTests(SynchronousTestCase):
 
     def setUp(self):
         self.clock = Clock()
-        doc = genesis_doc(authorities=(K1, K2))
+        doc = genesis_doc(authorities=(K1, K2), block_interval_ms=int(self.interval * 1000))
         self.n1 = make_node(self, doc=doc, key=K1, clock=self.clock)
         self.n2 = make_node(self, doc=doc, key=K2, clock=self.clock)
 
@@ -175,7 +175,7 @@ class TurnTests(SynchronousTestCase):
         self.clock.advance(self.interval)
         b = self.n2.pipeline.propose()
         self.n1.pipeline.import_block(b, [])
-        # Height 2: K1 is in turn, counted from when each node saw the head.
+        # Height 2: K1 is in turn, counted from the parent's timestamp.
         self.assertEqual(self.due(), (False, False))
         self.clock.advance(self.interval)
         self.assertEqual(self.due(), (True, False))
@@ -201,6 +201,12 @@ class TurnTests(SynchronousTestCase):
         self.clock.advance(100)
         self.assertFalse(self.due_for(follower))
 
-    def test_single_authority_always_due(self):
-        node = make_node(self, clock=self.clock)
+    def test_single_authority_due_each_interval(self):
+        node = make_node(self, clock=self.clock)  # block_interval_ms 10
+        self.assertFalse(self.due_for(node))
+        self.clock.advance(0.01)
+        self.assertTrue(self.due_for(node))
+        node.pipeline.propose()
+        self.assertFalse(self.due_for(node))
+        self.clock.advance(0.01)
         self.assertTrue(self.due_for(node))

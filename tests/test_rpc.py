@@ -109,7 +109,8 @@ class SendAndQueryTests(RPCTestBase):
         by_height = self.ok("GET", "/rpc/getBlock/1")
         self.assertEqual(
             set(by_height),
-            {"chain_id", "parent", "height", "timestamp", "proposer", "tx_root", "state_root", "hash", "sig", "txs"},
+            {"chain_id", "parent", "height", "timestamp", "proposer", "tx_root", "state_root", "votes_root",
+             "evidence_root", "authorities_hash", "hash", "sig", "txs"},
         )
         for k, v in block["header"].items():
             self.assertEqual(by_height[k], v)

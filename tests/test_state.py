@@ -200,7 +200,7 @@ class StateViewTests(StoreTestBase):
         """After blocks, the stored accumulator equals the sum over all entries."""
         self.commit_transfers([transfer(ALICE, 1, BOB, 10), transfer(BOB, 1, CAROL, 7)])
         acc = 0
-        for ns in ("acct", "param", "chain"):
+        for ns in ("acct", "param", "chain", "authkey"):
             for k, v in self.store.entries(ns):
                 acc += _leaf(ns, k, v)
         self.assertEqual(acc % ACC_MOD, self.store.accumulator())

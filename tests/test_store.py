@@ -175,7 +175,7 @@ class StateKeyTests(StoreTestBase):
         self.assertEqual(self.chain.view().get("rcpt", long_key), {"n": 1})
         self.assertIsNone(self.store.entry("rcpt", long_key[:-1]))
         for k, _ in self.raw_state():
-            self.assertLessEqual(len(k), len(b"param/") + 32)
+            self.assertLessEqual(len(k), len(b"authkey/") + 32)  # the longest namespace
             self.assertNotIn("\U0001F600".encode(), k)
         # The root is the same as if the entries were stored any other way.
         view = self.chain.view()

@@ -72,7 +72,7 @@ class BlockSync:
         ts = header.get("timestamp")
         if type(ts) is not int:
             return 0  # verification refuses it
-        return max(0, ts - MAX_FUTURE_DRIFT - self.pipeline.now())
+        return max(0, ts - MAX_FUTURE_DRIFT - self.pipeline.now()) / 1000
 
     def _hold(self, conn, entry, wait):
         block = entry["block"]
@@ -81,7 +81,7 @@ class BlockSync:
         size = conn.frame_bytes
         if wait > HOLD_AHEAD or len(self.held) >= HELD_BLOCKS or self._held_bytes + size > HELD_BYTES:
             self._log.warn("block {hash} is {s} s ahead of this node's clock; not held", hash=block["hash"],
-                           s=wait + MAX_FUTURE_DRIFT, component="p2p", event="block_too_far_ahead")
+                           s=wait + MAX_FUTURE_DRIFT / 1000, component="p2p", event="block_too_far_ahead")
             return
         timer = self.reactor.callLater(wait, self._release, block["hash"])
         self.held[block["hash"]] = (conn, entry, size, timer)
