@@ -3,6 +3,7 @@ unit tests), systemd-analyze the unit."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -165,6 +166,68 @@ class MetricsTests(SynchronousTestCase):
         run = subprocess.run([promtool, "check", "metrics"], input=text.encode(), capture_output=True, timeout=60)
         self.assertEqual(run.returncode, 0, (run.stdout + run.stderr).decode())
         self.assertEqual((run.stdout + run.stderr).strip(), b"")
+
+
+class AlertRulesTests(SynchronousTestCase):
+    """etc/prometheus/aitnode-alerts.yml loads as it is, and its unit tests
+    fire and clear every alert."""
+
+    NAMES = {"AitnodeNoNewBlock", "AitnodeFinalityStalled", "AitnodeAuthorityKeyConflict", "AitnodeNoPeers",
+             "AitnodeBehindPeers", "AitnodeEvidenceSeen"}
+
+    def rules(self):
+        import yaml
+
+        with open(ALERTS) as f:
+            doc = yaml.safe_load(f)
+        return [rule for group in doc["groups"] for rule in group["rules"]]
+
+    def test_promtool_check_rules(self):
+        promtool = _tool("promtool")
+        run = subprocess.run([promtool, "check", "rules", ALERTS], capture_output=True, timeout=60)
+        out = (run.stdout + run.stderr).decode()
+        self.assertEqual(run.returncode, 0, out)
+        self.assertIn(f"SUCCESS: {len(self.NAMES)} rules found", out)
+
+    def test_promtool_unit_tests(self):
+        promtool = _tool("promtool")
+        run = subprocess.run([promtool, "test", "rules", os.path.basename(ALERT_TESTS)],
+                             cwd=os.path.dirname(ALERT_TESTS), capture_output=True, timeout=120)
+        out = (run.stdout + run.stderr).decode()
+        self.assertEqual(run.returncode, 0, out)
+        self.assertIn("SUCCESS", out)
+
+    def test_every_alert_is_complete_tested_and_documented(self):
+        import yaml
+
+        rules = self.rules()
+        self.assertEqual({r["alert"] for r in rules}, self.NAMES)
+        with open(ALERT_TESTS) as f:
+            tests = yaml.safe_load(f)["tests"]
+        with open(os.path.join(ROOT, "README.md")) as f:
+            readme = f.read()
+        metrics = set(samples(Metrics().render().decode()))
+        for rule in rules:
+            name = rule["alert"]
+            self.assertIn("for", rule, name)
+            self.assertIn(rule["labels"]["severity"], ("critical", "warning"), name)
+            self.assertTrue(rule["annotations"]["summary"].strip(), name)
+            self.assertGreater(len(rule["annotations"]["description"]), 100, name)
+            self.assertIn(f"`{name}`", readme, f"README does not explain {name}")
+            # Every metric the rule reads is one the node exports.
+            for metric in set(re.findall(r"\baitnode_[a-z0-9_]+", rule["expr"])):
+                self.assertTrue(any(s == metric or s.startswith(metric + "{") for s in metrics), (name, metric))
+            # The unit tests see it fire and, later, clear.
+            checks = sorted(((_seconds(c["eval_time"]), bool(c.get("exp_alerts")))
+                             for t in tests for c in t["alert_rule_test"] if c["alertname"] == name))
+            fired = [at for at, firing in checks if firing]
+            self.assertTrue(fired, f"{name} never fires in {ALERT_TESTS}")
+            self.assertTrue(any(at > fired[0] and not firing for at, firing in checks),
+                            f"{name} never clears after firing in {ALERT_TESTS}")
+
+
+def _seconds(duration):
+    return sum(int(n) * {"h": 3600, "m": 60, "s": 1}[unit] for n, unit in re.findall(r"(\d+)([hms])", duration))
 
 
 class SystemdTests(SynchronousTestCase):
