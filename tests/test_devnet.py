@@ -235,6 +235,20 @@ class SeveralAuthoritiesTests(TestCase):
             await wait_for(caught_up, timeout=20, message=f"{url} to reach {top}")
             _, theirs = await get(url + f"/rpc/getBlock/{top}")
             self.assertEqual(theirs["hash"], block["hash"], url)
+        # With finality (getHead says "finalized"), it advances everywhere
+        # and every node finalized the same block at that height.
+        _, head = await get(follower + "/rpc/getHead")
+        if "finalized" in head:
+            for url in [follower] + authorities:
+                async def finalized(url=url):
+                    _, h = await get(url + "/rpc/getHead")
+                    return h["finalized"]["height"] >= 3 and h["finalized"]
+                final = await wait_for(finalized, timeout=30, message=f"{url} to finalize block 3")
+                async def held(h=final["height"]):
+                    status, b = await get(follower + f"/rpc/getBlock/{h}")
+                    return status == 200 and b
+                ours = await wait_for(held, timeout=20, message=f"the follower to hold block {final['height']}")
+                self.assertEqual(ours["hash"], final["hash"], url)
         await stop(proto, out)
         logs = os.path.join(state, "logs")
         for name in ("authority", "authority2", "authority3", "follower"):
