@@ -3,13 +3,34 @@
 GET /rpc/metrics renders them with prometheus_client.generate_latest on
 the reactor thread: the registry is small, so rendering takes well under
 a millisecond and needs no thread pool.
+
+Finality and evidence (issue 10) are fed by the node through
+:meth:`Metrics.on_finality`, :meth:`Metrics.vote_event`,
+:meth:`Metrics.evidence_event` and :meth:`Metrics.key_conflict`; every
+label value exists from the start (at 0), so alert rules and dashboards
+never meet a missing series.  etc/prometheus/aitnode-alerts.yml holds the
+alert rules built on these metrics.
 """
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from aitnode.evidence import DOUBLE_PROPOSAL
+from aitnode.finality import DOUBLE_VOTE, SURROUND_VOTE
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST.encode()
 disable_created_metrics()  # no *_created samples: they double the output and help nobody here
+
+# aitnode_votes_total{result}: what happened to a finality vote.
+VOTE_RESULTS = (
+    "sent",  # this node signed a vote and sent it to its peers
+    "received",  # a valid vote from a peer, taken into the vote pool
+    "included",  # a vote carried by a block this node committed
+    "refused",  # a vote refused: bad format or signature, not an authority, jailed, stale
+    "conflict",  # a vote that breaks a voting rule with one the node holds (it becomes evidence)
+)
+# aitnode_evidence_total{kind}: the offence (evidence.Evidence.offence).
+EVIDENCE_KINDS = (DOUBLE_PROPOSAL, DOUBLE_VOTE, SURROUND_VOTE)
 
 
 class Metrics:
@@ -36,9 +57,52 @@ class Metrics:
             "aitnode_sync_lag_blocks",
             "Blocks between the head and the highest block header this node verified (signed by an authority, "
             "on a parent it holds); peers' claimed heights never count", registry=r)
+        self.p2p_enabled = Gauge("aitnode_p2p_enabled", "1 when this node runs the peer service ([p2p] listen)",
+                                 registry=r)
+        self.justified_height = Gauge(
+            "aitnode_justified_height", "Height of the latest justified block on this node's head chain", registry=r)
+        self.finalized_height = Gauge(
+            "aitnode_finalized_height", "Height of the latest finalized block on this node's head chain", registry=r)
+        self.votes = Counter("aitnode_votes", "Finality votes by what happened to them: " + ", ".join(VOTE_RESULTS),
+                             ["result"], registry=r)
+        self.evidence = Counter(
+            "aitnode_evidence", "Evidence of misbehaviour this node learned of, once per evidence id, by offence",
+            ["kind"], registry=r)
+        self.authority_key_conflict = Gauge(
+            "aitnode_authority_key_conflict",
+            "1 once this node saw a block or vote signed with its authority key that it did not make "
+            "(another node is using the key); it stops signing until restarted", registry=r)
         self._last_block_at = None
         self._tx_children = {}
         self._rpc_children = {}
+        self._vote_children = {result: self.votes.labels(result) for result in VOTE_RESULTS}
+        self._evidence_children = {kind: self.evidence.labels(kind) for kind in EVIDENCE_KINDS}
+
+    def watch_peers(self, count):
+        """The node runs the peer service; count() is its number of peers."""
+        self.peers.set_function(count)
+        self.p2p_enabled.set(1)
+
+    def on_finality(self, justified_height, finalized_height):
+        """The head chain's latest justified and finalized heights (call at
+        start-up and whenever the head changes)."""
+        self.justified_height.set(justified_height)
+        self.finalized_height.set(finalized_height)
+
+    def vote_event(self, result, n=1):
+        """Count n votes with one of VOTE_RESULTS (KeyError for any other:
+        labels stay a fixed set)."""
+        self._vote_children[result].inc(n)
+
+    def evidence_event(self, kind):
+        """Count one new piece of evidence; kind is one of EVIDENCE_KINDS
+        (evidence.Evidence.offence), KeyError for any other."""
+        self._evidence_children[kind].inc()
+
+    def key_conflict(self):
+        """Another node signs with this node's authority key: set the gauge
+        (it stays 1 until the node restarts)."""
+        self.authority_key_conflict.set(1)
 
     def tx_event(self, ttype, result):
         """Count one transaction; label children are cached (labels() is slow)."""

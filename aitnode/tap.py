@@ -157,7 +157,7 @@ def build(cfg, reactor):
     p2p = None
     if cfg.p2p.listen:
         p2p = P2P(node, node_key(cfg.node.data_dir), reactor, peers=cfg.p2p.peers)
-        node.metrics.peers.set_function(lambda: len(p2p.conns))
+        node.metrics.watch_peers(lambda: len(p2p.conns))
     rpc = RPC(
         node, admin_token=admin_token, max_body=cfg.rpc.max_body_bytes,
         max_batch_bytes=cfg.rpc.max_batch_bytes, max_batch_items=cfg.rpc.max_batch_items,

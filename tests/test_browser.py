@@ -13,20 +13,29 @@ saying why, only when chromium, chromedriver or selenium is missing
 AITNODE_TEST_CHROMIUM and AITNODE_TEST_CHROMEDRIVER name other binaries.
 A screenshot of the page after the transfer is saved in the test's temp
 dir, or where AITNODE_TEST_SCREENSHOT says.
+
+The finality display (finalized and justified heights, finalized blocks
+marked) is driven by a small stub node in the test process whose getHead
+says whatever the test wants, so it stands alone.
 """
 
+import hashlib
 import json
 import os
 import shutil
 import socket
+import time
 
+from twisted.internet import defer, reactor
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, TestCase
+from twisted.web import resource, server
 
+from aitnode import page
 from aitnode.receipts import sign_claim
 from aitnode.tx import sign_tx
 from tests.common import ALICE, CAROL, CHAIN_ID, COORDINATOR, ESCROW, MINER, transfer, wire
-from tests.procs import NodeProcess, inline
+from tests.procs import NodeProcess, inline, wait_for
 from tests.test_protocol_vectors import load_vectors
 
 try:
@@ -198,6 +207,47 @@ class BrowserDriver:
         out["severe"] = self.severe()
         return out
 
+    def finality(self):
+        """What the page shows of finality: the two heights (text and
+        data-height) and, for each block row, whether it is marked final."""
+        return self.d.execute_script("""
+            const cell = (id) => {
+                const e = document.getElementById(id);
+                return e && {text: e.textContent, height: e.getAttribute("data-height")};
+            };
+            return {
+                finalized: cell("finalized-height"),
+                justified: cell("justified-height"),
+                head: document.getElementById("head-height").getAttribute("data-height"),
+                rows: [...document.getElementById("blocks-body").rows].map(tr => ({
+                    height: Number(tr.getAttribute("data-height")),
+                    finalized: tr.getAttribute("data-finalized"),
+                    mark: tr.cells[tr.cells.length - 1].innerText.trim(),
+                    time: tr.cells[4].innerText.trim(),
+                })),
+            };""")
+
+    def wait_finality(self, what, predicate, timeout=30):
+        """Wait until predicate(finality()) holds; returns that finality()."""
+        seen = []
+
+        def check():
+            seen[:] = [self.finality()]
+            return predicate(seen[0])
+        try:
+            self.wait(what, check, timeout)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\nlast seen: {seen}") from None
+        return seen[0]
+
+    def open_stub(self):
+        """Load the page from the stub node; wait for its blocks."""
+        self.d.get(self.url + "/")
+        self.wait("the page to start",
+                  lambda: self.d.find_element(By.TAG_NAME, "html").get_attribute("data-ready") == "1")
+        self.wait("the head", lambda: self.height() >= 0)
+        return self.wait_finality("ten block rows", lambda f: len(f["rows"]) == 10)
+
     def refusals(self):
         """A refusal from the node, and one caught on the page, are shown with their codes."""
         out = {}
@@ -216,6 +266,81 @@ class BrowserDriver:
         out["local_refusal"] = self.find("send-error").text
         self.d.save_screenshot(os.path.join(self.tmp, "refusal.png"))
         return out
+
+
+def _stub_hash(height):
+    return hashlib.sha256(f"stub block {height}".encode()).hexdigest()
+
+
+class StubNode(resource.Resource):
+    """Just enough of a node for the page: the page's files, getHead (with
+    whatever justified/finalized the test sets), getBlock and getSupply.
+    Block h has hash _stub_hash(h) and links to block h - 1."""
+
+    def __init__(self, height):
+        super().__init__()
+        self.height = height
+        self.finality = {}  # extra getHead members
+        self.stamp = lambda h: 1700000000 + h  # block timestamps
+        page.install(self)
+        self.putChild(b"rpc", _StubRPC(self))
+
+    def head(self):
+        return dict({"height": self.height, "hash": _stub_hash(self.height)}, **self.finality)
+
+    def set_finality(self, justified=None, finalized=None):
+        self.finality = {name: {"height": h, "hash": _stub_hash(h)}
+                         for name, h in (("justified", justified), ("finalized", finalized)) if h is not None}
+
+    def block(self, h):
+        return {
+            "chain_id": CHAIN_ID, "parent": _stub_hash(h - 1) if h else "00" * 32, "height": h,
+            "timestamp": self.stamp(h), "proposer": MINER.address if h else "", "tx_root": "00" * 32,
+            "state_root": "00" * 32, "hash": _stub_hash(h), "sig": "11" * 64 if h else "", "txs": [],
+            "attestations": [],
+        }
+
+
+class _StubRPC(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, stub):
+        super().__init__()
+        self.stub = stub
+
+    def render_GET(self, request):
+        request.setHeader(b"content-type", b"application/json")
+        path = [p.decode() for p in request.postpath]
+        if path == ["getHead"]:
+            out = self.stub.head()
+        elif path == ["getSupply"]:
+            out = {"total": 10**12, "receipts": 0}
+        elif len(path) == 2 and path[0] == "getBlock" and path[1].isdigit() and int(path[1]) <= self.stub.height:
+            out = self.stub.block(int(path[1]))
+        else:
+            request.setResponseCode(404)
+            out = {"error": {"code": "not_found", "message": "the stub has no such thing"}}
+        return json.dumps(out).encode()
+
+
+class _TrackingSite(server.Site):
+    """A Site that can close every connection it took (trial wants a clean reactor)."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.conns = set()
+
+    def buildProtocol(self, addr):
+        proto = super().buildProtocol(addr)
+        lost = proto.connectionLost
+
+        def connectionLost(reason, proto=proto):
+            self.conns.discard(proto)
+            return lost(reason)
+
+        proto.connectionLost = connectionLost
+        self.conns.add(proto)
+        return proto
 
 
 def _free_port():
@@ -274,6 +399,70 @@ class BrowserTests(TestCase):
         self.assertEqual(status, 200, out)
         return out["paid"]["mint"]
 
+    async def start_stub(self, height):
+        stub = StubNode(height)
+        site = _TrackingSite(stub)
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+
+        async def close():
+            await port.stopListening()
+            for proto in list(site.conns):
+                proto.transport.abortConnection()
+            await wait_for(lambda: not site.conns, timeout=10, message="the stub's connections to close")
+
+        self.addCleanup(lambda: defer.Deferred.fromCoroutine(close()))
+        return stub, f"http://127.0.0.1:{port.getHost().port}"
+
+    @inline
+    async def test_finality_on_the_page(self):
+        """The finalized and justified heights, and final marks on the
+        blocks at or below the finalized height, as getHead says; "–"
+        and no marks when it says nothing (a node without finality)."""
+        stub, url = await self.start_stub(12)
+        tmp = os.path.abspath(self.mktemp())
+        os.makedirs(tmp)
+        browser = await deferToThread(BrowserDriver, url, tmp)
+        self.addCleanup(deferToThread, browser.quit)
+
+        # No finality in getHead: dashes, nothing marked.
+        f = await deferToThread(browser.open_stub)
+        self.assertEqual([r["height"] for r in f["rows"]], list(range(12, 2, -1)))
+        self.assertEqual(f["finalized"], {"text": "–", "height": ""})
+        self.assertEqual(f["justified"], {"text": "–", "height": ""})
+        self.assertEqual({(r["finalized"], r["mark"]) for r in f["rows"]}, {("0", "")})
+
+        # The node reports finality: the heights show and the blocks up to
+        # the finalized one are marked, with no new block needed.
+        stub.set_finality(justified=10, finalized=9)
+        f = await deferToThread(browser.wait_finality, "finalized 9", lambda f: f["finalized"]["height"] == "9")
+        self.assertEqual(f["finalized"]["text"], "9")
+        self.assertEqual(f["justified"], {"text": "10", "height": "10"})
+        self.assertEqual(f["head"], "12")
+        for row in f["rows"]:
+            final = row["height"] <= 9
+            self.assertEqual((row["finalized"], row["mark"]), ("1", "final") if final else ("0", ""), row)
+
+        # New blocks and finality moving on; these blocks are stamped in
+        # milliseconds (as chains with finality stamp them), two hours ago.
+        two_hours_ago_ms = int((time.time() - 7200) * 1000)
+        stub.stamp = lambda h: two_hours_ago_ms + h
+        stub.height = 14
+        stub.set_finality(justified=13, finalized=12)
+        f = await deferToThread(browser.wait_finality, "head 14, finalized 12",
+                                lambda f: f["head"] == "14" and f["finalized"]["height"] == "12")
+        self.assertEqual([r["height"] for r in f["rows"]], list(range(14, 4, -1)))
+        self.assertEqual([r["height"] for r in f["rows"] if r["finalized"] == "1"], list(range(12, 4, -1)))
+        self.assertEqual(f["justified"]["text"], "13")
+        self.assertEqual([r["time"] for r in f["rows"][:2]], ["2h ago", "2h ago"])
+        await deferToThread(browser.d.save_screenshot, os.path.join(tmp, "finality.png"))
+
+        # A getHead without them again (or with nonsense): back to dashes.
+        stub.finality = {"finalized": {"height": "12", "hash": "x"}}
+        f = await deferToThread(browser.wait_finality, "dashes again", lambda f: f["finalized"]["height"] == "")
+        self.assertEqual((f["finalized"]["text"], f["justified"]["text"]), ("–", "–"))
+        self.assertEqual({r["finalized"] for r in f["rows"]}, {"0"})
+        self.assertEqual(await deferToThread(browser.severe), [], "the page logged errors")
+
     @inline
     async def test_page_in_chromium(self):
         node = await self.start_node()
@@ -302,6 +491,20 @@ class BrowserTests(TestCase):
         # every vector of the document was checked, not just some
         self.assertGreaterEqual(len(out["selftest_doc"]["passed"]),
                                 len(vectors["cbor"]["cases"]) + len(vectors["min_fee"]["cases"]) + 5)
+
+        # Finality as the node reports it: "–" from a node without it.
+        _, head = await node.get("/rpc/getHead")
+        if "finalized" in head:
+            f = await deferToThread(browser.wait_finality, "the finalized height",
+                                    lambda f: f["finalized"]["height"].isdigit())
+            final = int(f["finalized"]["height"])
+            self.assertLessEqual(final, int(f["head"]))
+            for row in f["rows"]:  # marked exactly up to the height shown (read at one instant)
+                self.assertEqual(row["finalized"], "1" if row["height"] <= final else "0", (final, row))
+        else:
+            f = await deferToThread(browser.finality)
+            self.assertEqual(f["finalized"], {"text": "–", "height": ""})
+            self.assertEqual({r["finalized"] for r in f["rows"]}, {"0"})
 
         # A receipt minted while the page is open shows up with what it minted.
         minted = await self.mint_receipt(node, "rcpt-browser-1", 7)

@@ -1,20 +1,34 @@
-"""Operations: promtool accepts the metrics, systemd-analyze the unit."""
+"""Operations: promtool accepts the metrics and the alert rules (and their
+unit tests), systemd-analyze the unit."""
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from aitnode.config import config_from_string
 from aitnode.coordinator import MockCoordinator
+from aitnode.metrics import EVIDENCE_KINDS, VOTE_RESULTS, Metrics
 from aitnode.receipts import sign_claim
 from aitnode.tx import sign_tx
 from tests.common import (
-    ALICE, BOB, CHAIN_ID, COORDINATOR, ESCROW, MINER, make_node, make_rpc, transfer, wire,
+    ALICE, BOB, CHAIN_ID, COORDINATOR, ESCROW, MINER, genesis_doc, make_node, make_rpc, transfer, wire,
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ALERTS = os.path.join(ROOT, "etc", "prometheus", "aitnode-alerts.yml")
+ALERT_TESTS = os.path.join(ROOT, "etc", "prometheus", "aitnode-alerts.test.yml")
+
+
+def samples(text):
+    """{series: value} of a metrics page."""
+    return {k: float(v) for k, v in (line.rsplit(" ", 1) for line in text.splitlines()
+                                     if line and not line.startswith("#"))}
 
 
 class _Attestor:
@@ -55,6 +69,11 @@ class MetricsTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(response.json()), {"txHash": claim.hash})
         node.pipeline.propose()
         node.admission.submit(wire(transfer(BOB, 1, ALICE, 1)))
+        # what the finality code reports
+        node.metrics.on_finality(2, 1)
+        node.metrics.vote_event("sent")
+        node.metrics.vote_event("received", 3)
+        node.metrics.evidence_event("double_vote")
         response = self.successResultOf(http.get("http://n/rpc/metrics"))
         self.assertEqual(response.code, 200)
         self.assertTrue(response.headers.getRawHeaders("content-type")[0].startswith("text/plain"))
@@ -62,7 +81,7 @@ class MetricsTests(SynchronousTestCase):
 
     def test_metrics_values(self):
         node, text = self.busy_node()
-        lines = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+        lines = samples(text)
         self.assertEqual(float(lines["aitnode_block_height"]), 2.0)
         self.assertEqual(float(lines["aitnode_mempool_size"]), 1.0)
         self.assertEqual(float(lines["aitnode_receipts_claimed_total"]), 1.0)
@@ -75,6 +94,71 @@ class MetricsTests(SynchronousTestCase):
         self.assertEqual(float(lines["aitnode_sync_lag_blocks"]), 0.0)
         # Raw paths never become labels.
         self.assertNotIn("ab" * 32, text)
+        self.assertEqual(lines["aitnode_justified_height"], 2.0)
+        self.assertEqual(lines["aitnode_finalized_height"], 1.0)
+        self.assertEqual(lines['aitnode_votes_total{result="sent"}'], 1.0)
+        self.assertEqual(lines['aitnode_votes_total{result="received"}'], 3.0)
+        self.assertEqual(lines['aitnode_evidence_total{kind="double_vote"}'], 1.0)
+        self.assertEqual(lines["aitnode_authority_key_conflict"], 0.0)
+        self.assertEqual(lines["aitnode_p2p_enabled"], 0.0)  # make_node runs no peer service
+
+    def test_finality_metrics_exist_from_the_start(self):
+        """Every label value shows 0 before anything happened, so alert
+        rules and dashboards never meet a missing series."""
+        m = Metrics()
+        lines = samples(m.render().decode())
+        for name in ("aitnode_justified_height", "aitnode_finalized_height", "aitnode_authority_key_conflict",
+                     "aitnode_p2p_enabled", "aitnode_peers"):
+            self.assertEqual(lines[name], 0.0, name)
+        self.assertEqual(set(VOTE_RESULTS), {"sent", "received", "included", "refused", "conflict"})
+        self.assertEqual(set(EVIDENCE_KINDS), {"double_proposal", "double_vote", "surround_vote"})
+        for result in VOTE_RESULTS:
+            self.assertEqual(lines[f'aitnode_votes_total{{result="{result}"}}'], 0.0, result)
+        for kind in EVIDENCE_KINDS:
+            self.assertEqual(lines[f'aitnode_evidence_total{{kind="{kind}"}}'], 0.0, kind)
+
+    def test_finality_methods(self):
+        m = Metrics()
+        m.on_finality(7, 6)
+        m.on_finality(9, 8)
+        for result in VOTE_RESULTS:
+            m.vote_event(result)
+        m.vote_event("included", 4)
+        for kind in EVIDENCE_KINDS:
+            m.evidence_event(kind)
+        m.evidence_event("surround_vote")
+        m.key_conflict()
+        m.key_conflict()
+        m.watch_peers(lambda: 3)
+        lines = samples(m.render().decode())
+        self.assertEqual((lines["aitnode_justified_height"], lines["aitnode_finalized_height"]), (9.0, 8.0))
+        self.assertEqual(lines['aitnode_votes_total{result="included"}'], 5.0)
+        self.assertEqual(lines['aitnode_votes_total{result="conflict"}'], 1.0)
+        self.assertEqual(lines['aitnode_evidence_total{kind="surround_vote"}'], 2.0)
+        self.assertEqual(lines['aitnode_evidence_total{kind="double_proposal"}'], 1.0)
+        self.assertEqual(lines["aitnode_authority_key_conflict"], 1.0)
+        self.assertEqual((lines["aitnode_peers"], lines["aitnode_p2p_enabled"]), (3.0, 1.0))
+        # Labels are a fixed set: a typo is a programming error, not a new series.
+        self.assertRaises(KeyError, m.vote_event, "sent ")
+        self.assertRaises(KeyError, m.evidence_event, "proposal")
+        self.assertNotIn('kind="proposal"', m.render().decode())
+        self.assertNotIn('result="sent "', m.render().decode())
+
+    def test_a_node_with_p2p_says_so(self):
+        """The no-peers alert needs to know which nodes run the peer service."""
+        from aitnode.tap import build
+
+        d = os.path.abspath(self.mktemp())
+        os.makedirs(d)
+        with open(os.path.join(d, "genesis.json"), "w") as f:
+            json.dump(genesis_doc(), f)
+        cfg = config_from_string(
+            f"[node]\nchain_id = {CHAIN_ID}\ngenesis = genesis.json\n[verifier]\nworkers = 0\n"
+            "[p2p]\nlisten = tcp:0:interface=127.0.0.1\n", d, environ={})
+        top = build(cfg, Clock())
+        self.addCleanup(top.node.store.close)
+        lines = samples(top.node.metrics.render().decode())
+        self.assertEqual((lines["aitnode_p2p_enabled"], lines["aitnode_peers"]), (1.0, 0.0))
 
     def test_promtool_check_metrics(self):
         promtool = _tool("promtool")
@@ -82,6 +166,68 @@ class MetricsTests(SynchronousTestCase):
         run = subprocess.run([promtool, "check", "metrics"], input=text.encode(), capture_output=True, timeout=60)
         self.assertEqual(run.returncode, 0, (run.stdout + run.stderr).decode())
         self.assertEqual((run.stdout + run.stderr).strip(), b"")
+
+
+class AlertRulesTests(SynchronousTestCase):
+    """etc/prometheus/aitnode-alerts.yml loads as it is, and its unit tests
+    fire and clear every alert."""
+
+    NAMES = {"AitnodeNoNewBlock", "AitnodeFinalityStalled", "AitnodeAuthorityKeyConflict", "AitnodeNoPeers",
+             "AitnodeBehindPeers", "AitnodeEvidenceSeen"}
+
+    def rules(self):
+        import yaml
+
+        with open(ALERTS) as f:
+            doc = yaml.safe_load(f)
+        return [rule for group in doc["groups"] for rule in group["rules"]]
+
+    def test_promtool_check_rules(self):
+        promtool = _tool("promtool")
+        run = subprocess.run([promtool, "check", "rules", ALERTS], capture_output=True, timeout=60)
+        out = (run.stdout + run.stderr).decode()
+        self.assertEqual(run.returncode, 0, out)
+        self.assertIn(f"SUCCESS: {len(self.NAMES)} rules found", out)
+
+    def test_promtool_unit_tests(self):
+        promtool = _tool("promtool")
+        run = subprocess.run([promtool, "test", "rules", os.path.basename(ALERT_TESTS)],
+                             cwd=os.path.dirname(ALERT_TESTS), capture_output=True, timeout=120)
+        out = (run.stdout + run.stderr).decode()
+        self.assertEqual(run.returncode, 0, out)
+        self.assertIn("SUCCESS", out)
+
+    def test_every_alert_is_complete_tested_and_documented(self):
+        import yaml
+
+        rules = self.rules()
+        self.assertEqual({r["alert"] for r in rules}, self.NAMES)
+        with open(ALERT_TESTS) as f:
+            tests = yaml.safe_load(f)["tests"]
+        with open(os.path.join(ROOT, "README.md")) as f:
+            readme = f.read()
+        metrics = set(samples(Metrics().render().decode()))
+        for rule in rules:
+            name = rule["alert"]
+            self.assertIn("for", rule, name)
+            self.assertIn(rule["labels"]["severity"], ("critical", "warning"), name)
+            self.assertTrue(rule["annotations"]["summary"].strip(), name)
+            self.assertGreater(len(rule["annotations"]["description"]), 100, name)
+            self.assertIn(f"`{name}`", readme, f"README does not explain {name}")
+            # Every metric the rule reads is one the node exports.
+            for metric in set(re.findall(r"\baitnode_[a-z0-9_]+", rule["expr"])):
+                self.assertTrue(any(s == metric or s.startswith(metric + "{") for s in metrics), (name, metric))
+            # The unit tests see it fire and, later, clear.
+            checks = sorted(((_seconds(c["eval_time"]), bool(c.get("exp_alerts")))
+                             for t in tests for c in t["alert_rule_test"] if c["alertname"] == name))
+            fired = [at for at, firing in checks if firing]
+            self.assertTrue(fired, f"{name} never fires in {ALERT_TESTS}")
+            self.assertTrue(any(at > fired[0] and not firing for at, firing in checks),
+                            f"{name} never clears after firing in {ALERT_TESTS}")
+
+
+def _seconds(duration):
+    return sum(int(n) * {"h": 3600, "m": 60, "s": 1}[unit] for n, unit in re.findall(r"(\d+)([hms])", duration))
 
 
 class SystemdTests(SynchronousTestCase):

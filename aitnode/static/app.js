@@ -524,8 +524,11 @@ function shortAddr(addr) {
   return addr && addr.length > 20 ? addr.slice(0, 9) + "\u2026" + addr.slice(-6) : addr || "\u2014";
 }
 
+// Block timestamps are seconds, or milliseconds on chains that stamp blocks
+// in ms (any value past 10**11: seconds that large are 5,000 years away).
 function ago(ts) {
-  const s = Math.max(0, Math.round(Date.now() / 1000 - Number(ts)));
+  const t = Number(ts);
+  const s = Math.max(0, Math.round(Date.now() / 1000 - (t > 1e11 ? t / 1000 : t)));
   if (s < 60) return `${s}s ago`;
   if (s < 3600) return `${Math.floor(s / 60)}m ago`;
   return `${Math.floor(s / 3600)}h ago`;
@@ -563,6 +566,8 @@ const state = {
   chainId: null,
   height: -1,
   hash: null,
+  justified: null, // {height, hash} from getHead, or null when the node does not say
+  finalized: null,
   blocks: new Map(), // height -> full block
   receipts: [], // newest first: {receipt_id, miner, compute_units, height, minted, ...}
   seenClaims: new Set(),
@@ -656,10 +661,37 @@ function findClaims(block) {
   state.receipts.length = Math.min(state.receipts.length, 50);
 }
 
+// getHead's "justified"/"finalized": {height, hash} when well formed, else
+// null (a node from before finality sends neither: the page shows "–").
+function checkpoint(c) {
+  if (c === null || typeof c !== "object" || Array.isArray(c)) return null;
+  const h = c.height;
+  if (!(typeof h === "bigint" ? h >= 0n : Number.isSafeInteger(h) && h >= 0)) return null;
+  if (unhex(c.hash, 32) === null) return null;
+  return { height: Number(h), hash: c.hash };
+}
+
+function sameCheckpoint(a, b) {
+  return a === b || (a !== null && b !== null && a.height === b.height && a.hash === b.hash);
+}
+
+function renderCheckpoint(id, c) {
+  const e = $(id);
+  e.textContent = c ? fmt(c.height) : "–";
+  e.setAttribute("data-height", c ? String(c.height) : "");
+  e.title = c ? c.hash : "this node does not report finality";
+}
+
+function isFinal(height) {
+  return state.finalized !== null && height <= state.finalized.height;
+}
+
 function renderHead() {
   const h = $("head-height");
   h.textContent = fmt(state.height);
   h.setAttribute("data-height", String(state.height));
+  renderCheckpoint("finalized-height", state.finalized);
+  renderCheckpoint("justified-height", state.justified);
   $("head-hash").textContent = state.hash || "";
   $("head-hash").title = state.hash || "";
   const top = state.blocks.get(state.height);
@@ -672,12 +704,14 @@ function renderBlocks() {
   for (const h of heights) {
     const b = state.blocks.get(h);
     const claims = b.txs.filter((t) => t.type === "RECEIPT_CLAIM").length;
-    rows.push(el("tr", { "data-height": String(h) },
+    const final = isFinal(h);
+    rows.push(el("tr", { "data-height": String(h), "data-finalized": final ? "1" : "0", class: final ? "finalized" : "" },
       el("td", { class: "num" }, fmt(h)),
       el("td", { class: "mono", title: b.hash }, short(b.hash, 12)),
       el("td", { class: "num" }, b.txs.length, claims ? el("span", { class: "tag", title: "receipt claims" }, `${claims} rcpt`) : null),
       el("td", {}, b.proposer ? addrLink(b.proposer) : el("span", { class: "muted" }, "genesis")),
       el("td", { class: "muted" }, ago(b.timestamp)),
+      el("td", {}, final ? el("span", { class: "final", title: "finalized: never reverted" }, "final") : ""),
     ));
   }
   $("blocks-body").replaceChildren(...rows);
@@ -712,6 +746,10 @@ async function tick() {
     const head = await rpc("rpc/getHead");
     setOnline(true);
     const height = Number(head.height);
+    const justified = checkpoint(head.justified), finalized = checkpoint(head.finalized);
+    const finality = !sameCheckpoint(justified, state.justified) || !sameCheckpoint(finalized, state.finalized);
+    state.justified = justified;
+    state.finalized = finalized;
     if (height !== state.height || head.hash !== state.hash) {
       const first = state.height < 0;
       // The head went back, or was replaced at the same height: another branch won.
@@ -731,6 +769,7 @@ async function tick() {
       onHeadForSend();
     } else {
       renderHead();
+      if (finality) renderBlocks();
     }
   } catch (e) {
     setOnline(false, e);
