@@ -55,6 +55,21 @@ def _tx_records(block, applied):
     return out
 
 
+def _begin_built_block(chain, make_context, view, parent_hash, votes, evidence):
+    """consensus.begin_block for a block this node builds; if the pool
+    offered a vote or evidence that does not check, the block carries
+    none.  (ctx, votes, evidence)."""
+    ctx = make_context(view)
+    try:
+        C.begin_block(ctx, parent_hash, chain.genesis.hash, votes, evidence)
+        return ctx, votes, evidence
+    except AitError:
+        view.release()
+    ctx = make_context(chain.view())
+    C.begin_block(ctx, parent_hash, chain.genesis.hash, [], [])
+    return ctx, [], []
+
+
 class Chain:
     """The chain on one Store: genesis, head, and block application."""
 
@@ -62,8 +77,8 @@ class Chain:
         self.store = store
         self.genesis = genesis
         self.chain_id = genesis.chain_id
-        self._params_at = self._set_at = None
-        self._params = self._set = None
+        self._params_at = self._set_at = self._finality_at = None
+        self._params = self._set = self._finality = None
         self._init_or_check()
 
     def _init_or_check(self):
@@ -106,8 +121,15 @@ class Chain:
         return address in self.authority_set().keys
 
     def finality(self, view=None):
-        """The justified and finalized checkpoints after the head (or view)."""
-        return C.finality_of(view or self.view(), self.genesis.hash)
+        """The justified and finalized checkpoints after the head (cached
+        per head), or after view's state."""
+        if view is not None:
+            return C.finality_of(view, self.genesis.hash)
+        head = self.store.head()
+        if self._finality_at != head:
+            self._finality = C.finality_of(self.view(), self.genesis.hash)
+            self._finality_at = head
+        return self._finality
 
     def head(self):
         return self.store.head()
@@ -166,16 +188,11 @@ class Chain:
             raise AitError("not_authority", f"{key.address} may not propose: it is no authority, or jailed")
         timestamp = max(timestamp, earliest)
         carries = C.carries_set(view, height)
-        votes, evidence = list(votes), list(evidence)
-        ctx = self.context(view, key.address, height, timestamp, attestations=attestations, authorities=aset.keys)
-        try:
-            C.begin_block(ctx, parent_hash, self.genesis.hash, votes, evidence)
-        except AitError:
-            view.release()  # the pool offered a vote or evidence that does not check: leave them out
-            view = self.view()
-            ctx = self.context(view, key.address, height, timestamp, attestations=attestations, authorities=aset.keys)
-            votes, evidence = [], []
-            C.begin_block(ctx, parent_hash, self.genesis.hash, votes, evidence)
+        ctx, votes, evidence = _begin_built_block(
+            self, lambda v: self.context(v, key.address, height, timestamp, attestations=attestations,
+                                         authorities=aset.keys),
+            view, parent_hash, list(votes), list(evidence))
+        view = ctx.view
         max_txs, max_bytes = _limits(ctx.params, max_txs, max_bytes)
         included, records, failed, size = [], [], {}, 0
         for n, tx in enumerate(candidates, 1):

@@ -17,6 +17,7 @@ from aitnode.pipeline import BlockPipeline
 from aitnode.queries import Queries
 from aitnode.store import Store
 from aitnode.verifier import InlineVerifier
+from aitnode.voting import Ballot
 
 
 class Node:
@@ -50,13 +51,15 @@ def compose(data_dir, genesis, clock, key=None, verifier=None, mempool=None, att
     metrics = metrics if metrics is not None else Metrics()
     key = key if key is not None and chain.is_authority(key.address) else None
     admission = Admission(chain, mempool, verifier, metrics, local, attestor=attestor, key=key, pause=pause)
-    pipeline = BlockPipeline(chain, mempool, admission, verifier, local, metrics, clock, key=key)
+    ballot = Ballot(chain, local, metrics, key=key)
+    pipeline = BlockPipeline(chain, mempool, admission, verifier, local, metrics, clock, key=key, ballot=ballot)
+    ballot.attach(pipeline)
     queries = Queries(chain, mempool, local)
     metrics.mempool_size.set_function(lambda: len(mempool))
     metrics.block_height.set_function(lambda: chain.head()[0])
     metrics.sync_lag.set_function(lambda: max(0, pipeline.best_verified_height - chain.head()[0]))
     return Node(
         store=store, local=local, chain=chain, mempool=mempool, verifier=verifier, metrics=metrics,
-        admission=admission, pipeline=pipeline, queries=queries, key=key,
+        admission=admission, pipeline=pipeline, queries=queries, ballot=ballot, key=key,
         clock=clock, chain_id=chain.chain_id, pause=pause,
     )

@@ -4,7 +4,9 @@ Queries read the chain (through its Store API), the node-local tables and
 the mempool; they never change anything.
 """
 
+from aitnode import consensus as C
 from aitnode.params import min_fee
+from aitnode.state import StateView
 from aitnode.tx import parse_tx
 
 
@@ -17,7 +19,26 @@ class Queries:
 
     def get_head(self):
         height, h = self.chain.head()
-        return {"height": height, "hash": h}
+        fin = self.chain.finality()
+        return {"height": height, "hash": h, "justified": fin.justified.to_json(), "finalized": fin.finalized.to_json()}
+
+    def get_authorities(self, height=None):
+        """The authority set in effect for block height (the next block's by
+        default; a past one while its undo data is kept), None if unknown."""
+        head = self.chain.head()[0]
+        if height is None or height == head + 1:
+            view = self.chain.view()
+            height = head + 1
+        elif 1 <= height <= head and head - (height - 1) <= self.store.undo_depth():
+            overlay, acc = self.store.state_at(height - 1)
+            view = StateView(self.store, acc=acc, overlay=overlay)
+        else:
+            return None
+        aset = C.set_of(view)
+        epoch_length = view.param("epoch_length")
+        view.release()
+        return {"height": height, "epoch": (height - 1) // epoch_length, "quorum": aset.quorum,
+                "authorities": [dict(m) for m in aset.members]}
 
     def get_block(self, ref, full=False):
         if type(ref) is int or (isinstance(ref, str) and ref.isdigit() and len(ref) < 21):
@@ -47,6 +68,7 @@ class Queries:
             }
             if "attestation" in rec:
                 out["attestation"] = rec["attestation"]
+            out["finalized"] = rec["height"] <= self.chain.finality().finalized.height
             return out
         tx = self.mempool.get(tx_hash)
         if tx is not None:

@@ -187,6 +187,19 @@ class RPC:
         request.setHeader(b"content-type", CONTENT_TYPE)
         return self.node.metrics.render()
 
+    @app.route("/rpc/getAuthorities", methods=["GET"])
+    def get_authorities(self, request):
+        raw = request.args.get(b"height", [None])[0]
+        height = None
+        if raw is not None:
+            if not raw.isdigit() or len(raw) > 20 or int(raw) < 1:
+                raise AitError("bad_height", "height must be a block height (an integer from 1)")
+            height = int(raw)
+        out = self.queries.get_authorities(height)
+        if out is None:
+            raise AitError("not_found", f"no authority set known for height {height}", status=404)
+        return json_response(request, out)
+
     @app.route("/rpc/getParams", methods=["GET"])
     def get_params(self, request):
         return json_response(request, self.queries.get_params())

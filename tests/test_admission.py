@@ -11,8 +11,10 @@ from aitnode.node import compose
 from aitnode.tx import sign_tx
 
 from tests.common import (
-    ALICE, AUTHORITY, BOB, CAROL, CHAIN_ID, GENESIS_BALANCE, genesis_doc, make_node, transfer,
+    ALICE, AUTHORITY, BOB, CAROL, CHAIN_ID, GENESIS_BALANCE, genesis_doc, key, make_node, transfer,
 )
+
+K2 = key(22)  # a second authority
 
 BIG = 10**15
 
@@ -71,8 +73,9 @@ class NodeMempoolTests(SynchronousTestCase):
     def test_failed_at_build_balance_drained(self):
         """Another node's block drains the sender; the pending tx of the
         next nonce fails when this node builds, and its successors go too."""
-        node = self.node
-        other = make_node(self)
+        doc = genesis_doc(authorities=(AUTHORITY, K2))  # the other block is K2's (a block by
+        node = make_node(self, doc=doc, key=AUTHORITY)  # this node's key would be a key conflict)
+        other = make_node(self, doc=doc, key=K2)
         drain = transfer(BOB, 1, CAROL, 10**6 - 1000)
         b2 = transfer(BOB, 2, CAROL, 10)
         b3 = transfer(BOB, 3, CAROL, 10)
@@ -80,7 +83,7 @@ class NodeMempoolTests(SynchronousTestCase):
         b1_here = transfer(BOB, 1, CAROL, 100)
         for t in (b1_here, b2, b3):
             node.admission.submit(t.to_wire())
-        block, records, view, failed = other.chain.build_block([drain], AUTHORITY, 1_700_000_100)
+        block, records, view, failed = other.chain.build_block([drain], K2, 1_700_000_100)
         other.chain.commit(block, records, view)
         node.pipeline.import_block(block, [drain])
         self.assertEqual(node.queries.get_balance(BOB.address), {"balance": 0, "nonce": 1})

@@ -115,7 +115,7 @@ class VerifyBlockTests(SynchronousTestCase):
         self.assertEqual(block2[3], {})
         self.a.chain.commit(*block2[:3])
         self.b.pipeline.import_block(block2[0], [t3])
-        self.assertEqual(self.b.queries.get_head(), {"height": 2, "hash": block2[0]["hash"]})
+        self.assertEqual(self.b.chain.head(), (2, block2[0]["hash"]))
 
     def test_import_removes_from_mempool(self):
         t = transfer(ALICE, 1, BOB, 10)

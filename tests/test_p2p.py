@@ -369,7 +369,7 @@ class GossipTests(P2PTestCase):
         self.net.connect(follower, auth)
         block = auth.node.pipeline.propose()
         self.net.settle()
-        self.assertEqual(follower.node.queries.get_head(), {"height": 1, "hash": block["hash"]})
+        self.assertEqual(follower.node.chain.head(), (1, block["hash"]))
         self.assertEqual(follower.node.queries.get_block(1), auth.node.queries.get_block(1))
 
     def test_block_relayed_through_line(self):
@@ -772,7 +772,7 @@ class ReorgTests(P2PTestCase):
         self.net.connect(a, b)
         # The shorter chain rolled back to genesis and adopted the longer.
         self.assertEqual(self.assertSameChain(a, b), b_chain)
-        self.assertEqual(a.node.queries.get_head(), {"height": 5, "hash": b_chain[5]})
+        self.assertEqual(a.node.chain.head(), (5, b_chain[5]))
         for h in a_chain[1:]:
             self.assertIsNone(a.node.queries.get_block(h))
         self.assertEqual(a.node.chain.view().root(), b.node.chain.view().root())

@@ -7,7 +7,7 @@ from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from aitnode import chain as chainmod
+from aitnode import unstorable
 from aitnode.proposer import ProposerService
 
 from tests.common import ALICE, BOB, CAROL, key, make_node, state_dump, transfer
@@ -46,7 +46,9 @@ class RollbackTests(SynchronousTestCase):
             self.assertIsNone(store.block_by_hash(b["hash"]))
         self.assertEqual(node.queries.get_balance(CAROL.address), {"balance": 0, "nonce": 0})
         self.assertNotEqual(node.queries.get_params()["max_block_txs"], 7)
-        # The chain goes on from there, and a fresh node accepts it.
+        # The chain goes on from there (the operator's rollback, pipeline.rollback,
+        # also lets the node sign above 2 again), and a fresh node accepts it.
+        node.local.put_signed("proposal", 2)
         node.mempool.clear()
         node.admission.submit(later[0].to_wire())
         b3b = node.pipeline.propose()
@@ -178,7 +180,7 @@ class BreakingTxTests(SynchronousTestCase):
         self.assertDropped("tx_unstorable")
 
     def test_a_tx_that_makes_building_raise_is_dropped(self):
-        real = chainmod.apply_tx
+        real = unstorable.apply_tx
 
         def apply_tx(ctx, tx):
             if tx.hash == self.bad.hash:
@@ -186,7 +188,7 @@ class BreakingTxTests(SynchronousTestCase):
                 raise KeyError("boom")
             return real(ctx, tx)
 
-        self.patch(chainmod, "apply_tx", apply_tx)
+        self.patch(unstorable, "apply_tx", apply_tx)
         block = self.node.pipeline.propose()
         self.assertEqual(block["txs"], [tx.hash for tx in self.good])
         got = self.assertDropped("tx_unprocessable")

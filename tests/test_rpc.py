@@ -147,9 +147,21 @@ class SendAndQueryTests(RPCTestBase):
 
     def test_get_head(self):
         g = Genesis(genesis_doc())
-        self.assertEqual(self.ok("GET", "/rpc/getHead"), {"height": 0, "hash": g.hash})
+        genesis = {"height": 0, "hash": g.hash}
+        self.assertEqual(self.ok("GET", "/rpc/getHead"), dict(genesis, justified=genesis, finalized=genesis))
         block = self.node.pipeline.propose()
-        self.assertEqual(self.ok("GET", "/rpc/getHead"), {"height": 1, "hash": block["hash"]})
+        self.assertEqual(self.ok("GET", "/rpc/getHead"), {"height": 1, "hash": block["hash"],
+                                                          "justified": genesis, "finalized": genesis})
+        # A single authority's vote for each block rides in the next one:
+        # block 2 justifies block 1, block 3 justifies 2 and finalizes 1.
+        self.node.clock.advance(0.01)
+        self.node.pipeline.propose()
+        self.node.clock.advance(0.01)
+        b3 = self.node.pipeline.propose()
+        head = self.ok("GET", "/rpc/getHead")
+        self.assertEqual((head["height"], head["hash"]), (3, b3["hash"]))
+        self.assertEqual(head["justified"]["height"], 2)
+        self.assertEqual(head["finalized"], {"height": 1, "hash": block["hash"]})
 
     def test_get_balance(self):
         self.assertEqual(self.ok("GET", "/rpc/getBalance/" + ALICE.address), {"balance": GENESIS_BALANCE, "nonce": 0})

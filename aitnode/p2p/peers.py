@@ -25,6 +25,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
+from aitnode.encoding import canonical, sha256_hex
 from aitnode.errors import AitError
 from aitnode.p2p import wire
 from aitnode.receipts import CLAIM
@@ -124,6 +125,7 @@ class P2P(service.MultiService):
         self.open_conns = set()  # every open connection, ready or still in its handshake
         self.seen_tx = LRUSet(SEEN_SIZE)
         self.seen_block = LRUSet(SEEN_SIZE)
+        self.seen_vote = LRUSet(SEEN_SIZE)  # votes and evidence relayed, by leaf or id
         self.bans = {}  # node_id or host -> until (seconds)
         self.scores = {}  # node_id (or host, before auth) -> score
         self._score_seen = {}  # the same keys -> when that peer was last connected or penalised
@@ -140,6 +142,8 @@ class P2P(service.MultiService):
             self.add_peer(url)
         node.pipeline.block_listeners.append(self.on_local_block)
         node.admission.tx_listeners.append(self.on_local_tx)
+        node.ballot.vote_listeners.append(lambda wire: self._gossip("vote", wire))
+        node.ballot.evidence_listeners.append(lambda wire: self._gossip("evidence", wire))
 
     # -- wiring ----------------------------------------------------------
     def resource(self):
@@ -326,6 +330,7 @@ class P2P(service.MultiService):
             return
         if header["height"] >= conn.remote_height:  # a claim: it picks whom to sync from, nothing more
             conn.remote_height, conn.remote_head = header["height"], entry["block"]["hash"]
+        self.node.ballot.seen_header(header, entry["block"].get("sig"))  # a second header at one height is evidence
         # Relaying is on_local_block's: it runs for every committed block.
         self.sync.on_block(conn, entry)
 
@@ -335,7 +340,36 @@ class P2P(service.MultiService):
     def _on_blocks(self, conn, d):
         self.sync.on_blocks(conn, d)
 
-    MESSAGES = frozenset(("status", "tx", "block", "get_blocks", "blocks"))  # after the handshake
+    def _on_vote(self, conn, d):
+        self._received_ballot(conn, d, "vote", self.node.ballot.receive_vote)
+
+    def _on_evidence(self, conn, d):
+        self._received_ballot(conn, d, "evidence", self.node.ballot.receive_evidence)
+
+    def _received_ballot(self, conn, d, kind, receive):
+        """A vote or evidence: checked by the ballot, relayed once if new;
+        one that does not check costs the peer."""
+        if type(d) is not dict or set(d) != {kind}:
+            raise PeerError("protocol", f"{kind} message malformed")
+        try:
+            key = sha256_hex(canonical(d[kind]))
+        except AitError as e:
+            raise PeerError("protocol", f"{kind}: {e.message}")
+        if key in self.seen_vote:
+            return
+        try:
+            new = receive(d[kind])
+        except AitError as e:
+            raise PeerError("bad_tx", f"{kind}: {e.message}")
+        if new:
+            self._gossip(kind, d[kind], exclude=conn)
+
+    def _gossip(self, kind, wire, exclude=None):
+        key = sha256_hex(canonical(wire))
+        if self.seen_vote.add(key) and self.conns:
+            self.broadcast(kind, {kind: wire}, exclude=exclude)
+
+    MESSAGES = frozenset(("status", "tx", "block", "get_blocks", "blocks", "vote", "evidence"))  # after the handshake
 
     # -- gossip ----------------------------------------------------------------
     def store_has(self, block_hash):
