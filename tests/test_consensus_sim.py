@@ -1,0 +1,504 @@
+"""A deterministic simulation of several authorities reaching finality.
+
+Four or seven authorities, each a real node (tests.common.make_node) with
+its P2P manager and its ProposerService, talk over tests.test_p2p.Net's
+in-memory links; every timer runs on one Clock, advanced a TICK at a time.
+SimNet sits between each connection and the node it feeds: every frame
+a node receives is held for its link's delay, or dropped, as the test's
+schedule says (hypothesis draws the schedules).  A link that lost a frame
+is a broken TCP connection in real life (TCP loses nothing it delivers
+later): when the network heals it is closed and dialed again, as the
+peers' keepalive and the dialer's backoff would do.
+
+Asserted at every step, not only at the end (Monitor):
+- safety: no two honest nodes ever finalize different blocks at one
+  height, and no node's finalized block ever leaves its chain;
+- liveness: with at least a quorum of honest authorities connected (and
+  delays within the synchrony bound below), every one of them finalizes
+  a new block within liveness_bound() intervals.
+"""
+
+import os
+import random
+import shutil
+
+import cbor2
+from twisted.trial.unittest import SynchronousTestCase
+
+from aitnode import finality as F
+from aitnode.proposer import ProposerService
+
+from tests.common import genesis_doc, key
+from tests.test_p2p import Net
+
+TICK = 0.1  # seconds per step; also how often each proposer looks whether its turn came
+INTERVAL_MS = 1000  # block_interval_ms
+STEPS = int(INTERVAL_MS / 1000 / TICK)  # steps per interval
+# Delays (in ticks, one way) up to which the network counts as synchronous:
+# a block reaches the voters and their votes reach the next proposer (two
+# hops) well within one interval.
+SYNC_DELAY_TICKS = 2
+
+
+def quorum(n):
+    return F.quorum(n)
+
+
+def wait_intervals(n, online, height):
+    """Intervals after its parent until block `height` is made, when only
+    the authorities at the indices in `online` propose: 1 + 2r for the
+    lowest rank r among them (consensus.AuthoritySet.earliest)."""
+    return 1 + 2 * min((i - height) % n for i in online)
+
+
+def liveness_bound(n, online):
+    """Intervals within which finality must advance once the network is
+    healthy: a block made meanwhile, then two more that carry the votes
+    for it and for its child (the worst three turns in a row with only
+    `online` proposing), plus one interval for a node that was behind to
+    sync and for the votes to travel."""
+    worst = max(sum(wait_intervals(n, online, h + k) for k in range(3)) for h in range(n))
+    return worst + 1
+
+
+class Scope:
+    """What Net and make_node need of a test case (mktemp, addCleanup),
+    with the cleanups run when the scope closes: one hypothesis example
+    opens its nodes and closes them all before the next one."""
+
+    def __init__(self, testcase):
+        self.tc = testcase
+        self.cleanups = []
+        self.dirs = []
+
+    def mktemp(self):
+        path = self.tc.mktemp()
+        self.dirs.append(os.path.dirname(path))
+        return path
+
+    def addCleanup(self, f, *args, **kw):
+        self.cleanups.append((f, args, kw))
+
+    def close(self):
+        while self.cleanups:
+            f, args, kw = self.cleanups.pop()
+            f(*args, **kw)
+        for d in self.dirs:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+class Schedule:
+    """What the network does to frames: per directed link (sender index,
+    receiver index) a delay in ticks and a drop probability (per mille),
+    the message types it loses (mute), and the pairs cut off from each
+    other (every frame dropped).  Whether a frame is lost is decided when
+    it is due, so a cut made meanwhile catches frames in flight."""
+
+    def __init__(self, seed=0):
+        self.rng = random.Random(seed)
+        self.delay = {}  # (src, dst) -> ticks
+        self.drop = {}  # (src, dst) -> per mille
+        self.mute = {}  # (src, dst) -> {message type}
+        self.cut = set()  # {frozenset((a, b))} of pairs that reach each other not at all
+        self.default_delay = 0
+
+    def calm(self, delay=0):
+        self.delay.clear()
+        self.drop.clear()
+        self.mute.clear()
+        self.cut.clear()
+        self.default_delay = delay
+
+    def dropped(self, src, dst, payload):
+        if frozenset((src, dst)) in self.cut:
+            return True
+        muted = self.mute.get((src, dst))
+        if muted and cbor2.loads(payload).get("type") in muted:
+            return True
+        p = self.drop.get((src, dst), 0)
+        return p > 0 and self.rng.randrange(1000) < p
+
+    def ticks(self, src, dst):
+        return self.delay.get((src, dst), self.default_delay)
+
+
+class SimNet(Net):
+    """Net whose links deliver frames as a Schedule says (see the module
+    docstring), between nodes known by their index."""
+
+    def __init__(self, scope, schedule):
+        super().__init__(scope)
+        self.schedule = schedule
+        self.nodes = []
+        self.pairs = {}  # frozenset((a, b)) -> Link
+        self.broken = set()  # pairs whose link lost a frame
+        self._due = {}  # (src, dst) -> clock time of the last frame scheduled (frames stay in order)
+        self.frames = {}  # (src, dst) -> frames delivered, for the tests' own checks
+        self.lost = {}  # (src, dst) -> frames dropped
+
+    def join(self, p2p):
+        self.nodes.append(p2p)
+        return len(self.nodes) - 1
+
+    def link(self, a, b):
+        """Connect nodes a and b (a dials), with the schedule between them."""
+        old = self.pairs.get(frozenset((a, b)))
+        if old is not None and not old.closed:
+            return old
+        link = self.connect(self.nodes[a], self.nodes[b])
+        assert not link.closed, f"nodes {a} and {b} did not connect"
+        self._filter(link.client, src=b, dst=a)
+        self._filter(link.server, src=a, dst=b)
+        self.pairs[frozenset((a, b))] = link
+        self.broken.discard(frozenset((a, b)))
+        return link
+
+    def unlink(self, a, b):
+        link = self.pairs.pop(frozenset((a, b)), None)
+        if link is not None and not link.closed:
+            link.pump.clientIO.loseConnection()
+            self.settle()
+
+    def mesh(self, members):
+        members = sorted(members)
+        for i, a in enumerate(members):
+            for b in members[i + 1:]:
+                self.link(a, b)
+
+    def isolate(self, a):
+        for pair in [p for p in self.pairs if a in p]:
+            self.unlink(*pair)
+
+    def redial_broken(self):
+        """Close every link that lost a frame and connect it again."""
+        for pair in sorted(self.broken, key=sorted):
+            a, b = sorted(pair)
+            self.unlink(a, b)
+            self.link(a, b)
+        self.broken.clear()
+
+    def _filter(self, proto, src, dst):
+        deliver = proto.onMessage
+        clock, schedule = self.clock, self.schedule
+
+        def arrive(payload, isBinary):
+            if schedule.dropped(src, dst, payload):
+                self.lost[(src, dst)] = self.lost.get((src, dst), 0) + 1
+                self.broken.add(frozenset((src, dst)))
+                return
+            self.frames[(src, dst)] = self.frames.get((src, dst), 0) + 1
+            deliver(payload, isBinary)
+
+        def onMessage(payload, isBinary):
+            now = clock.seconds()
+            due = max(now + schedule.ticks(src, dst) * TICK, self._due.get((src, dst), now))
+            self._due[(src, dst)] = due
+            if due <= now:
+                arrive(payload, isBinary)
+            else:
+                clock.callLater(due - now, arrive, payload, isBinary)
+
+        proto.onMessage = onMessage
+
+
+class SafetyViolation(AssertionError):
+    pass
+
+
+class Monitor:
+    """Watches the honest nodes' finalized blocks after every step."""
+
+    def __init__(self, nodes, honest):
+        self.nodes = nodes
+        self.honest = honest
+        self.final = {}  # height -> the hash honest nodes finalized there
+        self.top = {i: (0, nodes[i].node.chain.genesis.hash) for i in honest}
+        self.advanced_at = {i: 0 for i in honest}  # step of each node's last finality advance
+        self.step = 0
+
+    def check(self):
+        self.step += 1
+        for i in self.honest:
+            chain = self.nodes[i].node.chain
+            store = chain.store
+            fin = chain.finality().finalized
+            height, h = self.top[i]
+            if store.hash_at(height) != h:
+                raise SafetyViolation(f"node {i} reverted its finalized block {height} {h[:12]}")
+            if fin.height < height:
+                raise SafetyViolation(f"node {i}'s finalized height went back from {height} to {fin.height}")
+            if store.hash_at(fin.height) != fin.hash:
+                raise SafetyViolation(f"node {i} finalized {fin.height} {fin.hash[:12]}, not on its chain")
+            for k in range(height + 1, fin.height + 1):
+                mine = store.hash_at(k)
+                seen = self.final.setdefault(k, mine)
+                if seen != mine:
+                    raise SafetyViolation(f"node {i} finalized {mine[:12]} at {k}, another honest node {seen[:12]}")
+            if fin.height > height:
+                self.top[i] = (fin.height, fin.hash)
+                self.advanced_at[i] = self.step
+
+    def finalized(self, i):
+        return self.top[i][0]
+
+
+class Sim:
+    """n authorities (key(40 + i)), all honest unless listed byzantine."""
+
+    def __init__(self, testcase, n, seed=0, byzantine=(), scope=None):
+        self.scope = scope or Scope(testcase)
+        if scope is None:
+            testcase.addCleanup(self.scope.close)
+        self.tc = testcase
+        self.n = n
+        self.schedule = Schedule(seed)
+        self.net = SimNet(self.scope, self.schedule)
+        self.keys = [key(40 + i) for i in range(n)]
+        self.doc = genesis_doc(authorities=self.keys, block_interval_ms=INTERVAL_MS)
+        self.peers = []
+        for k in self.keys:
+            self.net.join(self.net.peer(doc=self.doc, key=k))
+            self.peers.append(self.net.nodes[-1])
+        self.proposers = [ProposerService(p.node.pipeline, self.net.clock, TICK) for p in self.peers]
+        self.scope.addCleanup(self.stop_all)
+        self.byzantine = set(byzantine)
+        self.honest = [i for i in range(n) if i not in self.byzantine]
+        self.monitor = Monitor(self.peers, self.honest)
+        self.online = set()
+
+    # -- who runs ------------------------------------------------------------
+    def start(self, members=None):
+        """Bring members (all by default) online: proposers on, linked to every online node."""
+        members = range(self.n) if members is None else members
+        for i in members:
+            self.online.add(i)
+            if not self.proposers[i].running:
+                self.proposers[i].startService()
+        self.net.mesh(self.online)
+
+    def stop(self, i):
+        """Take node i offline: its proposer stops, its links close."""
+        self.online.discard(i)
+        if self.proposers[i].running:
+            self.proposers[i].stopService()
+        self.net.isolate(i)
+
+    def stop_all(self):
+        for svc in self.proposers:
+            if svc.running:
+                svc.stopService()
+
+    # -- time ---------------------------------------------------------------
+    def run(self, intervals, until=None):
+        """Advance intervals * STEPS ticks, checking safety after each; stop
+        early once until() holds.  Returns the ticks run."""
+        for t in range(int(intervals * STEPS)):
+            self.net.advance(TICK)
+            self.monitor.check()
+            if until is not None and until():
+                return t + 1
+        return int(intervals * STEPS)
+
+    def partition(self, *groups):
+        """Drop every frame between nodes of different groups."""
+        for gi, g in enumerate(groups):
+            for h in groups[gi + 1:]:
+                self.schedule.cut.update(frozenset((a, b)) for a in g for b in h)
+
+    def heal(self, delay=0):
+        """Calm the network (no drops, no cuts, the given delay) and redial
+        the links that lost frames."""
+        self.schedule.calm(delay)
+        self.net.redial_broken()
+        self.net.mesh(self.online)
+
+    def settle_votes(self, members):
+        """Run until members made two more blocks: the votes cast before
+        a change (some authorities gone) ride in them and may still
+        justify and finalize what they voted for."""
+        top = max(self.head(i)[0] for i in members)
+        self.run(liveness_bound(self.n, sorted(self.online)),
+                 until=lambda: min(self.head(i)[0] for i in members) >= top + 2)
+
+    # -- reading --------------------------------------------------------------
+    def chain(self, i):
+        return self.peers[i].node.chain
+
+    def head(self, i):
+        return self.chain(i).head()
+
+    def finalized(self, i):
+        return self.chain(i).finality().finalized.height
+
+    def justified(self, i):
+        return self.chain(i).finality().justified.height
+
+    def hashes(self, i, upto=None):
+        store = self.chain(i).store
+        top = self.head(i)[0] if upto is None else upto
+        return [store.hash_at(h) for h in range(top + 1)]
+
+    def live(self, members, bound=None, online=None):
+        """Run until every node in members finalized a block above the
+        highest finalized height any of them had; fail past bound
+        intervals (liveness_bound of the online proposers by default)."""
+        online = self.online if online is None else online
+        bound = liveness_bound(self.n, sorted(online)) if bound is None else bound
+        start = max(self.finalized(i) for i in members)
+        ticks = self.run(bound, until=lambda: all(self.finalized(i) > start for i in members))
+        got = {i: self.finalized(i) for i in members}
+        self.tc.assertTrue(all(f > start for f in got.values()),
+                           f"finality did not advance past {start} within {bound} intervals: {got}")
+        return ticks
+
+    def assert_one_chain(self, members):
+        """Every node in members has the same head and the same blocks."""
+        first = self.hashes(members[0])
+        for i in members[1:]:
+            self.tc.assertEqual(self.hashes(i), first, f"node {i} is on another chain than node {members[0]}")
+
+
+class SimTestCase(SynchronousTestCase):
+    def sim(self, n, **kw):
+        return Sim(self, n, **kw)
+
+
+# -- the network as it should be ------------------------------------------------
+
+class HealthyTests(SimTestCase):
+    def check_all_online(self, n):
+        sim = self.sim(n)
+        sim.start()
+        sim.live(range(n), bound=liveness_bound(n, range(n)))
+        sim.run(10)
+        everyone = list(range(n))
+        for i in everyone:
+            # Each block justified by the next one's votes, finalized by the one after.
+            self.assertGreaterEqual(sim.finalized(i), sim.head(i)[0] - 3)
+        heads = {sim.head(i) for i in everyone}
+        self.assertLessEqual(len({h for h, _ in heads}), 2)  # at most one block in flight
+        self.assertEqual(set(sim.monitor.final), set(range(1, max(sim.monitor.final) + 1)))
+
+    def test_four(self):
+        self.check_all_online(4)
+
+    def test_seven(self):
+        self.check_all_online(7)
+
+
+# -- authorities offline ----------------------------------------------------------
+
+class OfflineTests(SimTestCase):
+    def check_one_offline(self, n, off):
+        sim = self.sim(n)
+        online = [i for i in range(n) if i != off]
+        sim.start(online)
+        sim.live(online)
+        before = min(sim.head(i)[0] for i in online)
+        sim.run(3 * (n + 2))  # three rounds of turns: n - 1 of one interval, one of three
+        # Blocks went on: its turns passed to its backups.
+        heights = [sim.head(i)[0] for i in online]
+        self.assertGreaterEqual(min(heights), before + 3 * n - 1)
+        proposers = {sim.chain(online[0]).store.block_at(h)["header"]["proposer"] for h in range(1, min(heights))}
+        self.assertEqual(proposers, {sim.keys[i].address for i in online})
+        for i in online:
+            self.assertGreaterEqual(sim.finalized(i), sim.head(i)[0] - 2 * liveness_bound(n, online))
+        # It comes back: it syncs, votes, and finalizes what the others did.
+        sim.start([off])
+        sim.live(range(n), online=range(n))
+        sim.run(5)
+        self.assertEqual(sim.hashes(off, sim.finalized(online[0]))[:sim.finalized(off) + 1],
+                         sim.hashes(online[0], sim.finalized(off)))
+
+    def test_one_of_four(self):
+        self.check_one_offline(4, 2)
+
+    def test_one_of_seven(self):
+        self.check_one_offline(7, 0)
+
+    def test_two_of_four_stall_then_one_returns(self):
+        """q = 3 of 4: with two away blocks go on but nothing is
+        finalized; when one returns, finality resumes."""
+        sim = self.sim(4)
+        sim.start()
+        sim.live(range(4))
+        sim.stop(2)
+        sim.stop(3)
+        sim.settle_votes([0, 1])
+        stalled = {i: (sim.finalized(i), sim.justified(i)) for i in (0, 1)}
+        heads = {i: sim.head(i)[0] for i in (0, 1)}
+        sim.run(15)
+        for i in (0, 1):
+            self.assertEqual((sim.finalized(i), sim.justified(i)), stalled[i], f"node {i}")
+            self.assertGreater(sim.head(i)[0], heads[i] + 4, f"node {i} made no blocks")  # 3 intervals at most each
+        sim.assert_one_chain([0, 1])
+        sim.start([2])
+        sim.live([0, 1, 2])
+        sim.run(3)
+        self.assertGreater(min(sim.finalized(i) for i in (0, 1, 2)), max(f for f, _ in stalled.values()))
+
+    def test_two_of_seven_offline(self):
+        sim = self.sim(7)
+        sim.start([0, 1, 2, 5, 6])
+        sim.live([0, 1, 2, 5, 6])
+        sim.run(10)
+        sim.live([0, 1, 2, 5, 6])
+
+    def test_three_of_seven_offline_stall(self):
+        sim = self.sim(7)
+        sim.start()
+        sim.live(range(7))
+        for i in (1, 3, 5):
+            sim.stop(i)
+        sim.settle_votes([0, 2, 4, 6])
+        stalled = max(sim.finalized(i) for i in range(7))
+        sim.run(20)
+        self.assertEqual(max(sim.finalized(i) for i in (0, 2, 4, 6)), stalled)
+        sim.start([3])
+        sim.live([0, 2, 3, 4, 6])
+
+
+# -- partitions ---------------------------------------------------------------------
+
+class PartitionTests(SimTestCase):
+    def test_two_two_partition_heals(self):
+        """Each half makes blocks on its own, neither finalizes (q = 3);
+        once healed one chain wins, no finalized block is reverted, and
+        finality resumes."""
+        sim = self.sim(4)
+        sim.start()
+        sim.live(range(4))
+        sim.partition([0, 1], [2, 3])
+        sim.settle_votes(range(4))
+        before = {i: (sim.finalized(i), sim.head(i)[0]) for i in range(4)}
+        sim.run(12)
+        for i in range(4):
+            self.assertEqual(sim.finalized(i), before[i][0], f"node {i} finalized in a minority")
+            self.assertGreater(sim.head(i)[0], before[i][1] + 3, f"node {i} made no blocks")
+        sim.assert_one_chain([0, 1])
+        sim.assert_one_chain([2, 3])
+        self.assertNotEqual(sim.hashes(0)[-1], sim.hashes(2)[-1])
+        fork = min(h for h, (a, b) in enumerate(zip(sim.hashes(0), sim.hashes(2))) if a != b)
+        self.assertGreater(fork, max(f for f, _ in before.values()))
+        sim.heal()
+        sim.live(range(4))
+        sim.run(3)
+        final = min(sim.finalized(i) for i in range(4))
+        for i in range(1, 4):
+            self.assertEqual(sim.hashes(i, final), sim.hashes(0, final))
+
+    def test_minority_of_one_cut_off(self):
+        """A 3|1 split of four: the three go on finalizing; the one makes
+        blocks alone and gives them up when it hears the others again."""
+        sim = self.sim(4)
+        sim.start()
+        sim.live(range(4))
+        sim.partition([0, 1, 2], [3])
+        sim.run(10)
+        sim.live([0, 1, 2])
+        lone = sim.hashes(3)
+        sim.heal()
+        sim.live(range(4))
+        final = sim.finalized(0)
+        self.assertEqual(sim.hashes(3, final), sim.hashes(0, final))
+        self.assertNotEqual(sim.hashes(3, len(lone) - 1), lone)  # its own blocks are gone
