@@ -502,3 +502,66 @@ class PartitionTests(SimTestCase):
         final = sim.finalized(0)
         self.assertEqual(sim.hashes(3, final), sim.hashes(0, final))
         self.assertNotEqual(sim.hashes(3, len(lone) - 1), lone)  # its own blocks are gone
+
+
+# -- fork choice across the network ---------------------------------------------------
+
+class ForkChoiceTests(SimTestCase):
+    def split_justification(self, sim):
+        """Four authorities, one offline (so q = 3 needs 0, 1 and 3).  From
+        a block h (made by node 0) on, node 1 hears the others' votes but
+        none of their blocks, and nothing of node 1 reaches them: node 1,
+        in turn for h + 1, makes a block carrying all three votes for h
+        (h justified on its branch); theirs for h + 1 carries two, and
+        their branch, longer, justifies nothing more.  Returns h."""
+        sim.schedule.default_delay = 1  # so node 1's vote for h is still on its way when the split starts
+        sim.start([0, 1, 3])
+        sim.live([0, 1, 3])
+        for _ in range(2 * liveness_bound(4, [0, 1, 3]) * STEPS):
+            before = sim.head(1)[0]
+            sim.run(1 / STEPS)
+            if sim.head(1)[0] != before and sim.head(1)[0] % 4 == 0:
+                break
+        h = sim.head(1)[0]
+        self.assertEqual(h % 4, 0)
+        for other in (0, 3):
+            sim.schedule.mute[(1, other)] = {"vote", "block", "blocks", "get_blocks", "status"}
+            sim.schedule.mute[(other, 1)] = {"block", "blocks"}
+        sim.run(12)
+        return h
+
+    def test_a_shorter_branch_with_a_higher_justified_block_wins(self):
+        sim = self.sim(4)
+        h = self.split_justification(sim)
+        self.assertEqual(sim.justified(1), h)
+        theirs = sim.hashes(1)
+        for i in (0, 3):
+            self.assertLess(sim.justified(i), h)
+            self.assertGreater(sim.head(i)[0], sim.head(1)[0])  # theirs is longer
+            self.assertEqual(sim.hashes(i, h), theirs[:h + 1])
+            self.assertNotEqual(sim.hashes(i, h + 1)[-1], theirs[h + 1])
+        spread = max(sim.head(i)[0] for i in (0, 3)) - sim.head(1)[0]
+        sim.heal(delay=1)
+        # Fork choice prefers node 1's branch (its justified block is
+        # higher): the others must fetch it although it is shorter.
+        sim.run(1)
+        for i in (0, 3):
+            self.assertEqual(sim.hashes(i, len(theirs) - 1), theirs, f"node {i} kept its longer branch")
+        # Finality resumes once their votes can follow it: above the
+        # heights they voted for on their own branch (the voting rule).
+        sim.live([0, 1, 3], bound=liveness_bound(4, [0, 1, 3]) + 3 * spread)
+        final = min(sim.finalized(i) for i in (0, 1, 3))
+        self.assertGreater(final, h)
+        for i in (0, 3):
+            self.assertEqual(sim.hashes(i, final), sim.hashes(1, final))
+
+    def test_no_peer_punished_for_a_branch_that_is_not_better(self):
+        """Peers on a worse branch are honest: fork choice refuses their
+        branch, but they are neither penalised nor banned."""
+        sim = self.sim(4)
+        self.split_justification(sim)
+        sim.heal(delay=1)
+        sim.run(10)
+        for i in (0, 1, 3):
+            self.assertEqual({s for s in sim.peers[i].scores.values()}, {0}, f"node {i}: {sim.peers[i].scores}")
+            self.assertEqual(sim.peers[i].bans, {})

@@ -895,24 +895,29 @@ class ReorgTests(P2PTestCase):
         self.assertEqual(follower.scores.get(honest.node_id), 0)
         self.assertFalse(follower.is_banned(node_id=honest.node_id))
 
-    def test_tie_keeps_current_head(self):
+    def test_tie_goes_to_the_lower_hash(self):
+        """Two branches of one height, neither justified further: fork
+        choice takes the one whose head hash is lower, on both sides
+        (issue 10: justified height, then height, then the lower hash),
+        and neither peer is penalised for holding the other."""
         a, b = self.two()
         self.build(a, 3, [transfer(ALICE, 1, CAROL, 5)])
         self.build(b, 3)
         a_chain, b_chain = hashes(a), hashes(b)
+        winner, loser = (a, b) if a_chain[3] < b_chain[3] else (b, a)
+        won, lost = hashes(winner), loser.node.chain.block_entry(3)
         self.net.connect(a, b)
-        self.assertEqual(hashes(a), a_chain)
-        self.assertEqual(hashes(b), b_chain)
-        self.assertFalse(self.logged("reorg"))
+        self.assertEqual(hashes(a), won)
+        self.assertEqual(hashes(b), won)
+        self.assertEqual(len(self.logged("reorg")), 1)
         self.assertEqual(len(a.conns), 1)
-        # An announced block at the same height changes nothing either.
-        conn_to(b, a).send("block", b.node.chain.block_entry(3))
+        self.assertEqual((a.scores.get(b.node_id), b.scores.get(a.node_id)), (0, 0))
+        # The losing head, announced again, changes nothing.
+        conn_to(loser, winner).send("block", lost)
         self.net.settle()
-        self.assertEqual(hashes(a), a_chain)
-        # One block more on b's side decides it.
-        b.node.pipeline.propose()
-        self.net.settle()
-        self.assertEqual(self.assertSameChain(a, b)[:4], b_chain)
+        self.assertEqual(hashes(a), won)
+        self.assertEqual(hashes(b), won)
+        self.assertEqual(winner.scores.get(loser.node_id), 0)
 
 
 class LRUSetTests(SynchronousTestCase):

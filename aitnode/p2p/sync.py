@@ -54,6 +54,7 @@ class BlockSync:
         self.held = {}  # hash -> (conn, entry, size, timer) of gossiped blocks from the future
         self._held_bytes = 0
         self._retry = None  # asks again once a block from the future is due
+        self._refused = {}  # conn -> the head of its branch that fork choice refused (not asked for again)
 
     def stop(self):
         self._cancel_timer()
@@ -111,9 +112,14 @@ class BlockSync:
 
     # -- asking --------------------------------------------------------------
     def maybe_sync(self, conn):
-        """Ask conn for blocks if it is ahead and no sync is running."""
+        """Ask conn for blocks if no sync is running and its chain may be
+        better than ours: it is higher, or its head is on another branch
+        (fork choice puts the higher justified block first, so a shorter
+        branch may win; only its blocks tell)."""
         height = self.chain.head()[0]
-        if self.syncing is not None or conn.remote_height <= height or not conn.ready:
+        if self.syncing is not None or not conn.ready:
+            return
+        if conn.remote_height <= height and not self._on_other_branch(conn):
             return
         if self._branch is not None and self._branch[0] is conn:
             last = self._branch[2][-1][0]["header"]["height"]
@@ -121,6 +127,13 @@ class BlockSync:
         else:
             self._branch = None
             self._ask(conn, {"locator": self.locator(), "limit": self.sync_batch})
+
+    def _on_other_branch(self, conn):
+        """Whether conn's head is a block off our chain above our finalized
+        block, and not the head of a branch fork choice already refused."""
+        head = conn.remote_head
+        return (head is not None and conn.remote_height > self.chain.finality().finalized.height
+                and self._refused.get(conn) != head and not self.p2p.store_has(head))
 
     def _ask(self, conn, request):
         self.syncing = conn
@@ -149,6 +162,7 @@ class BlockSync:
                     break
 
     def disconnected(self, conn):
+        self._refused.pop(conn, None)
         if self.syncing is conn:
             self.syncing = None
             self._cancel_timer()
@@ -229,7 +243,7 @@ class BlockSync:
         if self.syncing is not conn:
             return
         self._cancel_timer()
-        dd = self.importing.run(self._sync_entries, conn, entries, conn.frame_bytes)
+        dd = self.importing.run(self._sync_entries, conn, entries, conn.frame_bytes, d["height"])
 
         def done(progressed):
             self.syncing = None
@@ -253,6 +267,7 @@ class BlockSync:
         header = entry["block"]["header"]
         height, head = self.chain.head()
         if header["height"] <= height:
+            self.maybe_sync(conn)  # a block off our chain: the peer's branch may be better
             return
         wait = self.too_early(header)
         if wait:
@@ -277,15 +292,16 @@ class BlockSync:
             return False
         return self._import_entries(conn, [entry])
 
-    async def _sync_entries(self, conn, entries, size=0):
-        """Import a run of blocks from conn, or hold and then switch to the
-        branch it starts.  Fork choice: the verified chain with the greater
-        height wins; at equal height the current head stays.  size: the
-        bytes of the answer, counted against MAX_BRANCH_BYTES when held."""
+    async def _sync_entries(self, conn, entries, size=0, peer_height=0):
+        """Import a run of blocks from conn, or hold the branch it starts
+        and, once the branch is longer than our chain or all the peer has
+        (peer_height: the answer's height), switch to it if fork choice
+        prefers it (chain.reorganise_steps).  size: the bytes of the
+        answer, counted against MAX_BRANCH_BYTES when held."""
         store = self.chain.store
         entries, cut = self._until_due(conn, entries)
         if self._branch is not None and self._branch[0] is conn:
-            return await self._extend_branch(conn, entries, size, cut)
+            return await self._extend_branch(conn, entries, size, cut, peer_height)
         # Blocks we already hold (an answer that started lower than it had
         # to, e.g. because blocks arrived by gossip meanwhile) are skipped:
         # they are no fork.
@@ -298,13 +314,20 @@ class BlockSync:
         if store.hash_at(fork_height) != first["parent"]:
             raise PeerError("bad_block", "sync answer does not start on our chain")
         if fork_height < self.chain.head()[0]:
+            if fork_height < self.chain.finality().finalized.height:
+                # Fork choice never reverts a finalized block; a peer that was
+                # away (or cut off) may well be there: no offence.
+                self._refused[conn] = conn.remote_head
+                self._log.info("peer {peer}'s chain leaves ours at {fork}, below our finalized block; not taken",
+                               peer=conn.addr, fork=fork_height, component="p2p", event="fork_below_finalized")
+                return False
             if self.chain.head()[0] - fork_height > store.undo_depth():
                 self._log.warn("fork deeper than undo data; ignoring peer {peer}", peer=conn.addr,
                                component="p2p", event="fork_too_deep")
                 return False
             self._branch = (conn, fork_height, [])
             self._branch_bytes = 0
-            return await self._extend_branch(conn, entries, size, cut)
+            return await self._extend_branch(conn, entries, size, cut, peer_height)
         entries = self._checked_headers(conn, entries)
         progressed = await self._import_entries(conn, entries)
         return progressed and not cut  # after a cut, ask again when the block is due
@@ -331,7 +354,7 @@ class BlockSync:
             self.pipeline.header_verified(entries[-1]["block"]["header"]["height"])
         return entries
 
-    async def _extend_branch(self, conn, entries, size, cut=False):
+    async def _extend_branch(self, conn, entries, size, cut=False, peer_height=0):
         _, fork_height, branch = self._branch
         self._branch_bytes += size
         if self._branch_bytes > MAX_BRANCH_BYTES:
@@ -357,10 +380,13 @@ class BlockSync:
                 return False
             self.pipeline.header_verified(header["height"])  # it links to our chain through the branch
             branch.append((entry["block"], txs))
-        if not entries and not cut:
+        if not branch:
             self._branch = None
-            return False  # the peer has nothing more: its branch is not longer
-        if fork_height + len(branch) <= self.chain.head()[0]:
+            return False
+        # The whole branch is here once the peer has nothing more or the
+        # answer reached its head; then fork choice decides, longer or not.
+        whole = not cut and (not entries or fork_height + len(branch) >= peer_height)
+        if fork_height + len(branch) <= self.chain.head()[0] and not whole:
             return not cut  # not longer than ours yet: ask for more (after a cut, when the block is due)
         self._branch = None
         try:
@@ -368,7 +394,13 @@ class BlockSync:
         except AitError as e:
             if e.code == "head_moved":
                 return True
-            if e.code != "block_in_future":  # the clock went back meanwhile: no one's fault
+            if e.code in ("branch_not_better", "fork_below_finalized"):
+                # An honest peer may hold a worse branch (it has not heard
+                # of ours yet): not asked for again until its head moves.
+                self._refused[conn] = branch[-1][0]["hash"]
+                self._log.info("peer {peer}'s branch is not taken: {reason}", peer=conn.addr, reason=e.message,
+                               component="p2p", event="branch_refused")
+            elif e.code != "block_in_future":  # the clock went back meanwhile: no one's fault
                 self.p2p.penalize(conn, "bad_block", e.message)
             return False
         for block in committed:
