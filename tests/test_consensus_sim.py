@@ -23,13 +23,19 @@ import random
 import shutil
 
 import cbor2
+from hypothesis import given, settings, strategies as st
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from aitnode import finality as F
+from aitnode import consensus as C, evidence as E, finality as F
+from aitnode.blocks import block_hash
+from aitnode.chain import MAX_FUTURE_DRIFT
+from aitnode.crypto import KeyPair
+from aitnode.p2p import auth_bytes
 from aitnode.proposer import ProposerService
 
-from tests.common import genesis_doc, key
-from tests.test_p2p import Net
+from tests.common import CHAIN_ID, genesis_doc, key
+from tests.test_p2p import Net, RawClient
 
 TICK = 0.1  # seconds per step; also how often each proposer looks whether its turn came
 INTERVAL_MS = 1000  # block_interval_ms
@@ -255,6 +261,10 @@ class Sim:
         self.net = SimNet(self.scope, self.schedule)
         self.keys = [key(40 + i) for i in range(n)]
         self.doc = genesis_doc(authorities=self.keys, block_interval_ms=INTERVAL_MS)
+        # Genesis made just now: block 1 is due one interval later for the
+        # in-turn authority (with genesis at 0, every authority's turn
+        # would have come long ago: see test_everyone_due_at_once).
+        self.doc["timestamp"] = int(self.net.clock.seconds() * 1000)
         self.peers = []
         for k in self.keys:
             self.net.join(self.net.peer(doc=self.doc, key=k))
@@ -313,12 +323,24 @@ class Sim:
         self.net.mesh(self.online)
 
     def settle_votes(self, members):
-        """Run until members made two more blocks: the votes cast before
-        a change (some authorities gone) ride in them and may still
-        justify and finalize what they voted for."""
+        """Run until each of members made two more blocks (at most two of
+        the longest turns, 1 + 2(n - 1) intervals each): the votes cast
+        before a change (authorities gone, a partition) ride in them and
+        may still justify and finalize what they voted for."""
+        tops = {i: self.head(i)[0] for i in members}
+        self.run(2 * (1 + 2 * (self.n - 1)), until=lambda: all(self.head(i)[0] >= tops[i] + 2 for i in members))
+        self.tc.assertTrue(all(self.head(i)[0] >= tops[i] + 2 for i in members))
+
+    def contested(self, members):
+        """Heights at which members may have voted for different blocks:
+        from their highest common block to the highest head.  A voter
+        signs nothing at or below its last vote, so finality needs blocks
+        above all of them."""
         top = max(self.head(i)[0] for i in members)
-        self.run(liveness_bound(self.n, sorted(self.online)),
-                 until=lambda: min(self.head(i)[0] for i in members) >= top + 2)
+        common = min(self.head(i)[0] for i in members)
+        while len({self.chain(i).store.hash_at(common) for i in members}) > 1:
+            common -= 1
+        return top - common
 
     # -- reading --------------------------------------------------------------
     def chain(self, i):
@@ -359,6 +381,14 @@ class Sim:
 
 
 class SimTestCase(SynchronousTestCase):
+    def setUp(self):
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def logged(self, event):
+        return [e for e in self.events if e.get("event") == event]
+
     def sim(self, n, **kw):
         return Sim(self, n, **kw)
 
@@ -384,6 +414,37 @@ class HealthyTests(SimTestCase):
 
     def test_seven(self):
         self.check_all_online(7)
+
+    def check_everyone_due_at_once(self, n):
+        """After all authorities were away longer than the last backup's
+        wait, every one's turn has come: each makes a block at the next
+        height and votes for it.  Fork choice settles on one; that height
+        is lost to finality (no one may vote there again), the next ones
+        are not."""
+        sim = self.sim(n)
+        sim.start()
+        sim.live(range(n))
+        for i in range(n):
+            sim.stop(i)
+        sim.run(2 * n + 1)
+        h = sim.head(0)[0]
+        sim.start()
+        sim.run(1 / STEPS)
+        # Each signed a block at h + 1 (fork choice settled them at once).
+        self.assertEqual([sim.peers[i].node.local.signed("proposal") for i in range(n)], [h + 1] * n)
+        sim.assert_one_chain(range(n))
+        sim.live(range(n), bound=liveness_bound(n, range(n)) + 1)
+        self.assertGreater(sim.finalized(0), h)
+        sim.run(3)
+        final = min(sim.finalized(i) for i in range(n))
+        for i in range(1, n):
+            self.assertEqual(sim.hashes(i, final), sim.hashes(0, final))
+
+    def test_everyone_due_at_once_four(self):
+        self.check_everyone_due_at_once(4)
+
+    def test_everyone_due_at_once_seven(self):
+        self.check_everyone_due_at_once(7)
 
 
 # -- authorities offline ----------------------------------------------------------
@@ -565,3 +626,297 @@ class ForkChoiceTests(SimTestCase):
         for i in (0, 1, 3):
             self.assertEqual({s for s in sim.peers[i].scores.values()}, {0}, f"node {i}: {sim.peers[i].scores}")
             self.assertEqual(sim.peers[i].bans, {})
+
+
+# -- random schedules -------------------------------------------------------------
+
+@st.composite
+def plans(draw, n):
+    """A network history for n authorities: who is offline, a stretch of
+    delays, drops and perhaps a partition, then a healthy network."""
+    q = quorum(n)
+    offline = draw(st.sets(st.integers(0, n - 1), max_size=n - q))
+    online = [i for i in range(n) if i not in offline]
+    links = [(a, b) for a in online for b in online if a != b]
+    delay = draw(st.lists(st.integers(0, 6), min_size=len(links), max_size=len(links)))
+    drop = draw(st.lists(st.sampled_from([0, 0, 10, 50, 200, 500]), min_size=len(links), max_size=len(links)))
+    split = None
+    if len(online) > 1 and draw(st.booleans()):
+        side = draw(st.sets(st.sampled_from(online), min_size=1, max_size=len(online) - 1))
+        start = draw(st.integers(0, 8))
+        split = (sorted(side), start, start + draw(st.integers(1, 12)))
+    calm = draw(st.lists(st.integers(0, SYNC_DELAY_TICKS), min_size=len(links), max_size=len(links)))
+    return {
+        "seed": draw(st.integers(0, 2**32 - 1)),
+        "offline": sorted(offline),
+        "warmup": draw(st.integers(0, 6)),
+        "chaos": draw(st.integers(1, 15)),
+        "delay": dict(zip(links, delay)),
+        "drop": dict(zip(links, drop)),
+        "split": split,
+        "calm": dict(zip(links, calm)),
+    }
+
+
+def play(testcase, n, plan):
+    """Run one plan on a fresh simulation; safety is checked at every
+    step (Monitor), liveness once the network is calm."""
+    scope = Scope(testcase)
+    try:
+        sim = Sim(testcase, n, seed=plan["seed"], scope=scope)
+        online = [i for i in range(n) if i not in plan["offline"]]
+        sim.start(online)
+        sim.run(plan["warmup"])
+        sim.schedule.delay.update(plan["delay"])
+        sim.schedule.drop.update(plan["drop"])
+        chaos_steps = plan["chaos"] * STEPS
+        split = plan["split"]
+        for step in range(chaos_steps):
+            if split is not None and step == split[1] * STEPS:
+                sim.partition(split[0], [i for i in online if i not in split[0]])
+            if split is not None and step == split[2] * STEPS:
+                sim.schedule.cut.clear()
+            sim.run(1 / STEPS)
+        burned = sim.contested(online)
+        sim.heal()
+        sim.schedule.delay.update(plan["calm"])
+        # Voters that signed at contested heights may vote again only above
+        # them: each such height may take the longest turn before it counts.
+        sim.live(online, bound=liveness_bound(n, online) + burned * (1 + 2 * (n - 1)))
+        sim.run(2)
+        sim.live(online)
+        return sim
+    except AssertionError as e:
+        raise type(e)(f"{e}\nplan: {plan}") from None  # trial shows no hypothesis notes
+    finally:
+        scope.close()
+
+
+# A third of the profile's examples (ci: 33, dev: 10): each one runs a
+# network of nodes for tens of simulated seconds (about 0.2 s for four).
+SIM_EXAMPLES = max(5, settings().max_examples // 3)
+
+
+class RandomScheduleTests(SynchronousTestCase):
+    @settings(max_examples=SIM_EXAMPLES)
+    @given(plans(4))
+    def test_four(self, plan):
+        play(self, 4, plan)
+
+    @settings(max_examples=SIM_EXAMPLES)
+    @given(plans(7))
+    def test_seven(self, plan):
+        play(self, 7, plan)
+
+
+# -- Byzantine authorities -------------------------------------------------------------
+
+def raw_peer(sim, i):
+    """A raw client connected to node i and through its handshake (as any
+    node key): what the test sends through it is what node i hears."""
+    target = sim.peers[i]
+    link = sim.net.connect(None, target, protocol=RawClient)
+    raw = link.client
+    node_key = KeyPair.generate()
+    theirs = raw.first("hello")
+    raw.send("hello", dict(theirs, node_id=node_key.public_key.hex(), challenge="ab" * 32, height=0,
+                           head=target.node.chain.genesis.hash))
+    raw.send("auth", {"sig": node_key.sign(auth_bytes(CHAIN_ID, theirs["challenge"], node_key.public_key.hex())).hex()})
+    sim.net.settle()
+    assert not link.closed
+    return link
+
+
+def proposer_index(sim, block):
+    return [k.address for k in sim.keys].index(block["header"]["proposer"])
+
+
+class ByzantineTests(SimTestCase):
+    B = 3  # the Byzantine authority's index
+
+    def offender_jailed(self, sim, kind):
+        """Run until a block on the honest nodes' chain carries evidence
+        against B; then check what jailing does.  Returns its height."""
+        b_addr = sim.keys[self.B].address
+        honest = [i for i in range(sim.n) if i != self.B]
+        start = sim.head(0)[0]
+
+        def evidence_height():
+            store = sim.chain(0).store
+            for h in range(start, sim.head(0)[0] + 1):
+                for ev in store.block_at(h).get("evidence") or ():
+                    parsed = E.parse_evidence(ev)
+                    if parsed.offender == b_addr:
+                        self.assertEqual(parsed.kind, kind)
+                        return h
+            return None
+
+        sim.run(liveness_bound(sim.n, range(sim.n)), until=lambda: evidence_height() is not None)
+        j = evidence_height()
+        self.assertIsNotNone(j, "no block carried the evidence")
+        sim.run(1)
+        for i in honest:
+            view = sim.chain(i).view()
+            self.assertIn(b_addr, C.set_of(view).jailed, f"node {i}")
+            view.release()
+            out = sim.peers[i].node.queries.get_authorities()
+            self.assertEqual(out["quorum"], F.quorum(sim.n - 1))
+            self.assertEqual([m["jailed"] for m in out["authorities"] if m["address"] == b_addr], [True])
+            self.assertEqual(sim.chain(i).store.hash_at(j), sim.chain(0).store.hash_at(j))
+            # The block after the jailing one carries the whole set (it changed).
+            self.assertEqual(sim.chain(i).store.block_at(j + 1)["authorities"], out["authorities"])
+        return j
+
+    def after_jailing(self, sim, j):
+        """B has no turn (its slots pass to the others: every block is
+        an in-turn one, one interval after its parent) and no vote that
+        counts, even one the proposers hold; finality goes on."""
+        b_addr = sim.keys[self.B].address
+        honest = [i for i in range(sim.n) if i != self.B]
+        top = sim.head(0)[0]
+        link = raw_peer(sim, 0)
+        source = sim.chain(0).finality().justified
+        vote = F.sign_vote(sim.keys[self.B], CHAIN_ID, top, sim.chain(0).store.hash_at(top),
+                           source.height, source.hash)  # B's vote for the head, as the others cast theirs
+        link.client.send("vote", {"vote": vote.to_wire()})
+        sim.net.settle()
+        link.pump.clientIO.loseConnection()
+        sim.live(honest, online=honest)
+        sim.run(2 * sim.n)
+        store = sim.chain(0).store
+        for h in range(j + 1, sim.head(0)[0] + 1):
+            block = store.block_at(h)
+            self.assertNotEqual(block["header"]["proposer"], b_addr, f"block {h}")
+            if h > j + 1:
+                self.assertNotIn(b_addr, [v["voter"] for v in block["votes"]], f"block {h}")
+                gap = block["header"]["timestamp"] - store.block_at(h - 1)["header"]["timestamp"]
+                self.assertLess(gap, 2 * INTERVAL_MS, f"block {h} waited for a backup's turn")
+        self.assertGreater(sim.finalized(0), j + 1)
+
+    def test_double_proposal_jailed(self):
+        """B signs a second header at the height of one of its blocks; an
+        honest node that hears it makes evidence of the pair, a proposer
+        puts it in its block, and B is jailed from the next block on."""
+        sim = self.sim(4, byzantine=[self.B])
+        sim.start()
+        sim.live(range(4))
+        sim.run(4)
+        store = sim.chain(0).store
+        mine = max(h for h in range(1, sim.head(0)[0] + 1) if proposer_index(sim, store.block_at(h)) == self.B)
+        block = store.block_at(mine)
+        header = dict(block["header"], timestamp=block["header"]["timestamp"] + 1)
+        h = block_hash(header)
+        forged = {"header": header, "hash": h, "sig": sim.keys[self.B].sign(bytes.fromhex(h)).hex(),
+                  "txs": [], "attestations": {}, "votes": block["votes"], "evidence": []}
+        link = raw_peer(sim, 0)
+        link.client.send("block", {"block": forged, "txs": []})
+        sim.net.settle()
+        link.pump.clientIO.loseConnection()
+        j = self.offender_jailed(sim, E.PROPOSAL)
+        self.after_jailing(sim, j)
+
+    def test_double_vote_jailed(self):
+        """B signs two votes for different blocks at one height."""
+        sim = self.sim(4, byzantine=[self.B])
+        sim.start()
+        sim.live(range(4))
+        top, _ = sim.head(0)
+        source = sim.chain(0).finality().justified
+        link = raw_peer(sim, 1)
+        for fake in ("aa" * 32, "bb" * 32):
+            vote = F.sign_vote(sim.keys[self.B], CHAIN_ID, top + 1, fake, source.height, source.hash)
+            link.client.send("vote", {"vote": vote.to_wire()})
+        sim.net.settle()
+        link.pump.clientIO.loseConnection()
+        j = self.offender_jailed(sim, E.VOTE)
+        self.after_jailing(sim, j)
+
+    def private_branch(self, sim, fork):
+        """B, cut off, rolls its node back to fork and builds on it every
+        block its turns allow with timestamps up to the drift ahead of the
+        clock that honest nodes accept (block_in_future beyond): a
+        branch longer than the honest chain.  Returns its hashes."""
+        b = sim.peers[self.B].node
+        b.pipeline.rollback(fork)
+        now = b.pipeline.now()
+        while True:
+            parent = b.chain.head_header()
+            earliest = b.chain.authority_set().earliest(
+                b.key.address, parent["height"] + 1, parent["timestamp"], INTERVAL_MS)
+            if earliest > now + MAX_FUTURE_DRIFT:
+                break
+            self.assertIsNotNone(b.pipeline.propose())
+        return sim.hashes(self.B)
+
+    def check_private_branch(self, fork_at):
+        sim = self.sim(4, byzantine=[self.B])
+        honest = [0, 1, 2]
+        sim.start()
+        sim.live(range(4))
+        sim.run(3)
+        sim.stop(self.B)
+        sim.run(2)
+        fin = sim.chain(0).finality()
+        self.assertEqual(fin.justified.height, sim.head(0)[0] - 1)
+        fork = fork_at(fin)
+        branch = self.private_branch(sim, fork)
+        self.assertGreater(len(branch) - 1, sim.head(0)[0])  # higher than the honest head
+        ours = {i: sim.hashes(i) for i in honest}
+        # B comes back and offers its branch.
+        sim.start([self.B])
+        sim.run(1)
+        b_id = sim.peers[self.B].node_id
+        for i in honest:
+            self.assertEqual(sim.hashes(i, len(ours[i]) - 1), ours[i], f"node {i} took B's branch")
+            self.assertNotIn(branch[-1], sim.hashes(i))
+            # Every block of it is valid: refusing it is fork choice's, no offence.
+            self.assertEqual(sim.peers[i].scores.get(b_id), 0)
+        sim.live(honest, online=honest)
+        for i in honest:
+            self.assertNotIn(branch[fork + 1], sim.hashes(i))
+        return sim, branch
+
+    def test_private_branch_from_the_finalized_block_loses(self):
+        """Forked at the honest finalized block, B's branch justifies no
+        more than that block: the honest chain's justified block is higher,
+        so fork choice keeps it however long B's branch is."""
+        self.check_private_branch(lambda fin: fin.finalized.height)
+        refused = self.logged("branch_refused")
+        self.assertTrue(refused)
+        self.assertIn("not better", refused[0]["reason"])
+
+    def test_private_branch_below_the_finalized_block_is_refused(self):
+        """Forked below the finalized block, B's branch is refused before
+        it is even checked: a finalized block is never reverted."""
+        self.check_private_branch(lambda fin: fin.finalized.height - 1)
+        self.assertTrue(self.logged("fork_below_finalized"))
+        self.assertFalse(self.logged("branch_refused"))
+
+    def test_private_branch_from_the_justified_block(self):
+        """Forked at the honest justified block (not yet finalized), B's
+        branch carries the votes for it too: the justified heights tie, and
+        the longer branch wins, as fork choice says.  Nothing finalized is
+        reverted (the Monitor checks every step), and finality resumes on
+        whichever branch won once the clock has passed its timestamps.
+        (With MAX_FUTURE_DRIFT at 15 s, B's branch stamped up to the drift
+        ahead is longer and wins, holding production back that long.)"""
+        sim = self.sim(4, byzantine=[self.B])
+        honest = [0, 1, 2]
+        sim.start()
+        sim.live(range(4))
+        sim.run(3)
+        sim.stop(self.B)
+        sim.run(2)
+        fin = sim.chain(0).finality()
+        branch = self.private_branch(sim, fin.justified.height)
+        self.assertEqual(sim.peers[self.B].node.chain.finality().justified, fin.justified)
+        sim.start([self.B])
+        sim.run(1)
+        tips = {sim.head(i) for i in honest}
+        self.assertEqual(len(tips), 1)
+        if sim.hashes(0)[-1] == branch[-1]:
+            self.assertEqual(sim.hashes(0), branch)
+        ahead = max(0, sim.chain(0).head_header()["timestamp"] - sim.peers[0].node.pipeline.now()) / INTERVAL_MS
+        sim.live(range(4), bound=ahead + liveness_bound(4, range(4)) + 1)
+        for i in honest:
+            self.assertEqual(sim.hashes(i, fin.finalized.height), sim.hashes(0, fin.finalized.height))
