@@ -13,6 +13,7 @@ from tests.common import (
     ADMIN_TOKEN, ALICE, AUTHORITY, BOB, CAROL, CHAIN_ID, GENESIS_BALANCE, genesis_doc, key, make_node, make_rpc,
     transfer, wire,
 )
+from tests.test_consensus import A0, A1, A2, A3, KEYS, Builder, doc, double_proposal
 
 BASE = "http://127.0.0.1"
 AUTH = {b"Authorization": [b"Bearer " + ADMIN_TOKEN.encode()]}
@@ -617,3 +618,72 @@ class DeepNestingTests(RPCTestBase):
                 self.assertIn(out["error"]["code"], ("malformed_json", "wrong_type", "bad_param", "wrong_chain",
                                                      "bad_address", "unknown_field", "missing_field"), (n, path))
         self.assertEqual(len(self.node.mempool), 0)
+
+
+class FinalityRouteTests(RPCTestBase):
+    """GET /rpc/getAuthorities and the finality fields of getHead and getTx."""
+
+    def four(self):
+        """This node as authority A0 of four (epoch_length 4), and a Builder
+        making blocks elsewhere that it imports."""
+        self.node = make_node(self, doc=doc(), key=A0)
+        self.rpc, self.http = make_rpc(self.node)
+        src = make_node(self, doc=doc(), key=None)
+        return Builder(src)
+
+    def import_(self, block):
+        self.node.pipeline.import_block(block, [])
+
+    def test_get_authorities(self):
+        b = self.four()
+        members = [{"address": k.address, "public_key": k.public_key.hex(), "jailed": False} for k in KEYS]
+        self.assertEqual(self.ok("GET", "/rpc/getAuthorities"),
+                         {"height": 1, "epoch": 0, "quorum": 3, "authorities": members})
+        for _ in range(4):
+            self.import_(b.block(by=A1))
+        # Height 5 opens epoch 1; block 6 carries evidence that jails A3 from block 7 on.
+        mine = b.block(by=A3)
+        self.import_(mine)
+        self.import_(b.block(by=A2, evidence=[double_proposal(b.chain, A3, 5)]))
+        jailed = [dict(m, jailed=m["address"] == A3.address) for m in members]
+        self.assertEqual(self.ok("GET", "/rpc/getAuthorities"),
+                         {"height": 7, "epoch": 1, "quorum": 3, "authorities": jailed})
+        self.assertEqual(self.ok("GET", "/rpc/getAuthorities?height=7")["authorities"], jailed)
+        # A past height: the set in effect for that block.
+        self.assertEqual(self.ok("GET", "/rpc/getAuthorities?height=6"),
+                         {"height": 6, "epoch": 1, "quorum": 3, "authorities": members})
+        self.assertEqual(self.ok("GET", "/rpc/getAuthorities?height=1")["height"], 1)
+        self.refused("GET", "/rpc/getAuthorities?height=8", 404, "not_found")  # not known yet
+        for bad in ("0", "-1", "x", "1.5", "", "%C2%B2", "1" * 21):
+            self.refused("GET", "/rpc/getAuthorities?height=" + bad, 400, "bad_height")
+
+    def test_get_tx_finalized(self):
+        t = transfer(ALICE, 1, BOB, 10)
+        self.send(t)
+        self.assertNotIn("finalized", self.ok("GET", "/rpc/getTx/" + t.hash))  # pending
+        self.node.pipeline.propose()
+        self.assertIs(self.ok("GET", "/rpc/getTx/" + t.hash)["finalized"], False)
+        # One authority: block 2 justifies block 1, block 3 finalizes it.
+        self.node.clock.advance(0.01)
+        self.node.pipeline.propose()
+        self.assertIs(self.ok("GET", "/rpc/getTx/" + t.hash)["finalized"], False)
+        self.node.clock.advance(0.01)
+        self.node.pipeline.propose()
+        self.assertIs(self.ok("GET", "/rpc/getTx/" + t.hash)["finalized"], True)
+        head = self.ok("GET", "/rpc/getHead")
+        self.assertEqual(head["finalized"], {"height": 1, "hash": self.node.store.hash_at(1)})
+        self.assertEqual(head["justified"], {"height": 2, "hash": self.node.store.hash_at(2)})
+
+    def test_get_head_with_four_authorities(self):
+        b = self.four()
+        self.import_(b.block(by=A1))
+        self.import_(b.block(by=A1, voters=(A1, A2)))  # two votes of four: nothing justified
+        head = self.ok("GET", "/rpc/getHead")
+        genesis = {"height": 0, "hash": self.node.chain.genesis.hash}
+        self.assertEqual((head["justified"], head["finalized"]), (genesis, genesis))
+        self.import_(b.block(by=A1, voters=(A1, A2, A3)))  # three: block 2 justified
+        self.import_(b.block(by=A1, voters=KEYS))  # block 3 justified, 2 finalized
+        head = self.ok("GET", "/rpc/getHead")
+        self.assertEqual(head["height"], 4)
+        self.assertEqual(head["justified"], {"height": 3, "hash": self.node.store.hash_at(3)})
+        self.assertEqual(head["finalized"], {"height": 2, "hash": self.node.store.hash_at(2)})
