@@ -111,8 +111,10 @@ class SendAndQueryTests(RPCTestBase):
         self.assertEqual(
             set(by_height),
             {"chain_id", "parent", "height", "timestamp", "proposer", "tx_root", "state_root", "votes_root",
-             "evidence_root", "authorities_hash", "hash", "sig", "txs"},
+             "evidence_root", "authorities_hash", "hash", "sig", "txs", "votes", "evidence", "authorities"},
         )
+        self.assertEqual((by_height["votes"], by_height["evidence"]), ([], []))  # block 1: genesis is final
+        self.assertEqual(by_height["authorities"], block["authorities"])  # the first block of an epoch
         for k, v in block["header"].items():
             self.assertEqual(by_height[k], v)
         self.assertEqual(by_height["hash"], block["hash"])
@@ -656,6 +658,27 @@ class FinalityRouteTests(RPCTestBase):
         self.refused("GET", "/rpc/getAuthorities?height=8", 404, "not_found")  # not known yet
         for bad in ("0", "-1", "x", "1.5", "", "%C2%B2", "1" * 21):
             self.refused("GET", "/rpc/getAuthorities?height=" + bad, 400, "bad_height")
+
+    def test_get_block_shows_votes_evidence_and_the_set(self):
+        b = self.four()
+        self.import_(b.block(by=A1))
+        self.import_(b.block(by=A3))
+        voted = b.block(by=A1, voters=(A1, A2, A3), evidence=[double_proposal(b.chain, A3, 2)])
+        self.import_(voted)
+        out = self.ok("GET", "/rpc/getBlock/3")
+        self.assertEqual(out["votes"], voted["votes"])
+        self.assertEqual([v["voter"] for v in out["votes"]], sorted(k.address for k in (A1, A2, A3)))
+        self.assertEqual(out["evidence"], voted["evidence"])
+        self.assertEqual(out["evidence"][0]["kind"], "proposal")
+        self.assertNotIn("authorities", out)
+        self.assertEqual(self.ok("GET", "/rpc/getBlock/3?full=true")["votes"], voted["votes"])
+        # Block 4 carries the set (A3 jailed), as does the first block of each epoch.
+        self.import_(b.block(by=A1))
+        out = self.ok("GET", "/rpc/getBlock/4")
+        self.assertEqual([m["jailed"] for m in out["authorities"]], [False, False, False, True])
+        self.assertEqual(self.ok("GET", "/rpc/getBlock/1")["authorities"],
+                         [{"address": k.address, "public_key": k.public_key.hex(), "jailed": False} for k in KEYS])
+        self.assertEqual(self.ok("GET", "/rpc/getBlock/0")["votes"], [])
 
     def test_get_tx_finalized(self):
         t = transfer(ALICE, 1, BOB, 10)
