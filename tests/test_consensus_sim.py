@@ -632,28 +632,36 @@ class ForkChoiceTests(SimTestCase):
 
 @st.composite
 def plans(draw, n):
-    """A network history for n authorities: who is offline, a stretch of
-    delays, drops and perhaps a partition, then a healthy network."""
+    """A network history for n authorities: who is offline from the start
+    (and who of them joins when the network heals), a stretch of delays,
+    drops, perhaps a partition and an authority going away for a while,
+    then a healthy network."""
     q = quorum(n)
     offline = draw(st.sets(st.integers(0, n - 1), max_size=n - q))
     online = [i for i in range(n) if i not in offline]
     links = [(a, b) for a in online for b in online if a != b]
     delay = draw(st.lists(st.integers(0, 6), min_size=len(links), max_size=len(links)))
     drop = draw(st.lists(st.sampled_from([0, 0, 10, 50, 200, 500]), min_size=len(links), max_size=len(links)))
+    chaos = draw(st.integers(1, 15))
     split = None
     if len(online) > 1 and draw(st.booleans()):
         side = draw(st.sets(st.sampled_from(online), min_size=1, max_size=len(online) - 1))
-        start = draw(st.integers(0, 8))
+        start = draw(st.integers(0, chaos - 1))
         split = (sorted(side), start, start + draw(st.integers(1, 12)))
+    away = None
+    if draw(st.booleans()):
+        away = (draw(st.sampled_from(online)), draw(st.integers(0, chaos - 1)))
     calm = draw(st.lists(st.integers(0, SYNC_DELAY_TICKS), min_size=len(links), max_size=len(links)))
     return {
         "seed": draw(st.integers(0, 2**32 - 1)),
         "offline": sorted(offline),
+        "joins": sorted(draw(st.sets(st.sampled_from(sorted(offline)))) if offline else []),
         "warmup": draw(st.integers(0, 6)),
-        "chaos": draw(st.integers(1, 15)),
+        "chaos": chaos,
         "delay": dict(zip(links, delay)),
         "drop": dict(zip(links, drop)),
         "split": split,
+        "away": away,  # (who, the interval it leaves at); back when the network heals
         "calm": dict(zip(links, calm)),
     }
 
@@ -669,22 +677,25 @@ def play(testcase, n, plan):
         sim.run(plan["warmup"])
         sim.schedule.delay.update(plan["delay"])
         sim.schedule.drop.update(plan["drop"])
-        chaos_steps = plan["chaos"] * STEPS
-        split = plan["split"]
-        for step in range(chaos_steps):
+        split, away = plan["split"], plan["away"]
+        for step in range(plan["chaos"] * STEPS):
             if split is not None and step == split[1] * STEPS:
                 sim.partition(split[0], [i for i in online if i not in split[0]])
             if split is not None and step == split[2] * STEPS:
                 sim.schedule.cut.clear()
+            if away is not None and step == away[1] * STEPS:
+                sim.stop(away[0])
             sim.run(1 / STEPS)
-        burned = sim.contested(online)
+        running = sorted(set(online) | set(plan["joins"]))
+        burned = sim.contested(running)
         sim.heal()
         sim.schedule.delay.update(plan["calm"])
+        sim.start(running)
         # Voters that signed at contested heights may vote again only above
         # them: each such height may take the longest turn before it counts.
-        sim.live(online, bound=liveness_bound(n, online) + burned * (1 + 2 * (n - 1)))
+        sim.live(running, bound=liveness_bound(n, running) + burned * (1 + 2 * (n - 1)))
         sim.run(2)
-        sim.live(online)
+        sim.live(running)
         return sim
     except AssertionError as e:
         raise type(e)(f"{e}\nplan: {plan}") from None  # trial shows no hypothesis notes
