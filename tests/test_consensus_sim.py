@@ -33,6 +33,7 @@ from aitnode.chain import MAX_FUTURE_DRIFT
 from aitnode.crypto import KeyPair
 from aitnode.p2p import auth_bytes
 from aitnode.proposer import ProposerService
+from aitnode.steps import run_steps
 
 from tests.common import CHAIN_ID, genesis_doc, key
 from tests.test_p2p import Net, RawClient
@@ -931,3 +932,41 @@ class ByzantineTests(SimTestCase):
         sim.live(range(4), bound=ahead + liveness_bound(4, range(4)) + 1)
         for i in honest:
             self.assertEqual(sim.hashes(i, fin.finalized.height), sim.hashes(0, fin.finalized.height))
+
+    def test_two_valid_blocks_at_one_height_split_the_network(self):
+        """B, in turn, signs two valid blocks at one height and sends one to
+        nodes 0 and 1, the other to node 2: the honest nodes build on
+        different blocks until they hear both headers; then the pair is
+        evidence, one branch wins, nothing finalized is reverted, B is
+        jailed and finality goes on without it."""
+        sim = self.sim(4, byzantine=[self.B])
+        sim.start()
+        sim.live(range(4))
+        b = sim.peers[self.B].node
+        sim.proposers[self.B].stopService()
+        # Wait until B's turn has come (the others' backups not yet).
+        for _ in range(4 * STEPS * 2):
+            parent = b.chain.head_header()
+            if b.chain.authority_set().rank(b.key.address, parent["height"] + 1) == 0 and \
+                    b.pipeline.now() >= parent["timestamp"] + INTERVAL_MS:
+                break
+            sim.run(1 / STEPS)
+        twin, _, view, _ = run_steps(b.chain.build_steps([], b.key, b.pipeline.now() + 1))
+        view.release()
+        for i in (0, 1, self.B):  # blocks do not cross between {0, 1, B} and {2} for a while
+            sim.schedule.mute[(i, 2)] = sim.schedule.mute[(2, i)] = {"block", "blocks", "get_blocks"}
+        mine = b.pipeline.propose()
+        self.assertNotEqual(mine["hash"], twin["hash"])
+        link = raw_peer(sim, 2)
+        link.client.send("block", {"block": twin, "txs": []})
+        sim.net.settle()
+        link.pump.clientIO.loseConnection()
+        h = mine["header"]["height"]
+        self.assertEqual(sim.chain(2).store.hash_at(h), twin["hash"])
+        sim.run(2)
+        self.assertEqual([sim.chain(i).store.hash_at(h) for i in (0, 1, 2)], [mine["hash"], mine["hash"], twin["hash"]])
+        sim.heal()
+        j = self.offender_jailed(sim, E.PROPOSAL)
+        self.assertGreater(j, h)
+        self.after_jailing(sim, j)
+        self.assertEqual(len({sim.chain(i).store.hash_at(h) for i in (0, 1, 2)}), 1)

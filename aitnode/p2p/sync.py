@@ -43,6 +43,7 @@ class BlockSync:
         self.chain = node.chain
         self.mempool = node.mempool
         self.pipeline = node.pipeline
+        self.ballot = node.ballot  # sees every signed header that comes in (evidence)
         self.reactor = reactor
         self.pause = pause
         self.sync_batch = sync_batch
@@ -345,6 +346,7 @@ class BlockSync:
                 if prev is not None and (header["parent"] != prev["hash"] or header["height"] != prev["header"]["height"] + 1):
                     raise AitError("bad_block", "sync answer blocks are not in order")
                 self.chain.check_signed_header(block)
+                self.ballot.seen_header(header, block.get("sig"))
             except AitError as e:
                 self.p2p.penalize(conn, "bad_block", e.message)
                 entries = entries[:n]
@@ -373,6 +375,8 @@ class BlockSync:
                 raise PeerError("bad_block", "branch blocks are not in order")
             try:
                 self.chain.check_signed_header(entry["block"])
+                # Ours at this height may be by the same proposer: evidence.
+                self.ballot.seen_header(header, entry["block"].get("sig"))
                 txs = self.block_txs(entry["block"], entry["txs"])
             except AitError as e:
                 self._branch = None
