@@ -22,6 +22,7 @@ import tempfile
 from twisted.internet.task import Clock
 
 from aitnode import evidence as E, finality as F, params as P, receipts
+from aitnode.blocks import block_bytes, block_hash, tx_leaf
 from aitnode.chain import Chain
 from aitnode.consensus import change_id
 from aitnode.crypto import KeyPair
@@ -62,12 +63,9 @@ def member(k):
     return {"address": k.address, "public_key": k.public_key.hex()}
 
 
-def key_json(label, k, private=True):
-    out = {"seed_of": f'sha256("{label}")'}
-    if private:
-        out["private_key"] = k.seed.hex()
-    out.update(public_key=k.public_key.hex(), address=k.address)
-    return out
+def key_json(label, k):
+    return {"seed_of": f'sha256("{label}")', "private_key": k.seed.hex(), "public_key": k.public_key.hex(),
+            "address": k.address}
 
 
 def entries_of(store, namespaces):
@@ -176,7 +174,6 @@ def block1_vector(scratch):
     chain = scratch.chain(Genesis(genesis_doc()))
     txs = block1_txs()
     block, _ = build(chain, txs, AUTHORITY, BLOCK1_TIME)
-    from aitnode.blocks import block_bytes
     return {
         "txs": [wire(tx) for tx in txs],
         "tx_hashes": [tx.hash for tx in txs],
@@ -237,7 +234,6 @@ def claim_vector(scratch, old):
     """The claim vector: its parts that depend on the block format are
     rebuilt; the rest (keys, signatures of the payment, claim and
     attestation) are rebuilt too and must equal what the document holds."""
-    from aitnode.blocks import block_bytes, tx_leaf
     g, payment, claim, att = claim_parts()
     chain = scratch.chain(g)
     b1, b2, records = claim_chain(chain, payment, claim, att)
@@ -334,7 +330,6 @@ def evidence_vector():
                 "tx_root": ZERO, "state_root": label_hash("aitnode vector state"), "votes_root": ZERO,
                 "evidence_root": ZERO, "authorities_hash": label_hash("aitnode vector authorities")}
                for ts in (T0 + 70_000, T0 + 71_000)]
-    from aitnode.blocks import block_hash
     built = {
         "double_vote": E.vote_evidence(first, F.sign_vote(k, CID, 7, blk("7b"), 6, blk(6))),
         "surround_vote": E.vote_evidence(F.sign_vote(k, CID, 9, blk(9), 5, blk(5)), first),
@@ -371,11 +366,6 @@ def authority_set_vector(scratch):
     change = {"action": "add", "address": b.address, "public_key": b.public_key.hex()}
     update = sign_tx(a, CID, "AUTHORITY_UPDATE", 1, 0, change)
     blocks, receipts_ = [], {}
-
-    def entry(block):
-        return {"block": block, "txs": [tx.to_wire() for tx in block_txs[block["hash"]]]}
-
-    block_txs = {}
     ts = T0
     hashes = {0: g.hash}
 
@@ -385,11 +375,10 @@ def authority_set_vector(scratch):
         block, records = build(chain, txs, key, ts, votes=votes, evidence=evidence)
         if block["header"]["timestamp"] != ts or block["header"]["height"] != height:
             raise AssertionError(f"block {height} is not stamped as planned")
-        block_txs[block["hash"]] = txs
         hashes[height] = block["hash"]
         for h, rec in records:
             receipts_[h] = rec["result"]
-        blocks.append(entry(block))
+        blocks.append({"block": block, "txs": [tx.to_wire() for tx in txs]})  # a block entry (Peer protocol)
         return block
 
     def vote(k, height, source):
