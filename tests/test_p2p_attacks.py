@@ -934,7 +934,7 @@ class FutureBlockTests(P2PTestCase):
         self.net.advance(ahead - DRIFT - 1)
         self.assertEqual(self.follower.node.chain.head()[0], 0)
         self.net.advance(1)
-        self.assertEqual(self.follower.node.chain.head(), (1, block["hash"]))
+        self.assertEqual(self.follower.node.queries.get_head(), {"height": 1, "hash": block["hash"]})
         self.assertEqual(self.follower.sync.held, {})
 
     def test_the_holding_area_is_bounded(self):
@@ -961,7 +961,9 @@ class FutureBlockTests(P2PTestCase):
         source.pipeline.propose()
         source.clock.advance(100)
         source.pipeline.propose()  # block 3: 100 s ahead of the network's clock
-        source.pipeline.propose()
+        source.pipeline.propose()  # block 4: one turn (block_interval_ms) after block 3
+        stamps = [source.chain.store.block_at(h)["header"]["timestamp"] for h in (3, 4)]
+        self.assertEqual(stamps[1] - stamps[0], source.chain.params()["block_interval_ms"])
         peer = authed_raw(self.net, self.follower, height=4)
         peer.client.send("blocks", {"blocks": [source.chain.block_entry(h) for h in (1, 2, 3, 4)], "height": 4})
         self.net.settle()
@@ -976,12 +978,15 @@ class FutureBlockTests(P2PTestCase):
         self.assertEqual(len(asks), 2)
         peer.client.send("blocks", {"blocks": [source.chain.block_entry(h) for h in (3, 4)], "height": 4})
         self.net.settle()
-        # Block 4 is stamped one turn (10 ms) after block 3: due a moment later.
+        # Block 3 is due; block 4, a turn later, is not yet: it stops there again.
         self.assertEqual(self.follower.node.chain.head()[0], 3)
+        self.assertEqual(len([m for m in peer.client.got if m["type"] == "get_blocks"]), 2)
         self.net.advance(1)
+        self.assertEqual(len([m for m in peer.client.got if m["type"] == "get_blocks"]), 3)
         peer.client.send("blocks", {"blocks": [source.chain.block_entry(4)], "height": 4})
         self.net.settle()
         self.assertEqual(self.follower.node.chain.head(), source.chain.head())
+        self.assertEqual(self.follower.scores[peer.node_id], 0)
 
 
 class ConnectionBoundTests(P2PTestCase):

@@ -20,7 +20,7 @@ from twisted.trial import unittest
 from aitnode import p2p as p2pmod
 
 from tests.common import ALICE, BOB, CAROL, genesis_doc, key, transfer, wire
-from tests.procs import NodeProcess, WaitTimeout, inline, wait_for
+from tests.procs import NodeProcess, WaitTimeout, inline, turns_doc, wait_for
 
 K1, K2 = key(31), key(32)
 
@@ -262,7 +262,7 @@ class RefusalTests(PeersTestCase):
 class AuthorityTests(PeersTestCase):
     @inline
     async def test_two_authorities_alternate_and_survive_a_stop(self):
-        doc = genesis_doc(authorities=(K1, K2))
+        doc = turns_doc(0.25, authorities=(K1, K2))
         order = doc["authorities"]  # authorities[h mod 2] is in turn at height h
         a = await self.node(doc=doc, key=K1, interval=0.25).start()
         b = await self.node(doc=doc, key=K2, interval=0.25, peers=[a.p2p_url]).start()

@@ -110,8 +110,12 @@ class SendAndQueryTests(RPCTestBase):
         self.assertEqual(
             set(by_height),
             {"chain_id", "parent", "height", "timestamp", "proposer", "tx_root", "state_root", "votes_root",
-             "evidence_root", "authorities_hash", "hash", "sig", "txs"},
+             "evidence_root", "authorities_hash", "hash", "sig", "txs", "votes", "evidence", "authorities"},
         )
+        # Block 1 begins the first epoch: it carries the set; it has no votes or evidence.
+        self.assertEqual((by_height["votes"], by_height["evidence"]), ([], []))
+        self.assertEqual(by_height["authorities"], block["authorities"])
+        self.assertEqual(by_height["authorities"], self.node.chain.authority_set().members)
         for k, v in block["header"].items():
             self.assertEqual(by_height[k], v)
         self.assertEqual(by_height["hash"], block["hash"])
@@ -126,7 +130,11 @@ class SendAndQueryTests(RPCTestBase):
         self.assertEqual(genesis["hash"], Genesis(genesis_doc()).hash)
         self.assertEqual(genesis["parent"], "0" * 64)
         self.assertEqual(genesis["txs"], [])
+        self.assertEqual((genesis["votes"], genesis["evidence"]), ([], []))
+        self.assertNotIn("authorities", genesis)
         self.assertEqual(by_height["parent"], genesis["hash"])
+        self.node.pipeline.propose()
+        self.assertNotIn("authorities", self.ok("GET", "/rpc/getBlock/2"))  # not an epoch's first block
 
     def test_get_block_unknown_and_bad(self):
         self.refused("GET", "/rpc/getBlock/2", 404, "not_found")
