@@ -194,7 +194,7 @@ class BlockSync:
                 raise PeerError("protocol", "locator must be a list of at most 64 hashes")
             return loc, None, limit
         start = d.get("from")
-        if type(start) is not int or start < 0:
+        if not is_u64(start):
             raise PeerError("protocol", "get_blocks from must be a height")
         return None, start, limit
 
@@ -210,6 +210,7 @@ class BlockSync:
                 if block is not None and store.hash_at(block["header"]["height"]) == h:
                     start = block["header"]["height"] + 1
                     break
+        start = max(start, 1)  # every node has the genesis block: it is never sent
         height = self.chain.head()[0]
         parts, size = [], 0
         for h in range(start, min(height, start + limit - 1) + 1):
@@ -222,7 +223,7 @@ class BlockSync:
 
     # -- importing -------------------------------------------------------------
     def on_blocks(self, conn, d):
-        if type(d) is not dict or type(d.get("blocks")) is not list or type(d.get("height")) is not int:
+        if type(d) is not dict or type(d.get("blocks")) is not list or not is_u64(d.get("height")):
             raise PeerError("protocol", "blocks malformed")
         entries = [check_entry(e) for e in d["blocks"]]
         conn.remote_height = max(conn.remote_height, d["height"])
@@ -419,6 +420,10 @@ def check_entry(e):
     if type(b.get("header")) is not dict or not is_hex(b.get("hash"), 32) or type(b.get("txs")) is not list:
         raise PeerError("protocol", "block malformed")
     h = b["header"]
-    if type(h.get("height")) is not int or not is_hex(h.get("parent"), 32):
-        raise PeerError("protocol", "block header malformed")
+    if not is_u64(h.get("height")) or h["height"] == 0 or not is_hex(h.get("parent"), 32):
+        raise PeerError("protocol", "block header malformed (genesis never travels)")
     return e
+
+
+def is_u64(n):
+    return type(n) is int and 0 <= n < 1 << 64

@@ -197,7 +197,7 @@ class PeerConnection:
         """A height and head the peer claims (hello, status): used to pick
         whom to ask for blocks, never trusted for anything else."""
         height, head = d.get("height"), d.get("head")
-        if type(height) is not int or height < 0 or not is_hex(head, 32):
+        if type(height) is not int or not 0 <= height < 1 << 64 or not is_hex(head, 32):
             raise PeerError("protocol", "height/head malformed")
         self.remote_height, self.remote_head = height, head
 
