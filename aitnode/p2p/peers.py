@@ -297,9 +297,8 @@ class P2P(service.MultiService):
     def _on_tx(self, conn, d):
         if type(d) is not dict or type(d.get("tx")) is not dict:
             raise PeerError("protocol", "tx message malformed")
-        wire = d["tx"]
         try:
-            tx = self.admission.parse(wire)
+            tx = self.admission.parse(d["tx"])
         except AitError as e:
             raise PeerError("bad_tx", e.message)
         if tx.hash in self.seen_tx or self.admission.known(tx):
@@ -425,17 +424,20 @@ class P2P(service.MultiService):
             self.node.local.drop_peers([node_id for _, node_id in old[:len(rows) - MAX_PEER_ROWS]])
 
     def _bound_scores(self, connected=None):
+        """Over MAX_SCORES, forget the scores of the peers gone longest, down
+        to 90% of it (so the sorting is paid once per 1,000 new peers)."""
         if len(self.scores) <= MAX_SCORES:
             return
         connected = self._connected_keys() if connected is None else connected
         old = sorted((seen, k) for k, seen in self._score_seen.items() if k not in connected)
-        for _, key in old[:len(self.scores) - MAX_SCORES]:
+        for _, key in old[:len(self.scores) - MAX_SCORES * 9 // 10]:
             self.scores.pop(key, None)
             del self._score_seen[key]
 
     def _bound_bans(self):
+        """Over MAX_BANS, drop the bans that end soonest, down to 90% of it."""
         if len(self.bans) > MAX_BANS:
-            for _, key in sorted((until, k) for k, until in self.bans.items())[:len(self.bans) - MAX_BANS]:
+            for _, key in sorted((until, k) for k, until in self.bans.items())[:len(self.bans) - MAX_BANS * 9 // 10]:
                 del self.bans[key]
 
     def is_banned(self, node_id=None, addr=None):

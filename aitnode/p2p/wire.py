@@ -168,7 +168,8 @@ class PeerConnection:
             raise PeerError("protocol", "hello is not a map")
         for field in ("chain_id", "genesis", "version"):
             if d.get(field) != mine[field]:
-                self.send("reject", {"reason": f"{field} differs: mine is {mine[field]!r}, yours {d.get(field)!r}"})
+                yours = repr(d.get(field))[:100]  # what the peer sent, cut short
+                self.send("reject", {"reason": f"{field} differs: mine is {mine[field]!r}, yours {yours}"})
                 self._log.warn("refused peer {peer}: {field} differs", peer=self.addr, field=field,
                                component="p2p", event="peer_refused")
                 self.sendClose(1000, f"{field} differs")
