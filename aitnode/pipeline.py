@@ -207,7 +207,12 @@ class BlockPipeline:
         self.mempool.clear()
         readmit = []
         for wire in dropped:
-            tx = self.chain.parse_stored_tx(wire)  # it was stored by this node: it parses
+            try:
+                tx = self.chain.parse_stored_tx(wire)
+            except AitError as e:  # stored under older rules: it cannot even be named again
+                self._log.warn("a transaction of an undone block no longer parses ({code}); dropped",
+                               code=e.code, component="chain", event="reorg_unparsable")
+                continue
             readmit.append((tx, attestations.get(tx.hash)))
         refused = []
         restored = self.admission.readmit(readmit + pending, refused)
