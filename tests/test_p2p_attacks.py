@@ -816,6 +816,27 @@ class ReorgKeepsTransactionsTests(P2PTestCase):
         a.node.pipeline.propose()
         self.assertEqual(a.node.queries.get_tx(claim.hash)["status"], "included")
 
+    def test_hundreds_dropped_at_once(self):
+        """300 transactions of the undone blocks all refused (the new chain
+        used their nonces): each is reported, and no refusal keeps an LMDB
+        reader open (a node has 126)."""
+        doc = genesis_doc(authorities=(K1, K2))
+        a = self.net.peer(doc=doc, key=K1)
+        b = self.net.peer(doc=doc, key=K2)
+        mine = [transfer(ALICE, n, CAROL, 1) for n in range(1, 301)]
+        for t in mine:
+            a.node.admission.submit(t.to_wire())
+        a.node.pipeline.propose()
+        for n in range(1, 301):
+            b.node.admission.submit(transfer(ALICE, n, CAROL, 2).to_wire())
+        b.node.pipeline.propose()
+        b.node.pipeline.propose()
+        self.net.connect(a, b)
+        self.assertEqual(self.assertSameChain(a, b), hashes(b))
+        for t in mine:
+            error = a.node.queries.get_tx(t.hash)["receipt"]["error"]
+            self.assertEqual((error["code"], error["message"].split(":")[0]), ("dropped_by_reorg", "nonce_too_low"))
+
 
 # -- defect 14: peer table, scores and bans, blocks from the future ------------
 
@@ -1010,3 +1031,4 @@ class ConnectionBoundTests(P2PTestCase):
         held[0].client.dropConnection(abort=True)
         self.net.settle()
         self.assertFalse(self.net.connect(None, auth, protocol=RawClient).closed)
+
