@@ -173,6 +173,8 @@ class BlockPipeline:
         Raises AitError, having changed nothing, if any block fails.
         pause: awaited between blocks (signature checks, then state
         transitions), so a long branch never holds the reactor."""
+        self._log.info("checking a competing branch of {n} blocks after height {height}", n=len(branch),
+                       height=fork_height, component="chain", event="reorg_check")
         for _, txs in branch:
             await self.check_signatures(txs)
             if pause is not None:

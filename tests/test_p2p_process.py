@@ -10,14 +10,20 @@ failure carries every node's log.  Processes are killed in cleanup.
 import os
 import re
 import signal
+import time
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from aitnode import p2p as p2pmod
+from aitnode.chain import Chain
+from aitnode.genesis import Genesis
+from aitnode.node import compose
+from aitnode.store import Store
 
 from tests.common import ALICE, BOB, CAROL, genesis_doc, key, transfer, wire
 from tests.procs import NodeProcess, WaitTimeout, inline, wait_for
@@ -336,3 +342,75 @@ def upgrade_request(port):
         "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
         "Sec-WebSocket-Version: 13\r\n\r\n"
     ).encode()
+
+
+class KilledReorganisationTests(PeersTestCase):
+    timeout = 180
+
+    def chain_in(self, n, doc, key, blocks, per_block, amount):
+        """Fill n's data folder (before it starts) with blocks of key's,
+        stamped with the wall clock; returns (head, hashes)."""
+        clock = Clock()
+        clock.advance(int(time.time()) - 5)
+        node = compose(n.data_dir, Genesis(doc), clock, key=key)
+        try:
+            nonce = 0
+            for _ in range(blocks):
+                for _ in range(per_block):
+                    nonce += 1
+                    node.admission.submit(transfer(ALICE, nonce, CAROL, amount).to_wire())
+                node.pipeline.propose()
+            height = node.chain.head()[0]
+            return node.chain.head(), [node.store.hash_at(h) for h in range(height + 1)]
+        finally:
+            node.store.close()
+
+    def check_folder(self, n, doc):
+        """The chain in n's folder is whole: every block links to the one
+        below, every transaction of every block is recorded, and the state
+        is the head's; returns its hashes."""
+        store = Store(n.data_dir)
+        try:
+            chain = Chain(store, Genesis(doc))
+            height = store.head()[0]
+            out = [store.hash_at(h) for h in range(height + 1)]
+            for h in range(1, height + 1):
+                block = store.block_by_hash(out[h])
+                self.assertEqual(block["header"]["parent"], out[h - 1])
+                for tx_hash in block["txs"]:
+                    self.assertEqual(store.tx_record(tx_hash)["block"], out[h])
+            self.assertIsNone(store.hash_at(height + 1))
+            self.assertEqual(chain.view().root(), chain.head_header()["state_root"])
+            return out
+        finally:
+            store.close()
+
+    @inline
+    async def test_killed_while_reorganising_keeps_one_branch_whole(self):
+        """A follower holding one authority's 150 blocks meets a peer with
+        the other authority's 200 (2,000 transfers): SIGKILLed as soon as it
+        starts checking that branch, it restarts with one branch whole;
+        left alone, it switches to the new one whole.  (The kill inside the
+        switch's write transaction itself is tests.test_p2p_attacks
+        AtomicSwitchTests: too short a moment to hit from outside.)"""
+        doc = genesis_doc(authorities=(K1, K2))
+        b = self.node(key=None, doc=doc)
+        new_head, new = self.chain_in(b, doc, K2, 200, 10, 1)
+        await b.start()
+        a = self.node(key=None, doc=doc, peers=[b.p2p_url])
+        old_head, old = self.chain_in(a, doc, K1, 150, 2, 2)
+        a.spawn()
+        await self.wait(lambda: "event=reorg_check" in a.output or "checking a competing branch" in a.output,
+                        "a to start checking b's branch")
+        await a.kill()
+        # Almost always killed while it checks (the old branch); were the
+        # switch done by then, the new one: never a mix, never a gap.
+        self.assertIn(self.check_folder(a, doc), (old, new))
+        await a.start()
+        await self.wait_height(a, 200)
+        self.assertEqual(await self.head_of(a), {"height": new_head[0], "hash": new_head[1]})
+        await a.stop()
+        self.assertEqual(self.check_folder(a, doc), new)
+
+    async def head_of(self, n):
+        return await n.head()
