@@ -21,11 +21,12 @@ from twisted.trial import unittest
 
 from aitnode import p2p as p2pmod
 from aitnode.chain import Chain
+from aitnode.crypto import KeyPair
 from aitnode.genesis import Genesis
 from aitnode.node import compose
 from aitnode.store import Store
 
-from tests.common import ALICE, BOB, CAROL, genesis_doc, key, transfer, wire
+from tests.common import ALICE, AUTHORITY as AUTHORITY_KEY, BOB, CAROL, genesis_doc, key, transfer, wire
 from tests.procs import NodeProcess, WaitTimeout, inline, wait_for
 
 K1, K2 = key(31), key(32)
@@ -414,3 +415,47 @@ class KilledReorganisationTests(PeersTestCase):
 
     async def head_of(self, n):
         return await n.head()
+
+
+class DeafFloodTests(PeersTestCase):
+    timeout = 120
+
+    @inline
+    async def test_get_blocks_flood_from_a_peer_that_never_reads(self):
+        """A peer sends 600 get_blocks for 300 blocks each (about 100 KB per
+        answer) and stops reading its socket: the node's memory stays
+        within bounds (it grew by the answers' size before), it cuts the
+        peer off, and it goes on answering getHead."""
+        doc = genesis_doc()
+        n = self.node(doc=doc, key=None)
+        KilledReorganisationTests.chain_in(self, n, doc, AUTHORITY_KEY, 300, 1, 1)
+        await n.start()
+        pid = n.proto.transport.pid
+        before = rss_kib(pid)
+        client = await connect_ws(n.p2p_url)
+        await self.wait(lambda: client.got, "the node's hello")
+        theirs = client.got[0]["data"]
+        nk = KeyPair.generate()
+        hello = dict(theirs, node_id=nk.public_key.hex(), challenge="ab" * 32, height=0, head=theirs["genesis"])
+        client.sendMessage(p2pmod.encode("hello", hello), isBinary=True)
+        sig = nk.sign(p2pmod.auth_bytes(theirs["chain_id"], theirs["challenge"], nk.public_key.hex())).hex()
+        client.sendMessage(p2pmod.encode("auth", {"sig": sig}), isBinary=True)
+        await self.wait(lambda: "peer joined" in n.output, "the handshake")
+        client.transport.pauseProducing()  # from now on it reads nothing
+        for _ in range(600):
+            client.sendMessage(p2pmod.encode("get_blocks", {"from": 1, "limit": 512}), isBinary=True)
+        await self.wait(lambda: "get_blocks while another waits" in n.output, "the node to refuse the flood")
+        grown = rss_kib(pid) - before
+        self.assertLess(grown, 64 * 1024, f"the node grew by {grown} KiB\n{self.logs()}")
+        head = await n.head()
+        self.assertEqual(head["height"], 300)
+        client.transport.resumeProducing()
+        await self.wait(lambda: client.closed is not None, "the connection to close")
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
