@@ -1032,3 +1032,15 @@ class ConnectionBoundTests(P2PTestCase):
         self.net.settle()
         self.assertFalse(self.net.connect(None, auth, protocol=RawClient).closed)
 
+
+
+class HelloTypeTests(P2PTestCase):
+    def test_version_must_be_the_integer(self):
+        """version true or 1.0 equals 1 in Python, not on the wire."""
+        auth = self.net.peer()
+        for version in (True, 1.0):
+            link = self.net.connect(None, auth, protocol=RawClient)
+            hello_as(link, auth, KeyPair.generate(), version=version)
+            self.net.settle()
+            self.assertTrue(link.closed)
+            self.assertIn("version differs", link.client.first("reject")["reason"])

@@ -167,7 +167,7 @@ class PeerConnection:
         if type(d) is not dict:
             raise PeerError("protocol", "hello is not a map")
         for field in ("chain_id", "genesis", "version"):
-            if d.get(field) != mine[field]:
+            if d.get(field) != mine[field] or type(d.get(field)) is not type(mine[field]):  # True == 1 in Python
                 yours = repr(d.get(field))[:100]  # what the peer sent, cut short
                 self.send("reject", {"reason": f"{field} differs: mine is {mine[field]!r}, yours {yours}"})
                 self._log.warn("refused peer {peer}: {field} differs", peer=self.addr, field=field,
