@@ -40,6 +40,10 @@ def encode(mtype, data):
     return cbor2.dumps({"type": mtype, "data": data}, canonical=True)
 
 
+def is_u64(n):
+    return type(n) is int and 0 <= n < 1 << 64
+
+
 def _cbor_head(major, n):
     """The head of a CBOR item of major type major and length n (RFC 8949 3.1)."""
     for info, size in ((24, 1), (25, 2), (26, 4), (27, 8)):
@@ -198,7 +202,7 @@ class PeerConnection:
         """A height and head the peer claims (hello, status): used to pick
         whom to ask for blocks, never trusted for anything else."""
         height, head = d.get("height"), d.get("head")
-        if type(height) is not int or not 0 <= height < 1 << 64 or not is_hex(head, 32):
+        if not is_u64(height) or not is_hex(head, 32):
             raise PeerError("protocol", "height/head malformed")
         self.remote_height, self.remote_head = height, head
 
