@@ -1,4 +1,5 @@
-"""Block sync: asking peers for blocks, importing them, and answering them.
+"""Block sync: asking peers for blocks and importing them (serve answers
+a peer's get_blocks; held keeps gossiped blocks from the future).
 
 A node behind a peer asks it for blocks from a locator of its own chain
 (``get_blocks``); the answer's blocks are imported in order through the
@@ -9,30 +10,20 @@ switches to it at once (chain.reorganise_steps).  Fork choice compares
 blocks this node verified, never a height a peer claimed.
 """
 
-import cbor2
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from aitnode.chain import MAX_FUTURE_DRIFT
 from aitnode.encoding import is_hex
 from aitnode.errors import AitError
-from aitnode.p2p import wire
-from aitnode.p2p.wire import PeerError
+from aitnode.p2p.held import HeldBlocks
+from aitnode.p2p.wire import PeerError, is_u64
 
 SYNC_BATCH = 64
 SYNC_TIMEOUT = 30  # seconds to wait for a get_blocks answer
-MAX_LIMIT = 512  # blocks one get_blocks may ask for
-ANSWER_BYTES = 4 * 1024 * 1024  # encoded blocks in one answer (one block always goes, whatever its size)
 # A competing branch is held (parsed, in memory) while it is fetched, until
 # it is longer than the node's chain; the answers that brought it may add
 # up to this many bytes on the wire.  One branch is held at a time.
 MAX_BRANCH_BYTES = 64 * 1024 * 1024
-# Gossiped blocks stamped ahead of this node's clock (more than
-# chain.MAX_FUTURE_DRIFT) are held until their time: at most this many, of
-# at most HELD_BYTES in all, and none more than HOLD_AHEAD seconds early.
-HELD_BLOCKS = 16
-HELD_BYTES = 16 * 1024 * 1024
-HOLD_AHEAD = 60
 
 
 class BlockSync:
@@ -51,52 +42,26 @@ class BlockSync:
         self._branch = None  # (conn, fork height, [(block, txs)]) of a fork being fetched
         self._branch_bytes = 0
         self.importing = defer.DeferredLock()
-        self.held = {}  # hash -> (conn, entry, size, timer) of gossiped blocks from the future
-        self._held_bytes = 0
+        self.early = HeldBlocks(reactor, self.pipeline.now, self.on_block)  # gossiped blocks from the future
         self._retry = None  # asks again once a block from the future is due
+
+    @property
+    def held(self):
+        return self.early.blocks
 
     def stop(self):
         self._cancel_timer()
-        for _, _, _, timer in self.held.values():
-            if timer.active():
-                timer.cancel()
-        self.held.clear()
-        self._held_bytes = 0
+        self.early.stop()
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
 
     # -- blocks from the future ----------------------------------------------
-    def too_early(self, header):
-        """Seconds until a block with this header may be imported (0: now)."""
-        ts = header.get("timestamp")
-        if type(ts) is not int:
-            return 0  # verification refuses it
-        return max(0, ts - MAX_FUTURE_DRIFT - self.pipeline.now())
-
-    def _hold(self, conn, entry, wait):
-        block = entry["block"]
-        if block["hash"] in self.held:
-            return
-        size = conn.frame_bytes
-        if wait > HOLD_AHEAD or len(self.held) >= HELD_BLOCKS or self._held_bytes + size > HELD_BYTES:
-            self._log.warn("block {hash} is {s} s ahead of this node's clock; not held", hash=block["hash"],
-                           s=wait + MAX_FUTURE_DRIFT, component="p2p", event="block_too_far_ahead")
-            return
-        timer = self.reactor.callLater(wait, self._release, block["hash"])
-        self.held[block["hash"]] = (conn, entry, size, timer)
-        self._held_bytes += size
-
-    def _release(self, block_hash):
-        conn, entry, size, _ = self.held.pop(block_hash)
-        self._held_bytes -= size
-        self.on_block(conn, entry)
-
     def _until_due(self, conn, entries):
         """The entries before the first one stamped too far ahead; for that
         one, ask conn again when it is due.  (entries, whether cut)."""
         for n, entry in enumerate(entries):
-            wait = self.too_early(entry["block"]["header"])
+            wait = self.early.too_early(entry["block"]["header"])
             if wait:
                 if self._retry is not None and self._retry.active():
                     self._retry.cancel()
@@ -156,73 +121,11 @@ class BlockSync:
             self._branch = None
 
     def locator(self):
-        """Hashes of our chain at heights h, h-1, h-2, h-4, ... 0."""
-        store = self.chain.store
-        height = self.chain.head()[0]
-        out, step, h = [], 1, height
-        while h > 0 and len(out) < 63:
-            out.append(store.hash_at(h))
-            if len(out) > 8:
-                step *= 2
-            h -= step
-        out.append(store.hash_at(0))
-        return out
-
-    # -- answering -------------------------------------------------------------
-    def on_get_blocks(self, conn, d):
-        """Answer at once, or once the peer has read what it was sent
-        before: one request waits at most (P2P._watch answers it when the
-        output drains); another one meanwhile is a protocol violation."""
-        request = self.check_request(d)
-        if conn.waiting_request is not None:
-            raise PeerError("protocol", "get_blocks while another waits for the peer to read")
-        if conn.pending_output() > wire.SEND_LOW:
-            conn.waiting_request = request
-            return
-        self.answer(conn, request)
-
-    def check_request(self, d):
-        """(locator or None, from or None, limit) of a well-formed get_blocks."""
-        if type(d) is not dict:
-            raise PeerError("protocol", "get_blocks malformed")
-        limit = d.get("limit", self.sync_batch)
-        if type(limit) is not int or not 1 <= limit <= MAX_LIMIT:
-            raise PeerError("protocol", f"get_blocks limit must be 1..{MAX_LIMIT}")
-        if "locator" in d:
-            loc = d["locator"]
-            if type(loc) is not list or len(loc) > 64:
-                raise PeerError("protocol", "locator must be a list of at most 64 hashes")
-            return loc, None, limit
-        start = d.get("from")
-        if type(start) is not int or start < 0:
-            raise PeerError("protocol", "get_blocks from must be a height")
-        return None, start, limit
-
-    def answer(self, conn, request):
-        """Send conn the blocks it asked for, at most ANSWER_BYTES of them
-        as encoded (at least one block when there is any)."""
-        loc, start, limit = request
-        store = self.chain.store
-        if loc is not None:
-            start = 1
-            for h in loc:
-                block = store.block_by_hash(h) if is_hex(h, 32) else None
-                if block is not None and store.hash_at(block["header"]["height"]) == h:
-                    start = block["header"]["height"] + 1
-                    break
-        height = self.chain.head()[0]
-        parts, size = [], 0
-        for h in range(start, min(height, start + limit - 1) + 1):
-            raw = cbor2.dumps(self.chain.block_entry(h), canonical=True)
-            if parts and size + len(raw) > ANSWER_BYTES:
-                break
-            parts.append(raw)
-            size += len(raw)
-        conn.send_frame(wire.blocks_frame(parts, height))
+        return locator(self.chain)
 
     # -- importing -------------------------------------------------------------
     def on_blocks(self, conn, d):
-        if type(d) is not dict or type(d.get("blocks")) is not list or type(d.get("height")) is not int:
+        if type(d) is not dict or type(d.get("blocks")) is not list or not is_u64(d.get("height")):
             raise PeerError("protocol", "blocks malformed")
         entries = [check_entry(e) for e in d["blocks"]]
         conn.remote_height = max(conn.remote_height, d["height"])
@@ -254,14 +157,14 @@ class BlockSync:
         height, head = self.chain.head()
         if header["height"] <= height:
             return
-        wait = self.too_early(header)
+        wait = self.early.too_early(header)
         if wait:
             try:
                 self.chain.check_signed_header(entry["block"])  # only an authority's block is worth holding
             except AitError as e:
                 self.p2p.penalize(conn, "bad_block", e.message)
                 return
-            self._hold(conn, entry, wait)
+            self.early.hold(conn, entry, wait, conn.frame_bytes)
         elif header["parent"] == head and header["height"] == height + 1:
             d = self.importing.run(self._import_announced, conn, entry)
             d.addErrback(lambda f: self._log.failure("block import failed", f, component="p2p", event="import_error"))
@@ -305,31 +208,13 @@ class BlockSync:
             self._branch = (conn, fork_height, [])
             self._branch_bytes = 0
             return await self._extend_branch(conn, entries, size, cut)
-        entries = self._checked_headers(conn, entries)
+        entries, error = checked_headers(self.chain, entries)
+        if error is not None:
+            self.p2p.penalize(conn, "bad_block", error.message)
+        if entries:  # these headers count as verified (the sync lag metric); their blocks are checked in full next
+            self.pipeline.header_verified(entries[-1]["block"]["header"]["height"])
         progressed = await self._import_entries(conn, entries)
         return progressed and not cut  # after a cut, ask again when the block is due
-
-    def _checked_headers(self, conn, entries):
-        """The run of entries, up to the first whose header does not follow
-        the one before it or lacks its proposer's signature (that one is
-        bad_block).  The headers that passed count as verified (the sync
-        lag metric); their blocks are verified in full as they are imported."""
-        prev = None
-        for n, entry in enumerate(entries):
-            block = entry["block"]
-            header = block["header"]
-            try:
-                if prev is not None and (header["parent"] != prev["hash"] or header["height"] != prev["header"]["height"] + 1):
-                    raise AitError("bad_block", "sync answer blocks are not in order")
-                self.chain.check_signed_header(block)
-            except AitError as e:
-                self.p2p.penalize(conn, "bad_block", e.message)
-                entries = entries[:n]
-                break
-            prev = block
-        if entries:
-            self.pipeline.header_verified(entries[-1]["block"]["header"]["height"])
-        return entries
 
     async def _extend_branch(self, conn, entries, size, cut=False):
         _, fork_height, branch = self._branch
@@ -350,7 +235,7 @@ class BlockSync:
                 raise PeerError("bad_block", "branch blocks are not in order")
             try:
                 self.chain.check_signed_header(entry["block"])
-                txs = self.block_txs(entry["block"], entry["txs"])
+                txs = block_txs(self.chain, self.mempool, entry["block"], entry["txs"])
             except AitError as e:
                 self._branch = None
                 self.p2p.penalize(conn, "bad_block", e.message)
@@ -382,7 +267,7 @@ class BlockSync:
             if self.p2p.store_has(block["hash"]):
                 continue
             try:
-                txs = self.block_txs(block, entry["txs"])
+                txs = block_txs(self.chain, self.mempool, block, entry["txs"])
                 self.p2p.importing_from = conn
                 try:
                     await self.pipeline.import_block_async(block, txs, now=self.pipeline.now())
@@ -398,19 +283,6 @@ class BlockSync:
             await self.pause()
         return imported > 0
 
-    def block_txs(self, block, wires):
-        """The block's transactions: those already in the mempool (parsed and
-        checked on arrival) are taken from it, by the hashes the block
-        commits to; only the others are parsed from the wire."""
-        hashes = block.get("txs")
-        if type(hashes) is not list or len(hashes) != len(wires):
-            raise AitError("bad_block", "block transaction list does not match")
-        out = []
-        for h, w in zip(hashes, wires):
-            tx = self.mempool.get(h) if type(h) is str else None
-            out.append(tx if tx is not None else self.chain.parse_stored_tx(w))
-        return out
-
 
 def check_entry(e):
     if type(e) is not dict or type(e.get("block")) is not dict or type(e.get("txs")) is not list:
@@ -419,6 +291,53 @@ def check_entry(e):
     if type(b.get("header")) is not dict or not is_hex(b.get("hash"), 32) or type(b.get("txs")) is not list:
         raise PeerError("protocol", "block malformed")
     h = b["header"]
-    if type(h.get("height")) is not int or not is_hex(h.get("parent"), 32):
-        raise PeerError("protocol", "block header malformed")
+    if not is_u64(h.get("height")) or h["height"] == 0 or not is_hex(h.get("parent"), 32):
+        raise PeerError("protocol", "block header malformed (genesis never travels)")
     return e
+
+
+def locator(chain):
+    """Hashes of the chain at heights h, h-1, h-2, ..., h-8, then gaps
+    doubling, at most 63 of them, and the genesis hash last."""
+    store = chain.store
+    height = chain.head()[0]
+    out, step, h = [], 1, height
+    while h > 0 and len(out) < 63:
+        out.append(store.hash_at(h))
+        if len(out) > 8:
+            step *= 2
+        h -= step
+    out.append(store.hash_at(0))
+    return out
+
+
+def checked_headers(chain, entries):
+    """(the run of entries up to the first whose header does not follow the
+    one before it or lacks its proposer's signature, that one's AitError
+    or None)."""
+    prev = None
+    for n, entry in enumerate(entries):
+        block = entry["block"]
+        header = block["header"]
+        try:
+            if prev is not None and (header["parent"] != prev["hash"] or header["height"] != prev["header"]["height"] + 1):
+                raise AitError("bad_block", "sync answer blocks are not in order")
+            chain.check_signed_header(block)
+        except AitError as e:
+            return entries[:n], e
+        prev = block
+    return entries, None
+
+
+def block_txs(chain, mempool, block, wires):
+    """The block's transactions: those already in the mempool (parsed and
+    checked on arrival) are taken from it, by the hashes the block commits
+    to; only the others are parsed from the wire."""
+    hashes = block.get("txs")
+    if type(hashes) is not list or len(hashes) != len(wires):
+        raise AitError("bad_block", "block transaction list does not match")
+    out = []
+    for h, w in zip(hashes, wires):
+        tx = mempool.get(h) if type(h) is str else None
+        out.append(tx if tx is not None else chain.parse_stored_tx(w))
+    return out
