@@ -32,8 +32,10 @@ from twisted.internet.task import deferLater
 from twisted.web.client import HTTPConnectionPool
 
 from aitnode import launch
-from aitnode.launch import ROOT as REPO_ROOT, child_env as twistd_environ, twistd_argv  # noqa: F401 (REPO_ROOT, twistd_environ: for tests)
+from aitnode.launch import child_env as twistd_environ, twistd_argv  # noqa: F401 (twistd_environ: for tests)
 from tests.common import ADMIN_TOKEN, AUTHORITY, CHAIN_ID, genesis_doc
+
+REPO_ROOT = launch.ROOT  # for tests that run the tree's own scripts
 
 
 def inline(fn):

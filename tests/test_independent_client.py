@@ -515,7 +515,6 @@ class EndToEndTests(SynchronousTestCase):
         self.assertEqual(genesis["hash"], ic.block_hash(ic.genesis_header(self.doc)))
         self.assertEqual((genesis["votes"], genesis["evidence"]), ([], []))
         authorities = {a["address"]: bytes.fromhex(a["public_key"]) for a in self.doc["authorities"]}
-        state = ic.State(ic.genesis_entries(self.doc), CHAIN_ID)
         follower = ic.Follower(self.doc)
         parent = genesis["hash"]
         head = self.ok("GET", "/rpc/getHead")
@@ -531,19 +530,21 @@ class EndToEndTests(SynchronousTestCase):
             self.assertEqual(ic.merkle_root(hashes), header["tx_root"])
             self.assertEqual(blk["attestations"], {})
             self.assertTrue(all(ic.verify_tx(w, CHAIN_ID) for w in blk["txs"]))
-            # One authority, no votes carried here: empty lists, and the set
-            # only on block 1 (the first of its epoch).
-            self.assertEqual((header["votes_root"], header["evidence_root"]), (ic.ZERO_HASH, ic.ZERO_HASH))
+            # One authority: its vote for each block rides in the next one
+            # (none in block 1), no evidence, and the set only on block 1 (the
+            # first of its epoch).
+            self.assertEqual(len(blk["votes"]), 0 if height == 1 else 1)
+            self.assertEqual((header["votes_root"], header["evidence_root"]), (ic.votes_root(blk["votes"]), ic.ZERO_HASH))
             self.assertEqual(header["authorities_hash"], ic.hash_hex(ic.genesis_set(self.doc)))
             self.assertEqual(blk.get("authorities"), ic.genesis_set(self.doc) if height == 1 else None)
-            state.apply_block(blk["txs"], header["proposer"], height, blk["attestations"])
-            self.assertEqual(state.root(), header["state_root"], f"state root of block {height}")
-            follower.follow(*ic.rpc_block(blk))
+            follower.follow(*ic.rpc_block(blk))  # every rule, the state root included
+            self.assertEqual(follower.state.root(), header["state_root"], f"state root of block {height}")
             parent = blk["hash"]
         self.assertEqual(head["hash"], parent)
         self.assertEqual(follower.hash, parent)
         spent = sum(a + ic.min_fee(params, {"to": BOB.address, "amount": a}) + n for n, a in ((1, 10), (2, 20), (3, 30)))
-        self.assertEqual(state.account(self.addr), (5000 - spent, 3))
+        self.assertEqual(follower.state.account(self.addr), (5000 - spent, 3))
+        self.assertEqual(follower.finality()["justified"]["height"], 2)  # block 3 justified block 2
         self.assertEqual(self.ok("GET", f"/rpc/getBalance/{self.addr}"), {"balance": 5000 - spent, "nonce": 3})
 
 

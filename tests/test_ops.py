@@ -96,7 +96,8 @@ class MetricsTests(SynchronousTestCase):
         self.assertNotIn("ab" * 32, text)
         self.assertEqual(lines["aitnode_justified_height"], 2.0)
         self.assertEqual(lines["aitnode_finalized_height"], 1.0)
-        self.assertEqual(lines['aitnode_votes_total{result="sent"}'], 1.0)
+        # The node's own votes (one per block it committed: 2) and the one counted by hand.
+        self.assertEqual(lines['aitnode_votes_total{result="sent"}'], 3.0)
         self.assertEqual(lines['aitnode_votes_total{result="received"}'], 3.0)
         self.assertEqual(lines['aitnode_evidence_total{kind="double_vote"}'], 1.0)
         self.assertEqual(lines["aitnode_authority_key_conflict"], 0.0)

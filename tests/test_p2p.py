@@ -19,6 +19,7 @@ from txaio._common import _BatchedTimer
 
 from aitnode import crypto
 from aitnode import p2p as p2pmod
+from aitnode.p2p import sync as sync_mod
 from aitnode.blocks import block_hash
 from aitnode.genesis import make_genesis
 from aitnode.crypto import KeyPair
@@ -822,12 +823,12 @@ class ReorgTests(P2PTestCase):
         self.assertEqual(chain[:3], common)
         self.assertEqual(len(chain), 6)
 
-    def liar(self, victim, height=100):
+    def liar(self, victim, height=100, head="ab" * 32):
         """A raw peer that says it has a long chain; returns its Link."""
         link = self.net.connect(None, victim, protocol=RawClient)
         nk = KeyPair.generate()
         theirs = link.client.first("hello")
-        link.client.send("hello", dict(theirs, node_id=nk.public_key.hex(), height=height, head="ab" * 32))
+        link.client.send("hello", dict(theirs, node_id=nk.public_key.hex(), height=height, head=head))
         link.client.send("auth", {"sig": nk.sign(auth_bytes(CHAIN_ID, theirs["challenge"], nk.public_key.hex())).hex()})
         self.net.settle()
         link.node_id = nk.public_key.hex()
@@ -876,7 +877,7 @@ class ReorgTests(P2PTestCase):
         b.pipeline.import_block(a.node.store.block_at(1), [])
         rival = b.pipeline.propose()  # height 2 on a's block 1
         self.build(a, 2)
-        honest = self.liar(follower, height=0)
+        honest = self.liar(follower, height=0, head=follower.node.chain.head()[1])  # nothing to sync from it
         conn = next(c for c in follower.conns if c.remote_id == honest.node_id)
         real = follower.node.pipeline.import_block_async
         fired = []
@@ -895,24 +896,26 @@ class ReorgTests(P2PTestCase):
         self.assertEqual(follower.scores.get(honest.node_id), 0)
         self.assertFalse(follower.is_banned(node_id=honest.node_id))
 
-    def test_tie_keeps_current_head(self):
+    def test_tie_goes_to_the_lower_head_hash(self):
+        """Fork choice between two chains of one height with the same
+        justified block: the lower head hash, on both nodes; a branch found
+        not better costs its peer nothing and is not fetched again."""
         a, b = self.two()
         self.build(a, 3, [transfer(ALICE, 1, CAROL, 5)])
         self.build(b, 3)
         a_chain, b_chain = hashes(a), hashes(b)
+        winner, loser = sorted((a_chain, b_chain), key=lambda c: c[-1])
         self.net.connect(a, b)
-        self.assertEqual(hashes(a), a_chain)
-        self.assertEqual(hashes(b), b_chain)
-        self.assertFalse(self.logged("reorg"))
-        self.assertEqual(len(a.conns), 1)
-        # An announced block at the same height changes nothing either.
-        conn_to(b, a).send("block", b.node.chain.block_entry(3))
-        self.net.settle()
-        self.assertEqual(hashes(a), a_chain)
-        # One block more on b's side decides it.
+        self.assertEqual(hashes(a), winner)
+        self.assertEqual(hashes(b), winner)
+        self.assertEqual((len(a.conns), len(b.conns)), (1, 1))
+        self.assertEqual((a.scores.get(b.node_id, 0), b.scores.get(a.node_id, 0)), (0, 0))
+        if winner is b_chain:  # a's transfer went back to its mempool
+            self.assertEqual(a.node.queries.get_tx(transfer(ALICE, 1, CAROL, 5).hash)["status"], "pending")
+        # One block more on either side decides it again.
         b.node.pipeline.propose()
         self.net.settle()
-        self.assertEqual(self.assertSameChain(a, b)[:4], b_chain)
+        self.assertEqual(self.assertSameChain(a, b)[:4], winner)
 
 
 class LRUSetTests(SynchronousTestCase):
@@ -930,7 +933,7 @@ class LRUSetTests(SynchronousTestCase):
         p = net.peer()
         for _ in range(40):
             p.node.pipeline.propose()
-        loc = p.sync.locator()
+        loc = sync_mod.locator(p.node.chain)
         store = p.node.store
         heights = [store.block_by_hash(h)["header"]["height"] for h in loc]
         # The 9 newest one by one, then gaps doubling, then genesis.

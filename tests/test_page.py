@@ -82,6 +82,16 @@ class PageServedTests(SynchronousTestCase):
             self.assertPageHeaders(resp, ctype)
             self.assertEqual(body, read_static(name), name)
 
+    def test_other_methods_are_405(self):
+        """Found by tests/test_soak.py: any method but GET, HEAD and POST on
+        a page file got twisted.web's HTML 501 "Huh?" (POST its HTML 405)."""
+        for path in ["/", "/static/app.js"]:
+            for method in ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT", "FOO"]:
+                resp, body = self.fetch(path, method)
+                self.assertEqual(resp.code, 405, (path, method, body))
+                self.assertEqual(self.header(resp, b"allow"), b"GET, HEAD")
+                self.assertEqual(json.loads(body)["error"]["code"], "method_not_allowed")
+
     def test_nothing_else_under_static(self):
         for path in ["/static", "/static/", "/static/nope.js", "/static/..", "/static/../page.py",
                      "/static/%2e%2e/page.py", "/static/app.js/x", "/static/index.html", "/static/APP.JS"]:

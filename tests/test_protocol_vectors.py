@@ -21,7 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from aitnode import blocks, consensus, crypto, encoding, evidence, finality, p2p, params as P, receipts
 from aitnode.errors import AitError
-from aitnode.p2p.sync import BlockSync
+from aitnode.p2p.sync import locator
 from aitnode.chain import Chain
 from aitnode.genesis import Genesis
 from aitnode.crypto import KeyPair
@@ -155,6 +155,32 @@ class DocumentTests(SynchronousTestCase):
         self.assertIn(f"(code {p2p.CLOSE_PROTOCOL})", peers_part)
         self.assertIn(f"(code {p2p.CLOSE_BANNED})", peers_part)
         self.assertIn(f'"limit": {p2p.SYNC_BATCH}', peers_part)
+
+    def test_peer_limits_documented(self):
+        """Every limit of the peer protocol is in its section, with the value
+        the code uses."""
+        from aitnode.chain import MAX_FUTURE_DRIFT
+        from aitnode.p2p import book, held, peers, serve, sync, watch, wire
+        peers_part = self.text[self.text.index("\n## Peer protocol\n"):self.text.index("\n## Test vectors\n")]
+        limits = peers_part[peers_part.index("### Limits"):]
+        limits = limits[:limits.index("\n### ", 4)]
+        words = " ".join(peers_part.split())
+        for text in (
+            f"{serve.ANSWER_BYTES} bytes", f"{wire.SEND_LOW} bytes", f"{wire.SEND_HIGH} bytes",
+            f"({sync.MAX_BRANCH_BYTES} bytes)", f"{wire.SEND_DEADLINE} s", f"{MAX_FUTURE_DRIFT // 1000} s",
+            f"{held.HELD_BLOCKS} blocks", f"`HOLD_AHEAD` {held.HOLD_AHEAD} s", f"(`SCORE_TTL`, {book.SCORE_TTL} s)",
+            f"{book.MAX_SCORES:,} scores", f"{book.MAX_BANS:,} bans", f"{book.MAX_PEER_ROWS:,} rows",
+            f"every {book.PRUNE_INTERVAL} s", f"at most {peers.MAX_INBOUND} incoming", f"within {watch.HANDSHAKE_SECONDS} s",
+            f"code {wire.CLOSE_FULL}", f"1 to {serve.MAX_LIMIT}", f"at most {serve.MAX_LOCATOR} locator hashes",
+        ):
+            self.assertTrue(text in words, f"{text!r} is not in the Peer protocol section")
+        self.assertEqual(held.HELD_BYTES, 16 * 1024 * 1024)
+        self.assertIn("16 MiB", limits)
+        for row in ("one message or frame", "incoming peer connections", "time to finish the handshake",
+                    "blocks one `get_blocks` asks for", "encoded block entries in one `blocks` answer",
+                    "`get_blocks` requests of one peer", "unread output to one peer", "competing branch held while it is fetched",
+                    "fork depth", "block timestamp", "gossiped blocks held until their time", "scores, bans, peer table rows"):
+            self.assertTrue(f"| {row} |" in limits, f"no row {row!r} in the peer Limits table")
 
     def test_every_error_code_documented(self):
         rows = doc_tables(self.text, "code")
@@ -673,7 +699,7 @@ class VectorTests(SynchronousTestCase):
         loc = pv["locator"]
         fake = SimpleNamespace(chain=SimpleNamespace(
             store=SimpleNamespace(hash_at=lambda h: h), head=lambda: (loc["head_height"], None)))
-        self.assertEqual(BlockSync.locator(fake), loc["heights"])
+        self.assertEqual(locator(fake.chain), loc["heights"])
 
 
 class ToolTests(SynchronousTestCase):

@@ -768,7 +768,7 @@ class ImportTests(ReceiptCase):
         parent = self.node.chain.head_header()
         for att in (forged(dict(request, client_payment_tx=self.payment.hash)), forged(without_payment(request))):
             header = dict(parent, parent=self.node.queries.get_head()["hash"], height=parent["height"] + 1,
-                          timestamp=parent["timestamp"] + 10,  # the turn: genesis block_interval_ms
+                          timestamp=parent["timestamp"] + 10, votes_root="0" * 64,  # its turn; it carries no votes
                           proposer=AUTHORITY.address, tx_root=tx_root([claim.hash], {claim.hash: att}))
             block = {"header": header, "txs": [claim.hash], "attestations": {claim.hash: att}}
             block["hash"] = block_hash(header)
@@ -799,7 +799,7 @@ class ImportTests(ReceiptCase):
         att = forged(attestation_request(dup.payload))
         parent = self.node.chain.head_header()
         header = dict(parent, parent=self.node.queries.get_head()["hash"], height=parent["height"] + 1,
-                      timestamp=parent["timestamp"] + 10,  # the turn: genesis block_interval_ms
+                      timestamp=parent["timestamp"] + 10, votes_root="0" * 64,  # its turn; it carries no votes
                       proposer=AUTHORITY.address, tx_root=tx_root([dup.hash], {dup.hash: att}))
         block = {"header": header, "txs": [dup.hash], "attestations": {dup.hash: att}}
         block["hash"] = block_hash(header)
