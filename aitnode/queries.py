@@ -55,6 +55,10 @@ class Queries:
             out["attestations"] = block.get("attestations", {})
         else:
             out["txs"] = list(block["txs"])
+        out["votes"] = block.get("votes", [])
+        out["evidence"] = block.get("evidence", [])
+        if "authorities" in block:
+            out["authorities"] = block["authorities"]
         return out
 
     def get_tx(self, tx_hash):

@@ -133,6 +133,15 @@ def post(url, body=None, **kw):
 
 # -- node processes ------------------------------------------------------
 
+def turns_doc(interval, **kw):
+    """A genesis (tests.common.genesis_doc) whose turns are ``interval``
+    seconds apart (block_interval_ms), the proposer interval its nodes run
+    with.  Several authorities need it: with the 10 ms turns of
+    genesis_doc, every authority's turn has long come each time its
+    proposer looks, so all of them propose at every height and fork."""
+    return genesis_doc(block_interval_ms=round(interval * 1000), **kw)
+
+
 def stop_process(proto, sig=signal.SIGTERM, timeout=launch.STOP_GRACE):
     """Send sig to a child; a Deferred firing with its protocol once it
     ended (SIGKILL past timeout seconds)."""

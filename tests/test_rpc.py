@@ -110,8 +110,12 @@ class SendAndQueryTests(RPCTestBase):
         self.assertEqual(
             set(by_height),
             {"chain_id", "parent", "height", "timestamp", "proposer", "tx_root", "state_root", "votes_root",
-             "evidence_root", "authorities_hash", "hash", "sig", "txs"},
+             "evidence_root", "authorities_hash", "hash", "sig", "txs", "votes", "evidence", "authorities"},
         )
+        # Block 1 begins the first epoch: it carries the set; it has no votes or evidence.
+        self.assertEqual((by_height["votes"], by_height["evidence"]), ([], []))
+        self.assertEqual(by_height["authorities"], block["authorities"])
+        self.assertEqual(by_height["authorities"], self.node.chain.authority_set().members)
         for k, v in block["header"].items():
             self.assertEqual(by_height[k], v)
         self.assertEqual(by_height["hash"], block["hash"])
