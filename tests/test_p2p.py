@@ -895,6 +895,31 @@ class ReorgTests(P2PTestCase):
         self.assertEqual(follower.scores.get(honest.node_id), 0)
         self.assertFalse(follower.is_banned(node_id=honest.node_id))
 
+    def test_branch_headers_are_checked_for_a_second_header(self):
+        """A clone of K1 that signed its own block 1 before it met the
+        others finds, in the branch it syncs, K1's other header at height
+        1: evidence, gossiped; the next block by K2 carries it, and K1 is
+        jailed.  The clone also stops signing (another node has its key)."""
+        doc = genesis_doc(authorities=(K1, K2))
+        a, b = self.net.peer(doc=doc, key=K1), self.net.peer(doc=doc, key=K2)
+        self.net.connect(b, a)
+        for p in (a, b, a):
+            self.build(p, 1)
+            self.net.advance(0.05)
+        clone = self.net.peer(doc=doc, key=K1)
+        self.net.advance(0.05)
+        self.build(clone, 1)
+        self.assertNotEqual(hashes(clone)[1], hashes(a)[1])
+        self.net.connect(clone, b)
+        self.assertEqual(self.assertSameChain(a, b, clone), hashes(a))
+        self.assertTrue(clone.node.pipeline.signing_stopped)
+        [ev] = b.node.ballot.evidence.values()
+        self.assertEqual((ev.offender, ev.heights), (K1.address, (1, 1)))
+        self.net.advance(0.05)
+        block = b.node.pipeline.propose()
+        self.assertEqual(block["evidence"], [ev.to_wire()])
+        self.assertEqual(b.node.chain.authority_set().jailed, {K1.address})
+
     def test_tie_keeps_current_head(self):
         a, b = self.two()
         self.build(a, 3, [transfer(ALICE, 1, CAROL, 5)])
