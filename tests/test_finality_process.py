@@ -420,6 +420,8 @@ class FinalityProcessTests(unittest.TestCase):
         # Finality goes on with the three others, on every node (the clone follows).
         heads = await self.finalized_advances(self.net.nodes, 3, "finality after the jailing", 40)
         await self.converge(self.net.nodes)
+        for n in self.net.nodes:  # every node, the clone too, says so in its log
+            self.assertIn(f"authority jailed: {x.key.address} by evidence in block {jailed_at}", n.output, n.name)
         top = min(h["height"] for h in heads.values())
         # Jailed from the next block on: no turn for X after the evidence's
         # block, and no vote from it after the last one for that block.

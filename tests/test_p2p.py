@@ -919,6 +919,11 @@ class ReorgTests(P2PTestCase):
         block = b.node.pipeline.propose()
         self.assertEqual(block["evidence"], [ev.to_wire()])
         self.assertEqual(b.node.chain.authority_set().jailed, {K1.address})
+        self.net.settle()
+        self.assertSameChain(a, b, clone)
+        # Each node that commits the block logs the jailing once.
+        jailed = self.logged("authority_jailed")
+        self.assertEqual([(e["offender"], e["height"]) for e in jailed], [(K1.address, block["header"]["height"])] * 3)
 
     def test_tie_keeps_current_head(self):
         a, b = self.two()
