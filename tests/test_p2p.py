@@ -8,6 +8,8 @@ pumps bytes and runs due Clock calls until nothing moves.  Nothing
 sleeps: time passes only when a test advances the Clock.
 """
 
+import re
+
 import cbor2
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet.address import IPv4Address
@@ -371,6 +373,31 @@ class GossipTests(P2PTestCase):
         self.net.settle()
         self.assertEqual(follower.node.chain.head(), (1, block["hash"]))
         self.assertEqual(follower.node.queries.get_block(1), auth.node.queries.get_block(1))
+
+    def test_received_messages_counted_by_type(self):
+        """aitnode_p2p_received_{messages,bytes}_total{type}: every decoded
+        frame, its payload bytes; an unknown type counts as "other"."""
+        auth = self.net.peer()
+        follower = self.net.peer(key=None)
+        link = self.net.connect(follower, auth)
+        auth.node.pipeline.propose()
+        self.net.settle()
+        text = follower.node.metrics.render().decode()
+
+        def sample(name, mtype):
+            return float(re.search(rf'^{name}{{type="{mtype}"}} (\S+)$', text, re.M).group(1))
+
+        frame = encode("block", auth.node.chain.block_entry(1))
+        self.assertEqual(sample("aitnode_p2p_received_messages_total", "block"), 1)
+        self.assertEqual(sample("aitnode_p2p_received_bytes_total", "block"), len(frame))
+        self.assertEqual(sample("aitnode_p2p_received_messages_total", "hello"), 1)
+        self.assertEqual(sample("aitnode_p2p_received_messages_total", "vote"), 1)  # the authority's, for block 1
+        self.assertEqual(sample("aitnode_p2p_received_messages_total", "evidence"), 0)
+        link.server.sendMessage(encode("nonsense", {}), isBinary=True)  # auth's side of the link
+        self.net.settle()
+        text = follower.node.metrics.render().decode()
+        self.assertEqual(sample("aitnode_p2p_received_messages_total", "other"), 1)
+        self.assertNotIn("nonsense", text)
 
     def test_block_relayed_through_line(self):
         auth, f1, f2 = self.line()
