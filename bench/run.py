@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """aitnode benchmark: one command, one Markdown table.
 
-    python bench/run.py               # the full run (about 8-12 minutes on 2 cores)
-    python bench/run.py --quick       # a smaller run (about 2 minutes)
+    python bench/run.py               # the full run (about 10-14 minutes on 2 cores)
+    python bench/run.py --quick       # a smaller run (about 3 minutes)
     python bench/run.py --only sendtx,block
     python bench/run.py --only sendtx --profile   # + where the node spends its time
 
@@ -80,7 +80,7 @@ ALIASES = {"gethead": "sendtxs"}
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="smaller runs (about 2 minutes)")
+    ap.add_argument("--quick", action="store_true", help="smaller runs (about 3 minutes)")
     ap.add_argument("--only", default="", help="comma-separated: " + ", ".join(list(BENCHES) + list(ALIASES)))
     ap.add_argument("--profile", action="store_true", help="profile the node / propose and print the hot spots")
     ap.add_argument("--profile-dir", help="with --profile: also keep the .prof files here")
