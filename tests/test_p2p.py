@@ -8,6 +8,8 @@ pumps bytes and runs due Clock calls until nothing moves.  Nothing
 sleeps: time passes only when a test advances the Clock.
 """
 
+import re
+
 import cbor2
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet.address import IPv4Address
@@ -372,6 +374,31 @@ class GossipTests(P2PTestCase):
         self.net.settle()
         self.assertEqual(follower.node.chain.head(), (1, block["hash"]))
         self.assertEqual(follower.node.queries.get_block(1), auth.node.queries.get_block(1))
+
+    def test_received_messages_counted_by_type(self):
+        """aitnode_p2p_received_{messages,bytes}_total{type}: every decoded
+        frame, its payload bytes; an unknown type counts as "other"."""
+        auth = self.net.peer()
+        follower = self.net.peer(key=None)
+        link = self.net.connect(follower, auth)
+        auth.node.pipeline.propose()
+        self.net.settle()
+        text = follower.node.metrics.render().decode()
+
+        def sample(name, mtype):
+            return float(re.search(rf'^{name}{{type="{mtype}"}} (\S+)$', text, re.M).group(1))
+
+        frame = encode("block", auth.node.chain.block_entry(1))
+        self.assertEqual(sample("aitnode_p2p_received_messages_total", "block"), 1)
+        self.assertEqual(sample("aitnode_p2p_received_bytes_total", "block"), len(frame))
+        self.assertEqual(sample("aitnode_p2p_received_messages_total", "hello"), 1)
+        self.assertEqual(sample("aitnode_p2p_received_messages_total", "vote"), 1)  # the authority's, for block 1
+        self.assertEqual(sample("aitnode_p2p_received_messages_total", "evidence"), 0)
+        link.server.sendMessage(encode("nonsense", {}), isBinary=True)  # auth's side of the link
+        self.net.settle()
+        text = follower.node.metrics.render().decode()
+        self.assertEqual(sample("aitnode_p2p_received_messages_total", "other"), 1)
+        self.assertNotIn("nonsense", text)
 
     def test_block_relayed_through_line(self):
         auth, f1, f2 = self.line()
@@ -895,6 +922,36 @@ class ReorgTests(P2PTestCase):
         self.assertEqual(self.assertSameChain(a, follower)[-1], a.node.store.hash_at(3))
         self.assertEqual(follower.scores.get(honest.node_id), 0)
         self.assertFalse(follower.is_banned(node_id=honest.node_id))
+
+    def test_branch_headers_are_checked_for_a_second_header(self):
+        """A clone of K1 that signed its own block 1 before it met the
+        others finds, in the branch it syncs, K1's other header at height
+        1: evidence, gossiped; the next block by K2 carries it, and K1 is
+        jailed.  The clone also stops signing (another node has its key)."""
+        doc = genesis_doc(authorities=(K1, K2))
+        a, b = self.net.peer(doc=doc, key=K1), self.net.peer(doc=doc, key=K2)
+        self.net.connect(b, a)
+        for p in (a, b, a):
+            self.build(p, 1)
+            self.net.advance(0.05)
+        clone = self.net.peer(doc=doc, key=K1)
+        self.net.advance(0.05)
+        self.build(clone, 1)
+        self.assertNotEqual(hashes(clone)[1], hashes(a)[1])
+        self.net.connect(clone, b)
+        self.assertEqual(self.assertSameChain(a, b, clone), hashes(a))
+        self.assertTrue(clone.node.pipeline.signing_stopped)
+        [ev] = b.node.ballot.evidence.values()
+        self.assertEqual((ev.offender, ev.heights), (K1.address, (1, 1)))
+        self.net.advance(0.05)
+        block = b.node.pipeline.propose()
+        self.assertEqual(block["evidence"], [ev.to_wire()])
+        self.assertEqual(b.node.chain.authority_set().jailed, {K1.address})
+        self.net.settle()
+        self.assertSameChain(a, b, clone)
+        # Each node that commits the block logs the jailing once.
+        jailed = self.logged("authority_jailed")
+        self.assertEqual([(e["offender"], e["height"]) for e in jailed], [(K1.address, block["header"]["height"])] * 3)
 
     def test_tie_goes_to_the_lower_head_hash(self):
         """Fork choice between two chains of one height with the same

@@ -221,6 +221,7 @@ class P2P(service.MultiService):
 
     # -- dispatch ----------------------------------------------------------
     def received(self, conn, mtype, data):
+        self.node.metrics.p2p_received(mtype, conn.frame_bytes)
         if mtype == "hello":
             return self._on_hello(conn, data)
         if mtype == "auth":

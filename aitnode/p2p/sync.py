@@ -239,6 +239,10 @@ class BlockSync:
                 self.p2p.penalize(conn, "bad_block", e.message)
                 return False
             self.pipeline.header_verified(header["height"])  # it links to our chain through the branch
+            # A branch header and ours at its height by one proposer are evidence
+            # (as for gossiped headers): say, an authority's clone that signed
+            # its own blocks before it met the others.
+            self.p2p.node.ballot.seen_header(header, entry["block"].get("sig"))
             branch.append((entry["block"], txs))
         if cut:
             return False  # asked again when the held block is due
