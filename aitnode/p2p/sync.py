@@ -239,9 +239,7 @@ class BlockSync:
                 self.p2p.penalize(conn, "bad_block", e.message)
                 return False
             self.pipeline.header_verified(header["height"])  # it links to our chain through the branch
-            # A branch header and ours at its height by one proposer are evidence
-            # (as for gossiped headers): say, an authority's clone that signed
-            # its own blocks before it met the others.
+            # With ours at its height by one proposer, evidence (a clone's, say).
             self.p2p.node.ballot.seen_header(header, entry["block"].get("sig"))
             branch.append((entry["block"], txs))
         if cut:
