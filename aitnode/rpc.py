@@ -238,3 +238,11 @@ class RPC:
         require_fields(body, ("key", "value"), "body")
         tx_hash = self.admission.submit_own("PARAM_UPDATE", {"key": body["key"], "value": body["value"]})
         return json_response(request, {"txHash": tx_hash})
+
+    @app.route("/admin/authorityUpdate", methods=["POST"])
+    def authority_update(self, request):
+        self.require_admin(request)
+        body = self.body(request)
+        require_fields(body, ("action", "address", "public_key"), "body")
+        tx_hash = self.admission.submit_own("AUTHORITY_UPDATE", body)
+        return json_response(request, {"txHash": tx_hash})

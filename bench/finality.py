@@ -20,7 +20,7 @@ from bench.common import BALANCE, CHAIN_ID, bench_key, http_get, inprocess_node,
 from bench.node import BenchNode
 
 INTERVAL_MS = 1000
-TICK = 0.1  # [proposer] interval: the node's default, how often it looks whether its turn has come
+TICK = 0.02  # [proposer] interval: the node's default, how often it looks whether its turn has come
 N = 4
 
 

@@ -284,6 +284,40 @@ class AdminTests(RPCTestBase):
         self.refused("POST", "/admin/mintFaucet", 400, "malformed_json", raw=b"nope", headers=AUTH)
         self.assertEqual(len(self.node.mempool), 0)
 
+    def test_authority_update(self):
+        """The node's approval of an authority change: with one authority
+        (quorum 1) BOB joins at the end of the epoch (2 blocks here)."""
+        node = make_node(self, doc=genesis_doc(epoch_length=2))
+        _, http = make_rpc(node)
+        body = {"action": "add", "address": BOB.address, "public_key": BOB.public_key.hex()}
+        self.refused("POST", "/admin/authorityUpdate", 401, "unauthorized", body, http=http)
+        for bad, code in (
+            (dict(body, action="promote"), "bad_authority_update"),
+            (dict(body, public_key=CAROL.public_key.hex()), "pubkey_mismatch"),
+            (dict(body, address=AUTHORITY.address, public_key=AUTHORITY.public_key.hex()), "authority_exists"),
+            (dict(body, action="remove"), "authority_unknown"),
+            ({"action": "add"}, "missing_field"),
+        ):
+            self.refused("POST", "/admin/authorityUpdate", 400, code, bad, headers=AUTH, http=http)
+        out = self.ok("POST", "/admin/authorityUpdate", body, headers=AUTH, http=http)
+        self.refused("POST", "/admin/authorityUpdate", 409, "already_approved", body, headers=AUTH, http=http)
+        node.clock.advance(0.01)
+        node.pipeline.propose()  # block 1: the approval
+        self.assertEqual(self.ok("GET", "/rpc/getTx/" + out["txHash"], http=http)["status"], "included")
+        self.assertEqual([a["address"] for a in self.ok("GET", "/rpc/getAuthorities", http=http)["authorities"]],
+                         [AUTHORITY.address])
+        node.clock.advance(0.01)
+        node.pipeline.propose()  # block 2 ends the epoch: the change applies
+        got = self.ok("GET", "/rpc/getAuthorities", http=http)
+        self.assertEqual((got["height"], got["epoch"], got["quorum"]), (3, 1, 2))
+        self.assertEqual(got["authorities"], [
+            {"address": AUTHORITY.address, "public_key": AUTHORITY.public_key.hex(), "jailed": False},
+            {"address": BOB.address, "public_key": BOB.public_key.hex(), "jailed": False},
+        ])
+        self.assertEqual(self.ok("GET", "/rpc/getAuthorities?height=2", http=http)["authorities"][1:], [])
+        self.refused("GET", "/rpc/getAuthorities?height=x", 400, "bad_height", http=http)
+        self.refused("GET", "/rpc/getAuthorities?height=99", 404, "not_found", http=http)
+
     def test_param_set(self):
         body = {"key": "base_fee", "value": 77}
         self.refused("POST", "/admin/paramSet", 401, "unauthorized", body)
