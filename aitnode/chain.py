@@ -61,7 +61,8 @@ def _begin_built_block(chain, make_context, view, parent_hash, votes, evidence):
     none.  (ctx, votes, evidence)."""
     ctx = make_context(view)
     try:
-        C.begin_block(ctx, parent_hash, chain.genesis.hash, votes, evidence)
+        # The pool's votes were checked as they arrived (or made here).
+        C.begin_block(ctx, parent_hash, chain.genesis.hash, votes, evidence, signed=True)
         return ctx, votes, evidence
     except AitError:
         view.release()

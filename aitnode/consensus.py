@@ -232,7 +232,7 @@ def pubkey_lookup(view):
     return pubkey_of
 
 
-def begin_block(ctx, parent_hash, genesis_hash, votes, evidence):
+def begin_block(ctx, parent_hash, genesis_hash, votes, evidence, signed=False):
     """Apply a block's votes (for its parent, parent_hash at ctx.height - 1)
     and evidence, before its transactions; AitError("bad_block") for a
     wrong vote or evidence.  Sets ctx.finality (after the votes) and
@@ -245,7 +245,8 @@ def begin_block(ctx, parent_hash, genesis_hash, votes, evidence):
         after = before
     else:
         pset = parent_set_of(ctx.view, ctx.height)
-        after = F.check_block_votes(ctx.chain_id, parent_hash, parent_height, votes, pset.keys, pset.jailed, before)
+        after = F.check_block_votes(ctx.chain_id, parent_hash, parent_height, votes, pset.keys, pset.jailed, before,
+                                    signed=signed)
     if after != before:
         ctx.view.put("chain", "finality", after.to_json())
     ctx.finality = after
