@@ -628,28 +628,25 @@ class MisbehaviourTests(P2PTestCase):
         link = self.net.connect(follower, auth)
         return auth, follower, link
 
-    def test_non_cbor_frame(self):
+    def assertDroppedAsGarbage(self, payload, binary=True):
+        """A frame that is no aitnode message closes the link and costs the
+        sender the garbage penalty on both sides' books."""
         auth, follower, link = self.pair()
-        link.client.sendMessage(b"\xff\xfe not cbor", isBinary=True)
+        link.client.sendMessage(payload, isBinary=binary)
         self.net.settle()
         self.assertTrue(link.closed)
         self.assertEqual(auth.scores[follower.node_id], p2pmod.PENALTY["garbage"])
         self.assertEqual(auth.conns, set())
         self.assertEqual(follower.conns, set())
 
+    def test_non_cbor_frame(self):
+        self.assertDroppedAsGarbage(b"\xff\xfe not cbor")
+
     def test_text_frame(self):
-        auth, follower, link = self.pair()
-        link.client.sendMessage(b'{"type": "status"}', isBinary=False)
-        self.net.settle()
-        self.assertTrue(link.closed)
-        self.assertEqual(auth.scores[follower.node_id], p2pmod.PENALTY["garbage"])
+        self.assertDroppedAsGarbage(b'{"type": "status"}', binary=False)
 
     def test_cbor_not_a_message(self):
-        auth, follower, link = self.pair()
-        link.client.sendMessage(cbor2.dumps([1, 2, 3]), isBinary=True)
-        self.net.settle()
-        self.assertTrue(link.closed)
-        self.assertEqual(auth.scores[follower.node_id], p2pmod.PENALTY["garbage"])
+        self.assertDroppedAsGarbage(cbor2.dumps([1, 2, 3]))
 
     def test_unknown_type(self):
         auth, follower, link = self.pair()

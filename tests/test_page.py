@@ -9,14 +9,11 @@ import os
 import re
 
 from treq.testing import StubTreq
-from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from aitnode import page
-from aitnode.config import config_from_string
-from aitnode.tap import build
 
-from tests.common import ALICE, CHAIN_ID, genesis_doc
+from tests.common import ALICE, built_node
 from tests.test_protocol_vectors import load_vectors
 
 BASE = "http://127.0.0.1"
@@ -30,14 +27,7 @@ def read_static(name):
 
 class PageServedTests(SynchronousTestCase):
     def setUp(self):
-        d = os.path.abspath(self.mktemp())
-        os.makedirs(d)
-        with open(os.path.join(d, "genesis.json"), "w") as f:
-            json.dump(genesis_doc(), f)
-        cfg = config_from_string(
-            f"[node]\nchain_id = {CHAIN_ID}\ngenesis = genesis.json\n[verifier]\nworkers = 0\n", d, environ={})
-        top = build(cfg, Clock())
-        self.addCleanup(top.node.store.close)
+        top = built_node(self)
         self.http = StubTreq(top.site.resource)
 
     def fetch(self, path, method="GET"):

@@ -11,7 +11,7 @@ from aitnode.tx import sign_tx
 
 from tests.common import (
     ADMIN_TOKEN, ALICE, AUTHORITY, BOB, CAROL, CHAIN_ID, GENESIS_BALANCE, genesis_doc, key, make_node, make_rpc,
-    transfer, wire,
+    transfer, wire, edited,
 )
 
 BASE = "http://127.0.0.1"
@@ -364,13 +364,7 @@ class AdminTests(RPCTestBase):
 class BadInputTests(RPCTestBase):
     def base(self, **changes):
         """ALICE's nonce-2 transfer on the wire, with changes (None deletes)."""
-        w = wire(transfer(ALICE, 2, BOB, 10))
-        for k, v in changes.items():
-            if v is None:
-                del w[k]
-            else:
-                w[k] = v
-        return w
+        return edited(wire(transfer(ALICE, 2, BOB, 10)), changes)
 
     def payload(self, **changes):
         p = {"to": BOB.address, "amount": 10}
