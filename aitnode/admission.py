@@ -245,7 +245,9 @@ class Admission:
                     restored += 1
             except AitError as e:
                 if refused is not None:
-                    refused.append((tx, e))
+                    # Without its traceback: its frames hold the StateView
+                    # whose LMDB read transaction (a reader slot) they opened.
+                    refused.append((tx, e.with_traceback(None)))
         return restored
 
     # -- the snapshot kept across restarts -------------------------------------

@@ -61,7 +61,8 @@ def _begin_built_block(chain, make_context, view, parent_hash, votes, evidence):
     none.  (ctx, votes, evidence)."""
     ctx = make_context(view)
     try:
-        C.begin_block(ctx, parent_hash, chain.genesis.hash, votes, evidence)
+        # The pool's votes were checked as they arrived (or made here).
+        C.begin_block(ctx, parent_hash, chain.genesis.hash, votes, evidence, signed=True)
         return ctx, votes, evidence
     except AitError:
         view.release()
@@ -161,12 +162,10 @@ class Chain:
 
     # -- building ------------------------------------------------------------
     def build_block(self, candidates, key, timestamp, max_txs=None, attestations=None, max_bytes=None):
-        """Apply candidates in order on the head; keep those that apply,
-        up to the first that would pass max_txs or max_bytes (the params'
-        by default; blocks.block_bytes): it and the rest stay pending.
-        Returns (block, tx_records, view, failed) where failed maps the
-        hash of each transaction left out as invalid to (tx, AitError).
-        """
+        """Apply candidates in order on the head; keep those that apply, up
+        to the first that would pass max_txs or max_bytes (the params' by
+        default; blocks.block_bytes).  (block, tx_records, view, failed):
+        failed maps each transaction left out as invalid to (tx, AitError)."""
         return run_steps(self.build_steps(candidates, key, timestamp, max_txs, attestations, max_bytes=max_bytes))
 
     def build_steps(self, candidates, key, timestamp, max_txs=None, attestations=None, slice_size=SLICE,
@@ -301,7 +300,7 @@ class Chain:
             out["authorities"] = block["authorities"]
         return out, _tx_records(out, records), view
 
-    def check_signed_header(self, block):
+    def check_signed_header(self, block, unknown_ok=False):
         """The block's hash matches its header and its proposer, an
         authority (now or before), signed it; the hash.  Needs no state of
         the block's parent: a peer's branch is checked this far as it arrives."""
@@ -312,6 +311,8 @@ class Chain:
             raise AitError("bad_block", "block hash does not match its header")
         raw = self.view().get("authkey", header["proposer"]) if type(header["proposer"]) is str else None
         if raw is None:
+            if unknown_ok and type(header["proposer"]) is str:
+                return None  # not known here yet: the full check (its parent's state) decides
             raise AitError("bad_block", "block proposer is not an authority")
         return E.check_signed_header(header, block.get("sig"), bytes.fromhex(raw))
 

@@ -60,7 +60,7 @@ SCHEMA = {
         "peers": ("peers", [], None),
     },
     "proposer": {
-        "interval": ("float", 0.1, _POS),
+        "interval": ("float", 0.02, _POS),
     },
     "coordinator": {
         "url": ("str", None, None),

@@ -137,22 +137,35 @@ def _check_change(members, p):
             raise AitError("last_authority", "the last non-jailed authority cannot be removed")
 
 
+def check_update(view, tx):
+    """The rules of an AUTHORITY_UPDATE against the state (admission and
+    blocks alike); its change id and approval record."""
+    p = tx.payload
+    members = view.get("chain", "authorities")
+    if tx.sender not in {m["address"] for m in members if not m["jailed"]}:
+        raise AitError("not_authority", "only a non-jailed authority may send AUTHORITY_UPDATE")
+    _check_change(members, p)
+    cid = change_id(p)
+    rec = view.get("authupd", cid) or {"change": p, "approvers": []}
+    if tx.sender in rec["approvers"]:
+        raise AitError("already_approved", "this authority approved this change already")
+    return cid, rec
+
+
+def unique_keys(tx):
+    """Keys no two pending AUTHORITY_UPDATEs may share (mempool.UNIQUE):
+    one approval of a change per authority."""
+    return [(("authupd", change_id(tx.payload), tx.sender), "already_approved",
+             "this authority's approval of this change is pending already")]
+
+
 def apply_update(ctx, tx, bal, nonce):
     """The AUTHORITY_UPDATE executor: one approval of a change, by a
     non-jailed authority; the change applies at the end of the epoch in
     which q distinct authorities approved it."""
-    p = tx.payload
-    members = ctx.view.get("chain", "authorities")
-    active = {m["address"] for m in members if not m["jailed"]}
-    if tx.sender not in active:
-        raise AitError("not_authority", "only a non-jailed authority may send AUTHORITY_UPDATE")
-    _check_change(members, p)
+    cid, rec = check_update(ctx.view, tx)
     if bal < tx.fee:
         raise AitError("insufficient_balance", f"balance {bal} does not cover fee {tx.fee}")
-    cid = change_id(p)
-    rec = ctx.view.get("authupd", cid) or {"change": p, "approvers": []}
-    if tx.sender in rec["approvers"]:
-        raise AitError("already_approved", "this authority approved this change already")
     ctx.view.set_account(tx.sender, bal - tx.fee, nonce + 1)
     ctx.view.put("authupd", cid, dict(rec, approvers=sorted(rec["approvers"] + [tx.sender])))
     pending = ctx.view.get("chain", "pending_updates") or []
@@ -219,7 +232,7 @@ def pubkey_lookup(view):
     return pubkey_of
 
 
-def begin_block(ctx, parent_hash, genesis_hash, votes, evidence):
+def begin_block(ctx, parent_hash, genesis_hash, votes, evidence, signed=False):
     """Apply a block's votes (for its parent, parent_hash at ctx.height - 1)
     and evidence, before its transactions; AitError("bad_block") for a
     wrong vote or evidence.  Sets ctx.finality (after the votes) and
@@ -232,7 +245,8 @@ def begin_block(ctx, parent_hash, genesis_hash, votes, evidence):
         after = before
     else:
         pset = parent_set_of(ctx.view, ctx.height)
-        after = F.check_block_votes(ctx.chain_id, parent_hash, parent_height, votes, pset.keys, pset.jailed, before)
+        after = F.check_block_votes(ctx.chain_id, parent_hash, parent_height, votes, pset.keys, pset.jailed, before,
+                                    signed=signed)
     if after != before:
         ctx.view.put("chain", "finality", after.to_json())
     ctx.finality = after

@@ -13,7 +13,7 @@ import nacl.exceptions
 import nacl.signing
 
 from aitnode.encoding import parse_hex, sha256
-from aitnode.errors import AitError, ConfigError
+from aitnode.errors import AitError, ConfigError, read_json_file
 
 HRP = "ait"
 _CHARSET = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
@@ -190,13 +190,7 @@ class KeyPair:
     @classmethod
     def load(cls, path):
         """Read a key file; ConfigError if it is unreadable or inconsistent."""
-        try:
-            with open(path) as f:
-                data = json.load(f)
-        except OSError as e:
-            raise ConfigError(f"cannot read key file {path}: {e.strerror}")
-        except ValueError:
-            raise ConfigError(f"key file {path} is not JSON")
+        data = read_json_file(path, "key file")
         try:
             seed = parse_hex(data.get("private_key"), 32, "private_key")
             key = cls(seed)

@@ -5,6 +5,8 @@ contract, listed in docs/protocol.md), a message a person can act on, and
 the HTTP status the RPC layer answers with.
 """
 
+import json
+
 
 class AitError(Exception):
     def __init__(self, code, message, status=400):
@@ -22,3 +24,15 @@ class AitError(Exception):
 
 class ConfigError(Exception):
     """The node cannot start; the message says what to fix."""
+
+
+def read_json_file(path, what):
+    """The JSON value in the file at path; ConfigError naming what it is
+    (a key file, a genesis) when it cannot be read or is not JSON."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror}")
+    except ValueError as e:
+        raise ConfigError(f"{what} {path} is not valid JSON: {e}")

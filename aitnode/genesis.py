@@ -1,11 +1,10 @@
 """Genesis: the checked genesis document, and the state and block it derives."""
 
-import json
 import re
 
 from aitnode import crypto, params as P
 from aitnode.encoding import U64, ZERO_HASH, canonical, is_hex, require_int, sha256_hex
-from aitnode.errors import AitError, ConfigError
+from aitnode.errors import AitError, ConfigError, read_json_file
 from aitnode.consensus import authorities_hash, genesis_set
 from aitnode.state import ACC_MOD, leaf_hash, root_of
 
@@ -86,13 +85,7 @@ class Genesis:
 
     @classmethod
     def load(cls, path):
-        try:
-            with open(path) as f:
-                doc = json.load(f)
-        except OSError as e:
-            raise ConfigError(f"cannot read genesis {path}: {e.strerror}")
-        except ValueError as e:
-            raise ConfigError(f"genesis {path} is not valid JSON: {e}")
+        doc = read_json_file(path, "genesis")
         try:
             return cls(doc)
         except AitError as e:

@@ -7,7 +7,7 @@ sender's pending transactions may spend is checked against its balance at
 admission; everything is checked again when the block is built.
 """
 
-from aitnode import receipts
+from aitnode import consensus, receipts
 from aitnode.errors import AitError
 
 
@@ -29,7 +29,7 @@ COSTS = {
 }
 
 # Keys no two pending transactions may share, by type: fn(tx) -> [(key, code, message)].
-UNIQUE = {receipts.CLAIM: receipts.unique_keys}
+UNIQUE = {receipts.CLAIM: receipts.unique_keys, "AUTHORITY_UPDATE": consensus.unique_keys}
 
 
 class Mempool:

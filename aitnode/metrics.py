@@ -31,6 +31,9 @@ VOTE_RESULTS = (
 )
 # aitnode_evidence_total{kind}: the offence (evidence.Evidence.offence).
 EVIDENCE_KINDS = (DOUBLE_PROPOSAL, DOUBLE_VOTE, SURROUND_VOTE)
+# aitnode_p2p_received_{messages,bytes}_total{type}: peer messages by type
+# (p2p.peers and p2p.wire); any other type a peer sends counts as "other".
+P2P_TYPES = ("hello", "auth", "reject", "status", "tx", "block", "get_blocks", "blocks", "vote", "evidence", "other")
 
 
 class Metrics:
@@ -72,11 +75,18 @@ class Metrics:
             "aitnode_authority_key_conflict",
             "1 once this node saw a block or vote signed with its authority key that it did not make "
             "(another node is using the key); it stops signing until restarted", registry=r)
+        self.p2p_messages = Counter(
+            "aitnode_p2p_received_messages", "Peer messages received (decoded frames), by message type", ["type"],
+            registry=r)
+        self.p2p_bytes = Counter(
+            "aitnode_p2p_received_bytes", "Bytes of the peer messages received (WebSocket payloads), by message type",
+            ["type"], registry=r)
         self._last_block_at = None
         self._tx_children = {}
         self._rpc_children = {}
         self._vote_children = {result: self.votes.labels(result) for result in VOTE_RESULTS}
         self._evidence_children = {kind: self.evidence.labels(kind) for kind in EVIDENCE_KINDS}
+        self._p2p_children = {t: (self.p2p_messages.labels(t), self.p2p_bytes.labels(t)) for t in P2P_TYPES}
 
     def watch_peers(self, count):
         """The node runs the peer service; count() is its number of peers."""
@@ -103,6 +113,12 @@ class Metrics:
         """Another node signs with this node's authority key: set the gauge
         (it stays 1 until the node restarts)."""
         self.authority_key_conflict.set(1)
+
+    def p2p_received(self, mtype, nbytes):
+        """Count one peer message of nbytes (its frame's payload)."""
+        messages, size = self._p2p_children.get(mtype) or self._p2p_children["other"]
+        messages.inc()
+        size.inc(nbytes)
 
     def tx_event(self, ttype, result):
         """Count one transaction; label children are cached (labels() is slow)."""

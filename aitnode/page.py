@@ -4,12 +4,16 @@ A handful of fixed files, read once when the node starts, each with its
 content type and a Content-Security-Policy that lets the page load
 nothing but its own files and talk to nothing but this node (no inline
 script, no CDN, no framing).  Paths outside the fixed set are 404; there
-is no directory listing and no way out of the folder.
+is no directory listing and no way out of the folder.  A page file read
+with any method but GET or HEAD is 405 `method_not_allowed` (JSON, as RPC).
 """
 
 import os
 
 from twisted.web import resource
+
+from aitnode.errors import AitError
+from aitnode.httpjson import json_response
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 
@@ -45,6 +49,14 @@ class StaticFile(resource.Resource):
         super().__init__()
         self.data = data
         self.content_type = content_type
+
+    def render(self, request):
+        # Left to twisted.web, any other method gets an HTML 501 (POST a 405).
+        if request.method not in (b"GET", b"HEAD"):
+            request.setHeader(b"allow", b"GET, HEAD")
+            err = AitError("method_not_allowed", "the page is read with GET or HEAD", 405)
+            return json_response(request, err.as_json(), err.status)
+        return super().render(request)
 
     def render_GET(self, request):
         if request.postpath not in ([], [b""]):

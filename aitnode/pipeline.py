@@ -198,6 +198,8 @@ class BlockPipeline:
         Raises AitError, having changed nothing, if any block fails.
         pause: awaited between blocks (signature checks, then state
         transitions), so a long branch never holds the reactor."""
+        self._log.info("checking a competing branch of {n} blocks after height {height}", n=len(branch),
+                       height=fork_height, component="chain", event="reorg_check")
         for _, txs in branch:
             await self.check_signatures(txs)
             if pause is not None:
@@ -239,7 +241,12 @@ class BlockPipeline:
         self.mempool.clear()
         readmit = []
         for wire in dropped:
-            tx = self.chain.parse_stored_tx(wire)  # it was stored by this node: it parses
+            try:
+                tx = self.chain.parse_stored_tx(wire)
+            except AitError as e:  # stored under older rules: it cannot even be named again
+                self._log.warn("a transaction of an undone block no longer parses ({code}); dropped",
+                               code=e.code, component="chain", event="reorg_unparsable")
+                continue
             readmit.append((tx, attestations.get(tx.hash)))
         refused = []
         restored = self.admission.readmit(readmit + pending, refused)

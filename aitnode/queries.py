@@ -50,18 +50,15 @@ class Queries:
         out = dict(block["header"])
         out["hash"] = block["hash"]
         out["sig"] = block["sig"]
-        # The votes for its parent and the evidence it carries (issue 10),
-        # and the authority set when it carries one (a header-only client
-        # follows every change of the set through these).
-        out["votes"] = list(block.get("votes", []))
-        out["evidence"] = list(block.get("evidence", []))
-        if "authorities" in block:
-            out["authorities"] = block["authorities"]
         if full:
             out["txs"] = [self.store.tx_record(h)["tx"] for h in block["txs"]]
             out["attestations"] = block.get("attestations", {})
         else:
             out["txs"] = list(block["txs"])
+        out["votes"] = block.get("votes", [])
+        out["evidence"] = block.get("evidence", [])
+        if "authorities" in block:
+            out["authorities"] = block["authorities"]
         return out
 
     def get_tx(self, tx_hash):

@@ -16,6 +16,13 @@ from aitnode.errors import AitError
 from aitnode.metrics import CONTENT_TYPE, RouteTemplates
 from aitnode.httpjson import FastRoute, add_json_error_handlers, json_response, loads_json
 
+def found(request, out, missing):
+    """out as the JSON answer, or 404 not_found saying what is missing."""
+    if out is None:
+        raise AitError("not_found", missing, status=404)
+    return json_response(request, out)
+
+
 class RPC:
     """The node's RPC routes, bound to one Node: admission for what is
     sent, queries for what is read.  Errors render in web."""
@@ -114,10 +121,7 @@ class RPC:
 
     @app.route("/rpc/getReceipt/<receipt_id>", methods=["GET"])
     def get_receipt(self, request, receipt_id):
-        out = self.queries.get_receipt(receipt_id)
-        if out is None:
-            raise AitError("not_found", f"no included receipt {receipt_id!r}", status=404)
-        return json_response(request, out)
+        return found(request, self.queries.get_receipt(receipt_id), f"no included receipt {receipt_id!r}")
 
     @app.route("/rpc/getSupply", methods=["GET"])
     def get_supply(self, request):
@@ -145,10 +149,7 @@ class RPC:
     def get_tx(self, request, tx_hash):
         if not is_hex(tx_hash, 32):
             raise AitError("bad_hex", "txHash must be 64 lowercase hex characters")
-        out = self.queries.get_tx(tx_hash)
-        if out is None:
-            raise AitError("not_found", f"no transaction {tx_hash}", status=404)
-        return json_response(request, out)
+        return found(request, self.queries.get_tx(tx_hash), f"no transaction {tx_hash}")
 
     @app.route("/rpc/getBlock/<ref>", methods=["GET"])
     def get_block(self, request, ref):
@@ -157,10 +158,7 @@ class RPC:
         if not is_height and not is_hex(ref, 32):
             raise AitError("bad_block_ref", "give a height (decimal) or a block hash (64 lowercase hex)")
         full = request.args.get(b"full", [b"false"])[0].lower() in (b"true", b"1")
-        out = self.queries.get_block(ref, full=full)
-        if out is None:
-            raise AitError("not_found", f"no block {ref}", status=404)
-        return json_response(request, out)
+        return found(request, self.queries.get_block(ref, full=full), f"no block {ref}")
 
     def get_head(self, request):
         return json_response(request, self.queries.get_head())
@@ -195,10 +193,7 @@ class RPC:
             if not raw.isdigit() or len(raw) > 20 or int(raw) < 1:
                 raise AitError("bad_height", "height must be a block height (an integer from 1)")
             height = int(raw)
-        out = self.queries.get_authorities(height)
-        if out is None:
-            raise AitError("not_found", f"no authority set known for height {height}", status=404)
-        return json_response(request, out)
+        return found(request, self.queries.get_authorities(height), f"no authority set known for height {height}")
 
     @app.route("/rpc/getParams", methods=["GET"])
     def get_params(self, request):
@@ -237,4 +232,12 @@ class RPC:
         body = self.body(request)
         require_fields(body, ("key", "value"), "body")
         tx_hash = self.admission.submit_own("PARAM_UPDATE", {"key": body["key"], "value": body["value"]})
+        return json_response(request, {"txHash": tx_hash})
+
+    @app.route("/admin/authorityUpdate", methods=["POST"])
+    def authority_update(self, request):
+        self.require_admin(request)
+        body = self.body(request)
+        require_fields(body, ("action", "address", "public_key"), "body")
+        tx_hash = self.admission.submit_own("AUTHORITY_UPDATE", body)
         return json_response(request, {"txHash": tx_hash})

@@ -132,6 +132,8 @@ def check_admission(ctx, tx):
     check_common(ctx, tx)
     if tx.type == receipts.CLAIM:
         receipts.check_claim_offline(ctx.view, tx, ctx.params, ctx.chain_id)
+    elif tx.type == "AUTHORITY_UPDATE":
+        consensus.check_update(ctx.view, tx)
 
 
 def apply_tx(ctx, tx):

@@ -139,9 +139,8 @@ class Store:
 
     # -- meta ---------------------------------------------------------
     def meta(self, name, default=None):
-        with self.env.begin(db=self._db["meta"]) as t:
-            raw = t.get(name.encode())
-        return default if raw is None else _loads(raw)
+        value = self._decoded("meta", name.encode())
+        return default if value is None else value
 
     def set_meta(self, **values):
         with self.env.begin(write=True, db=self._db["meta"]) as t:
@@ -190,10 +189,14 @@ class Store:
             return t.stat(self._db[name])["entries"]
 
     # -- blocks and transactions ---------------------------------------
-    def block_by_hash(self, block_hash):
-        with self.env.begin(db=self._db["blocks"]) as t:
-            raw = t.get(block_hash.encode())
+    def _decoded(self, name, key):
+        """The CBOR value under key in table name, or None."""
+        with self.env.begin(db=self._db[name]) as t:
+            raw = t.get(key)
         return None if raw is None else _loads(raw)
+
+    def block_by_hash(self, block_hash):
+        return self._decoded("blocks", block_hash.encode())
 
     def hash_at(self, height):
         with self.env.begin(db=self._db["heights"]) as t:
@@ -205,9 +208,7 @@ class Store:
         return None if h is None else self.block_by_hash(h)
 
     def tx_record(self, tx_hash):
-        with self.env.begin(db=self._db["txs"]) as t:
-            raw = t.get(tx_hash.encode())
-        return None if raw is None else _loads(raw)
+        return self._decoded("txs", tx_hash.encode())
 
     def has_tx(self, tx_hash):
         with self.env.begin(db=self._db["txs"]) as t:

@@ -54,11 +54,16 @@ class Ballot:
         header = block["header"]
         if header["proposer"] == getattr(self.key, "address", None) and header["height"] > (self.local.signed("proposal") or 0):
             self.key_conflict(f"block {block['hash']} at height {header['height']} is signed with this node's key")
+        offenders = set()
         for ev in block.get("evidence") or ():
             try:
-                self.evidence.pop(E.parse_evidence(ev).id, None)
+                parsed = E.parse_evidence(ev)
             except AitError:
-                pass
+                continue
+            self.evidence.pop(parsed.id, None)
+            offenders.add(parsed.offender)
+        if offenders:
+            self._note_jailed(block, offenders)
         self._note_finality()
         self.vote()
 
@@ -182,6 +187,20 @@ class Ballot:
             self.metrics.key_conflict()
             self._log.error("another node is using this authority key: {what}; this node signs nothing until restarted",
                             what=what, component="finality", event="authority_key_conflict")
+
+    def _note_jailed(self, block, offenders):
+        """Log authority_jailed for each offender the block's evidence
+        jailed (from the next block on)."""
+        height = block["header"]["height"]
+        view = self.chain.view()
+        after = C.set_of(view).jailed
+        # The set the block itself was made under, when it is the head (after a
+        # branch switch, the head is further on: every jailed offender is named).
+        before = C.parent_set_of(view, height + 1).jailed if self.chain.head()[1] == block["hash"] else frozenset()
+        for offender in sorted((offenders & after) - before):
+            self._log.warn("authority jailed: {offender} by evidence in block {height}, from block {next} on",
+                           offender=offender, height=height, next=height + 1, hash=block["hash"],
+                           component="finality", event="authority_jailed")
 
     def _note_finality(self):
         now = self.chain.finality()

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """aitnode benchmark: one command, one Markdown table.
 
-    python bench/run.py               # the full run (about 8-12 minutes on 2 cores)
-    python bench/run.py --quick       # a smaller run (about 2 minutes)
+    python bench/run.py               # the full run (about 10-14 minutes on 2 cores)
+    python bench/run.py --quick       # a smaller run (about 3 minutes)
     python bench/run.py --only sendtx,block
     python bench/run.py --only sendtx --profile   # + where the node spends its time
 
@@ -35,6 +35,10 @@ Benchmarks (names for --only):
            /rpc/submitReceipt with twistd aitcoordinator behind a proxy
            adding 0 / 20 / 100 ms; getHead latency meanwhile; 429
            coordinator_busy counted past [coordinator] max_in_flight.
+  finality four twistd authorities peered on loopback, 1 s turns:
+           finality latency (block_proposed log time -> block_finalized
+           on every node) p50 / p99, vote messages and bytes per block,
+           and, in process, block import with 3 votes vs none.
 
 Transactions are signed before any clock starts.  Commit times come from
 the node's own block_proposed log events (JSON lines), read as they are
@@ -54,6 +58,7 @@ sys.path = [REPO] + [p for p in sys.path if os.path.abspath(p or ".") not in (HE
 from bench.blocks import bench_block, bench_state  # noqa: E402
 from bench.claims import bench_claims  # noqa: E402
 from bench.common import Ctx, busy_others, loadavg, now  # noqa: E402
+from bench.finality import bench_finality  # noqa: E402
 from bench.http_ingest import bench_sendtx, bench_sendtxs  # noqa: E402
 from bench.p2p import bench_catchup, bench_relay  # noqa: E402
 from bench.sigonce import bench_sigonce  # noqa: E402
@@ -67,6 +72,7 @@ BENCHES = {
     "relay": bench_relay,
     "catchup": bench_catchup,
     "claims": bench_claims,
+    "finality": bench_finality,
 }
 ALIASES = {"gethead": "sendtxs"}
 
@@ -74,7 +80,7 @@ ALIASES = {"gethead": "sendtxs"}
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="smaller runs (about 2 minutes)")
+    ap.add_argument("--quick", action="store_true", help="smaller runs (about 3 minutes)")
     ap.add_argument("--only", default="", help="comma-separated: " + ", ".join(list(BENCHES) + list(ALIASES)))
     ap.add_argument("--profile", action="store_true", help="profile the node / propose and print the hot spots")
     ap.add_argument("--profile-dir", help="with --profile: also keep the .prof files here")

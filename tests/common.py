@@ -92,3 +92,34 @@ def state_dump(store):
     """Every raw state entry of a store, for comparing two states."""
     with store.env.begin(db=store._db["state"]) as t:
         return dict(t.cursor())
+
+
+def built_node(testcase, extra_ini=""):
+    """tap.build's service tree (not started) for a node on a fresh folder
+    with the test genesis; its LMDB is closed in cleanup."""
+    import os
+
+    from aitnode.config import config_from_string
+    from aitnode.tap import build
+
+    d = os.path.abspath(testcase.mktemp())
+    os.makedirs(d)
+    with open(os.path.join(d, "genesis.json"), "w") as f:
+        json.dump(genesis_doc(), f)
+    cfg = config_from_string(
+        f"[node]\nchain_id = {CHAIN_ID}\ngenesis = genesis.json\n[verifier]\nworkers = 0\n" + extra_ini, d, environ={})
+    top = build(cfg, Clock())
+    testcase.addCleanup(top.node.store.close)
+    return top
+
+
+def edited(obj, changes, drop=None):
+    """A copy of the map obj with changes applied; a value that is drop
+    deletes its key."""
+    out = dict(obj)
+    for k, v in changes.items():
+        if v is drop:
+            del out[k]
+        else:
+            out[k] = v
+    return out

@@ -3,10 +3,12 @@
 It deliberately imports nothing from the ``aitnode`` package: its
 canonical CBOR, bech32, transaction signing and hashing, fee rule, Merkle
 root, state root and genesis derivation, compute receipts (the miner's
-signature, attestations, the claim's tx_root leaf, settlement) and the
-peer handshake's auth bytes are re-implemented here from the document,
-so that a test can show that the document is enough to talk to a node
-(tests/test_independent_client.py).  It also holds a coordinator of its
+signature, attestations, the claim's tx_root leaf, settlement), the
+peer handshake's auth bytes, finality votes and evidence, and a follower
+that checks every block of a chain as section 10 says (header, turn,
+authority set, votes, evidence, transactions, epoch end, state root) are
+re-implemented here from the document, so that a test can show that the
+document is enough to talk to a node (tests/test_independent_client.py).  It also holds a coordinator of its
 own (``Coordinator``), a twisted.web resource that answers POST
 /attest/receipt as the document says.  Dependencies: hashlib, json,
 PyNaCl's ``nacl.signing`` for Ed25519, and twisted.web for the
@@ -233,7 +235,7 @@ def verify_tx(wire, chain_id):
 # --------------------------------------------------------------------------
 # Fees (section 8)
 
-AUTHORITY_TYPES = ("MINT", "PARAM_UPDATE")
+AUTHORITY_TYPES = ("MINT", "PARAM_UPDATE", "AUTHORITY_UPDATE")
 
 
 def min_fee(params, payload, ttype="TRANSFER"):
@@ -298,8 +300,10 @@ PARAM_DEFAULTS = {
     "coordinator_ratio_bps": 500,
     "treasury_ratio_bps": 0,
     "max_block_txs": 10000,
+    "block_interval_ms": 2000,
+    "epoch_length": 100,
     "faucet": False,
-    # escrow, treasury, coordinator: unset unless genesis sets them
+    # escrow, treasury, coordinator, max_block_bytes: unset unless genesis sets them
 }
 
 
@@ -331,9 +335,16 @@ def genesis_entries(doc):
             entries.append(["acct", acct["address"], [acct["balance"], 0]])
     for name, value in genesis_params(doc).items():
         entries.append(["param", name, value])
-    entries.append(["chain", "authorities", [{"address": a["address"], "public_key": a["public_key"]} for a in doc["authorities"]]])
+    entries.append(["chain", "authorities", genesis_set(doc)])
+    for a in doc["authorities"]:
+        entries.append(["authkey", a["address"], a["public_key"]])
     entries.append(["chain", "supply", {"genesis": total, "faucet": 0, "receipts": 0, "coordinator": 0, "treasury": 0}])
     return entries
+
+
+def genesis_set(doc):
+    """chain/authorities at genesis: the file's authorities, none jailed."""
+    return [{"address": a["address"], "public_key": a["public_key"], "jailed": False} for a in doc["authorities"]]
 
 
 def genesis_header(doc):
@@ -345,7 +356,14 @@ def genesis_header(doc):
         "proposer": "",
         "tx_root": ZERO_HASH,
         "state_root": state_root(genesis_entries(doc)),
+        "votes_root": ZERO_HASH,
+        "evidence_root": ZERO_HASH,
+        "authorities_hash": hash_hex(genesis_set(doc)),
     }
+
+
+HEADER_FIELDS = ("chain_id", "parent", "height", "timestamp", "proposer", "tx_root", "state_root", "votes_root",
+                 "evidence_root", "authorities_hash")
 
 
 def block_hash(header):
@@ -579,16 +597,115 @@ def proposal_evidence(a, b):
     return {"kind": "proposal", "a": a, "b": b}
 
 
+VOTE_FIELDS = ("voter", "height", "hash", "source_height", "source_hash", "sig")
+MAX_BLOCK_EVIDENCE = 16
+
+
+def votes_root(wire_votes):
+    """The Merkle root over the votes' leaves H(canonical(wire vote))."""
+    return merkle_root([hash_hex(v) for v in wire_votes])
+
+
+def evidence_root(wire_items):
+    """The Merkle root over the evidence ids H(canonical(wire form))."""
+    return merkle_root([hash_hex(e) for e in wire_items])
+
+
+def evidence_offence(wire, chain_id, key_of):
+    """(offender, offence) of one piece of evidence, or ValueError.
+
+    key_of(address): the public key hex authkey/<address> holds, or None."""
+    if type(wire) is not dict or set(wire) != {"kind", "a", "b"}:
+        raise ValueError("evidence has exactly kind, a and b")
+    a, b = wire["a"], wire["b"]
+    if wire["kind"] == "vote":
+        for v in (a, b):
+            if type(v) is not dict or set(v) != set(VOTE_FIELDS) or not 0 <= v["source_height"] < v["height"]:
+                raise ValueError("evidence: not a vote")
+        if a["voter"] != b["voter"]:
+            raise ValueError("evidence: two voters")
+        if not hash_hex(a) < hash_hex(b):
+            raise ValueError("evidence: a's leaf must be below b's")
+        offence = vote_rule_broken(a, b)
+        if offence is None:
+            raise ValueError("evidence: the votes break no rule")
+        key = key_of(a["voter"])
+        if key is None or not (vote_ok(a, key, chain_id) and vote_ok(b, key, chain_id)):
+            raise ValueError("evidence: a vote is not signed by the voter's key on this chain")
+        return a["voter"], offence
+    if wire["kind"] == "proposal":
+        for half in (a, b):
+            if type(half) is not dict or set(half) != {"header", "sig"} or set(half["header"]) != set(HEADER_FIELDS):
+                raise ValueError("evidence: not a signed header")
+            if len(cbor(half["header"])) > 16384 or half["header"]["height"] < 1:
+                raise ValueError("evidence: header too large or at height 0")
+        ha, hb = a["header"], b["header"]
+        if (ha["height"], ha["proposer"]) != (hb["height"], hb["proposer"]):
+            raise ValueError("evidence: headers of two heights or two proposers")
+        if not block_hash(ha) < block_hash(hb):
+            raise ValueError("evidence: a's block hash must be below b's")
+        key = key_of(ha["proposer"])
+        for half in (a, b):
+            if key is None or half["header"]["chain_id"] != chain_id or not _verify(
+                    key, half["sig"], bytes.fromhex(block_hash(half["header"]))):
+                raise ValueError("evidence: a header is not signed by the proposer's key on this chain")
+        return ha["proposer"], "double_proposal"
+    raise ValueError("evidence kind is proposal or vote")
+
+
 # --------------------------------------------------------------------------
-# A small state machine for TRANSFER, MINT and RECEIPT_CLAIM (sections 6,
-# 8, 10.2, Compute receipts), enough to follow a block from its parent's
-# state.  Rules broken raise ValueError(<the node's error code>).
+# The authority set and AUTHORITY_UPDATE (6.4, 10.1, 10.5, 11.1)
+
+ACTIONS = ("add", "remove", "unjail")
+
+
+def change_id(payload):
+    return hash_hex(payload)
+
+
+def change_problem(members, p):
+    """The error code of a change that cannot apply to members, or None."""
+    m = next((m for m in members if m["address"] == p["address"]), None)
+    if p["action"] == "add":
+        return "authority_exists" if m is not None else None
+    if m is None or m["public_key"] != p["public_key"]:
+        return "authority_unknown"
+    if p["action"] == "unjail" and not m["jailed"]:
+        return "authority_not_jailed"
+    if p["action"] == "remove" and not any(not a["jailed"] and a is not m for a in members):
+        return "last_authority"
+    return None
+
+
+def rank(members, address, height):
+    """The rank of address for block height under the set members (None:
+    no turn, jailed or not an authority)."""
+    active = [m["address"] for m in members if not m["jailed"]]
+    if address not in active:
+        return None
+    return (active.index(address) - height) % len(active)
+
+
+def earliest(members, address, height, parent_timestamp, interval_ms):
+    r = rank(members, address, height)
+    return None if r is None else parent_timestamp + interval_ms * (1 + 2 * r)
+
+
+# --------------------------------------------------------------------------
+# A small state machine for every transaction type, the votes, evidence and
+# epoch end of a block (sections 6, 8, 10.2, 11, Compute receipts, Finality
+# votes and evidence), enough to follow a block from its parent's state.
+# Rules broken raise ValueError(<the node's error code or a reason>).
+
+UPDATABLE = ("base_fee", "fee_per_byte", "mint_per_unit", "coordinator_ratio_bps", "treasury_ratio_bps",
+             "max_block_txs", "max_block_bytes", "block_interval_ms")
 
 
 class State:
     def __init__(self, entries, chain_id=None):
         self.entries = {(ns, key): value for ns, key, value in entries}
         self.chain_id = chain_id
+        self.results = {}  # txHash -> receipt, for AUTHORITY_UPDATE
 
     def account(self, addr):
         return tuple(self.entries.get(("acct", addr), [0, 0]))
@@ -604,8 +721,13 @@ class State:
     def params(self):
         return {key: value for (ns, key), value in self.entries.items() if ns == "param"}
 
+    def members(self):
+        """chain/authorities: the set in effect for the next block."""
+        return self.entries[("chain", "authorities")]
+
     def authorities(self):
-        return {a["address"] for a in self.entries[("chain", "authorities")]}
+        """The addresses of the set, jailed or not."""
+        return {a["address"] for a in self.members()}
 
     def supply(self):
         return dict(self.entries[("chain", "supply")])
@@ -619,8 +741,20 @@ class State:
         params = self.params()
         if wire["fee"] < min_fee(params, wire["payload"], wire["type"]):
             raise ValueError("fee_too_low")
+        if wire["type"] in AUTHORITY_TYPES and sender not in self.authorities():
+            raise ValueError("not_authority")
         if wire["type"] == CLAIM:
             self._claim(wire, height, attestation, params)
+            return wire["fee"]
+        if wire["type"] == "AUTHORITY_UPDATE":
+            return self._authority_update(wire, balance, nonce)
+        if wire["type"] == "PARAM_UPDATE":
+            if wire["payload"]["key"] not in UPDATABLE:
+                raise ValueError("bad_param")
+            if balance < wire["fee"]:
+                raise ValueError("insufficient_balance")
+            self.set_account(sender, balance - wire["fee"], nonce + 1)
+            self.entries[("param", wire["payload"]["key"])] = wire["payload"]["value"]
             return wire["fee"]
         to, amount = wire["payload"]["to"], wire["payload"]["amount"]
         if wire["type"] == "TRANSFER":
@@ -631,8 +765,8 @@ class State:
             if to == escrow and sender != escrow:
                 self.entries[("pay", tx_hash(wire, self.chain_id))] = {"client": sender, "amount": amount, "claimed": ""}
         elif wire["type"] == "MINT":
-            if sender not in self.authorities() or not params.get("faucet"):
-                raise ValueError("MINT not allowed")
+            if not params.get("faucet"):
+                raise ValueError("faucet_disabled")
             if balance < wire["fee"]:
                 raise ValueError("insufficient_balance")
             self.set_account(sender, balance - wire["fee"], nonce + 1)
@@ -640,7 +774,7 @@ class State:
             supply["faucet"] += amount
             self.entries[("chain", "supply")] = supply
         else:
-            raise ValueError("this client follows TRANSFER, MINT and RECEIPT_CLAIM only")
+            raise ValueError("unknown_type")
         to_balance, to_nonce = self.account(to)
         self.set_account(to, to_balance + amount, to_nonce)
         return wire["fee"]
@@ -696,7 +830,39 @@ class State:
         }
         self.entries[("chain", "supply")] = supply
 
+    def _authority_update(self, wire, balance, nonce):
+        sender, p, fee = wire["sender"], wire["payload"], wire["fee"]
+        if set(p) != {"action", "address", "public_key"}:
+            raise ValueError("missing_field")
+        if p["action"] not in ACTIONS:
+            raise ValueError("bad_authority_update")
+        if sha256(bytes.fromhex(p["public_key"]))[:20] != address_bytes(p["address"]):
+            raise ValueError("pubkey_mismatch")
+        members = self.members()
+        if sender not in {m["address"] for m in members if not m["jailed"]}:
+            raise ValueError("not_authority")
+        problem = change_problem(members, p)
+        if problem:
+            raise ValueError(problem)
+        if balance < fee:
+            raise ValueError("insufficient_balance")
+        cid = change_id(p)
+        rec = self.entries.get(("authupd", cid)) or {"change": p, "approvers": []}
+        if sender in rec["approvers"]:
+            raise ValueError("already_approved")
+        self.set_account(sender, balance - fee, nonce + 1)
+        approvers = sorted(rec["approvers"] + [sender])
+        self.entries[("authupd", cid)] = {"change": rec["change"], "approvers": approvers}
+        pending = self.entries.get(("chain", "pending_updates"), [])
+        if cid not in pending:
+            self.entries[("chain", "pending_updates")] = sorted(pending + [cid])
+        self.results[tx_hash(wire, self.chain_id)] = {
+            "change": cid, "approvals": len(approvers),
+            "changes": [{"address": sender, "delta": -fee}] if fee else [], "fee": fee}
+        return fee
+
     def apply_block(self, wires, proposer, height=None, attestations=None):
+        """The block's transactions, then the fee credit (10.2 steps 3, 4)."""
         attestations = attestations or {}
         fees = 0
         for w in wires:
@@ -706,11 +872,205 @@ class State:
             balance, nonce = self.account(proposer)
             self.set_account(proposer, balance + fees, nonce)
 
+    # -- the set, votes, evidence, epoch end -----------------------------------
+    def replace_set(self, height, members):
+        """Block height changed the set: members are in effect from height + 1 (11.1)."""
+        if self.entries.get(("chain", "set_since")) != height + 1:
+            self.entries[("chain", "prev_authorities")] = self.members()
+            self.entries[("chain", "set_since")] = height + 1
+        self.entries[("chain", "authorities")] = members
+
+    def vote_set(self, height):
+        """The set the votes carried by block height count against: the
+        one in effect for its parent (11.1)."""
+        if self.entries.get(("chain", "set_since")) == height:
+            return self.entries[("chain", "prev_authorities")]
+        return self.members()
+
+    def carries_set(self, height):
+        return (height - 1) % self.params()["epoch_length"] == 0 or self.entries.get(("chain", "set_since")) == height
+
+    def finality(self, genesis_hash):
+        got = self.entries.get(("chain", "finality"))
+        if got is None:
+            g = {"height": 0, "hash": genesis_hash}
+            return {"justified": g, "finalized": g}
+        return got
+
+    def apply_votes(self, height, parent_hash, votes, genesis_hash):
+        """10.2 step 1: the votes block height carries for its parent."""
+        if type(votes) is not list:
+            raise ValueError("votes must be a list")
+        if height == 1:
+            if votes:
+                raise ValueError("block 1 carries no votes")
+            return
+        before = self.finality(genesis_hash)
+        keys = {m["address"]: m["public_key"] for m in self.vote_set(height) if not m["jailed"]}
+        if len(votes) > len(keys):
+            raise ValueError("more votes than authorities")
+        previous = ""
+        for v in votes:
+            if type(v) is not dict or set(v) != set(VOTE_FIELDS) or not 0 <= v["source_height"] < v["height"]:
+                raise ValueError("not a vote")
+            if v["voter"] <= previous:
+                raise ValueError("votes must be sorted by voter, each voter once")
+            previous = v["voter"]
+            if v["voter"] not in keys:
+                raise ValueError("a vote by no non-jailed authority")
+            if (v["height"], v["hash"]) != (height - 1, parent_hash):
+                raise ValueError("a vote whose target is not the parent")
+            if {"height": v["source_height"], "hash": v["source_hash"]} != before["justified"]:
+                raise ValueError("a vote whose source is not the latest justified block")
+            if not vote_ok(v, keys[v["voter"]], self.chain_id):
+                raise ValueError("a vote not signed by its voter")
+        if votes and len(votes) >= quorum(len(keys)):
+            j = before["justified"]
+            finalized = j if j["height"] == height - 2 else before["finalized"]
+            self.entries[("chain", "finality")] = {"justified": {"height": height - 1, "hash": parent_hash},
+                                                   "finalized": finalized}
+
+    def apply_evidence(self, height, evidence):
+        """10.2 step 2: record each piece, jail its offender from height + 1."""
+        if type(evidence) is not list or len(evidence) > MAX_BLOCK_EVIDENCE:
+            raise ValueError("evidence must be a list of at most 16")
+        members = [dict(m) for m in self.members()]
+        jailed, previous = False, ""
+        for w in evidence:
+            offender, offence = evidence_offence(w, self.chain_id, lambda a: self.entries.get(("authkey", a)))
+            eid = hash_hex(w)
+            if eid <= previous:
+                raise ValueError("evidence must be sorted by id, each once")
+            previous = eid
+            if ("evid", eid) in self.entries:
+                raise ValueError("evidence recorded already")
+            self.entries[("evid", eid)] = {"height": height, "offender": offender, "offence": offence}
+            active = [m for m in members if not m["jailed"]]
+            for m in members:
+                if m["address"] == offender and not m["jailed"] and len(active) > 1:
+                    m["jailed"] = jailed = True
+        if jailed:
+            self.replace_set(height, members)
+
+    def end_block(self, height):
+        """10.2 step 5: at an epoch's last block, the pending changes (6.4)."""
+        if height % self.params()["epoch_length"]:
+            return
+        pending = self.entries.get(("chain", "pending_updates"), [])
+        if not pending:
+            return
+        members = [dict(m) for m in self.members()]
+        q = quorum(len([m for m in members if not m["jailed"]]))
+        keep = []
+        for cid in sorted(pending):
+            p = self.entries[("authupd", cid)]["change"]
+            if change_problem(members, p):
+                del self.entries[("authupd", cid)]
+                continue
+            active = {m["address"] for m in members if not m["jailed"]}
+            if len([a for a in self.entries[("authupd", cid)]["approvers"] if a in active]) < q:
+                keep.append(cid)
+                continue
+            if p["action"] == "add":
+                members.append({"address": p["address"], "public_key": p["public_key"], "jailed": False})
+                self.entries[("authkey", p["address"])] = p["public_key"]
+            elif p["action"] == "remove":
+                members = [m for m in members if m["address"] != p["address"]]
+            else:
+                for m in members:
+                    if m["address"] == p["address"]:
+                        m["jailed"] = False
+            del self.entries[("authupd", cid)]
+        self.replace_set(height, members)
+        if keep:
+            self.entries[("chain", "pending_updates")] = keep
+        else:
+            del self.entries[("chain", "pending_updates")]
+
     def as_entries(self):
         return [[ns, key, value] for (ns, key), value in self.entries.items()]
 
     def root(self):
         return state_root(self.as_entries())
+
+
+class Follower:
+    """Follows one chain from its genesis file, checking every block as
+    sections 10 and 11 say (its header, signature, turn, authority set,
+    votes, evidence, transactions, fees, epoch end and state root).
+    ``state`` is the state after the last block followed; ``finality()``
+    its justified and finalized blocks."""
+
+    def __init__(self, doc):
+        self.chain_id = doc["chain_id"]
+        self.state = State(genesis_entries(doc), self.chain_id)
+        self.header = genesis_header(doc)
+        self.hash = self.genesis_hash = block_hash(self.header)
+
+    def finality(self):
+        return self.state.finality(self.genesis_hash)
+
+    def follow(self, record, wires):
+        """Check and apply one block record (10.1) whose transactions are
+        wires (wire forms, in block order); ValueError(reason) for the first
+        rule it breaks (the state is then not to be used)."""
+        st, cid = self.state, self.chain_id
+        header = record["header"]
+        if type(header) is not dict or set(header) != set(HEADER_FIELDS):
+            raise ValueError("the header has the wrong members")
+        height = self.header["height"] + 1
+        if (header["chain_id"], header["parent"], header["height"]) != (cid, self.hash, height):
+            raise ValueError("the block does not extend the chain")
+        h = block_hash(header)
+        if record.get("hash", h) != h:
+            raise ValueError("the hash is not the header's")
+        members, params = st.members(), st.params()  # the set in effect, the parameters at the parent
+        key = {m["address"]: m["public_key"] for m in members}.get(header["proposer"])
+        if key is None or not _verify(key, record["sig"], bytes.fromhex(h)):
+            raise ValueError("the block is not signed by an authority")
+        first = earliest(members, header["proposer"], height, self.header["timestamp"], params["block_interval_ms"])
+        if first is None:
+            raise ValueError("the proposer has no turn (jailed)")
+        if header["timestamp"] < first:
+            raise ValueError(f"the block is stamped before its proposer's turn ({header['timestamp']} < {first})")
+        if header["authorities_hash"] != hash_hex(members):
+            raise ValueError("authorities_hash is not the set in effect's")
+        if st.carries_set(height):
+            if record.get("authorities") != members:
+                raise ValueError("the block does not carry the authority set")
+        elif "authorities" in record:
+            raise ValueError("the block carries an authority set it need not")
+        votes, evidence = record.get("votes", []), record.get("evidence", [])
+        if (votes_root(votes), evidence_root(evidence)) != (header["votes_root"], header["evidence_root"]):
+            raise ValueError("votes_root or evidence_root does not match")
+        hashes = [tx_hash(w, cid) for w in wires]
+        if record.get("txs", hashes) != hashes or not all(verify_tx(w, cid) for w in wires):
+            raise ValueError("the transactions are not the block's")
+        atts = record.get("attestations") or {}
+        if set(atts) != {x for x, w in zip(hashes, wires) if w["type"] == CLAIM}:
+            raise ValueError("attestations do not belong to the claims")
+        if block_tx_root(hashes, atts) != header["tx_root"]:
+            raise ValueError("tx_root does not match")
+        if not block_within_limits(params, wires, cid, atts):
+            raise ValueError("the block is over a limit")
+        st.apply_votes(height, self.hash, votes, self.genesis_hash)
+        st.apply_evidence(height, evidence)
+        st.apply_block(wires, header["proposer"], height, atts)
+        st.end_block(height)
+        if st.root() != header["state_root"]:
+            raise ValueError("state_root does not match")
+        self.header, self.hash = header, h
+
+
+def rpc_block(answer):
+    """(record, wires) of a GET /rpc/getBlock/{ref}?full=true answer (section 12)."""
+    wires = answer["txs"]
+    record = {"header": {k: answer[k] for k in HEADER_FIELDS}, "hash": answer["hash"], "sig": answer["sig"],
+              "txs": [tx_hash(w) for w in wires], "attestations": answer.get("attestations", {}),
+              "votes": answer["votes"], "evidence": answer["evidence"]}
+    if "authorities" in answer:
+        record["authorities"] = answer["authorities"]
+    return record, wires
 
 
 # --------------------------------------------------------------------------

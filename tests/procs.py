@@ -32,8 +32,10 @@ from twisted.internet.task import deferLater
 from twisted.web.client import HTTPConnectionPool
 
 from aitnode import launch
-from aitnode.launch import ROOT as REPO_ROOT, child_env as twistd_environ, twistd_argv  # noqa: F401 (REPO_ROOT, twistd_environ: for tests)
+from aitnode.launch import child_env as twistd_environ, twistd_argv  # noqa: F401 (twistd_environ: for tests)
 from tests.common import ADMIN_TOKEN, AUTHORITY, CHAIN_ID, genesis_doc
+
+REPO_ROOT = launch.ROOT  # for tests that run the tree's own scripts
 
 
 def inline(fn):
@@ -132,6 +134,15 @@ def post(url, body=None, **kw):
 
 
 # -- node processes ------------------------------------------------------
+
+def turns_doc(interval, **kw):
+    """A genesis (tests.common.genesis_doc) whose turns are ``interval``
+    seconds apart (block_interval_ms), the proposer interval its nodes run
+    with.  Several authorities need it: with the 10 ms turns of
+    genesis_doc, every authority's turn has long come each time its
+    proposer looks, so all of them propose at every height and fork."""
+    return genesis_doc(block_interval_ms=round(interval * 1000), **kw)
+
 
 def stop_process(proto, sig=signal.SIGTERM, timeout=launch.STOP_GRACE):
     """Send sig to a child; a Deferred firing with its protocol once it

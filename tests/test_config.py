@@ -52,7 +52,7 @@ class DefaultsTests(ConfigTestBase):
         self.assertEqual(cfg.rpc.max_connections, 512)
         self.assertIsNone(cfg.p2p.listen)
         self.assertEqual(cfg.p2p.peers, [])
-        self.assertEqual(cfg.proposer.interval, 0.1)
+        self.assertEqual(cfg.proposer.interval, 0.02)
         self.assertIsNone(cfg.coordinator.url)
         self.assertEqual(cfg.coordinator.allow, [])
         self.assertEqual(cfg.coordinator.timeout, 5.0)

@@ -11,6 +11,8 @@ from aitnode import encoding, httpjson, tx
 from aitnode.crypto import KeyPair
 from aitnode.errors import AitError
 
+from tests.common import edited
+
 CHAIN = "ait-test"
 
 
@@ -266,13 +268,7 @@ class TransactionTests(SynchronousTestCase):
         )
 
     def wire(self, **changes):
-        obj = self.tx.to_wire()
-        for k, v in changes.items():
-            if v is _DROP:
-                del obj[k]
-            else:
-                obj[k] = v
-        return obj
+        return edited(self.tx.to_wire(), changes, drop=_DROP)
 
     def assertRefused(self, obj, code, chain_id=CHAIN):
         e = self.assertRaises(AitError, tx.parse_tx, obj, chain_id)

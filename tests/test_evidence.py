@@ -323,7 +323,9 @@ class DocumentVectorTests(SynchronousTestCase):
         self.assertEqual(first.to_wire(), self.fv["wire"])
         state_root = hashlib.sha256(b"aitnode vector state").hexdigest()
         headers = [{"chain_id": cid, "parent": self.block(6), "height": 7, "timestamp": ts, "proposer": k.address,
-                    "tx_root": "0" * 64, "state_root": state_root} for ts in (1700000070, 1700000071)]
+                    "tx_root": "0" * 64, "state_root": state_root, "votes_root": "0" * 64, "evidence_root": "0" * 64,
+                    "authorities_hash": hashlib.sha256(b"aitnode vector authorities").hexdigest()}
+                   for ts in (1_700_000_070_000, 1_700_000_071_000)]
         built = {
             "double_vote": E.vote_evidence(first, F.sign_vote(k, cid, 7, self.block("7b"), 6, self.block(6))),
             "surround_vote": E.vote_evidence(F.sign_vote(k, cid, 9, self.block(9), 5, self.block(5)), first),

@@ -8,6 +8,8 @@ pumps bytes and runs due Clock calls until nothing moves.  Nothing
 sleeps: time passes only when a test advances the Clock.
 """
 
+import re
+
 import cbor2
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet.address import IPv4Address
@@ -19,6 +21,7 @@ from txaio._common import _BatchedTimer
 
 from aitnode import crypto
 from aitnode import p2p as p2pmod
+from aitnode.p2p import sync as sync_mod
 from aitnode.blocks import block_hash
 from aitnode.genesis import make_genesis
 from aitnode.crypto import KeyPair
@@ -372,6 +375,31 @@ class GossipTests(P2PTestCase):
         self.assertEqual(follower.node.chain.head(), (1, block["hash"]))
         self.assertEqual(follower.node.queries.get_block(1), auth.node.queries.get_block(1))
 
+    def test_received_messages_counted_by_type(self):
+        """aitnode_p2p_received_{messages,bytes}_total{type}: every decoded
+        frame, its payload bytes; an unknown type counts as "other"."""
+        auth = self.net.peer()
+        follower = self.net.peer(key=None)
+        link = self.net.connect(follower, auth)
+        auth.node.pipeline.propose()
+        self.net.settle()
+        text = follower.node.metrics.render().decode()
+
+        def sample(name, mtype):
+            return float(re.search(rf'^{name}{{type="{mtype}"}} (\S+)$', text, re.M).group(1))
+
+        frame = encode("block", auth.node.chain.block_entry(1))
+        self.assertEqual(sample("aitnode_p2p_received_messages_total", "block"), 1)
+        self.assertEqual(sample("aitnode_p2p_received_bytes_total", "block"), len(frame))
+        self.assertEqual(sample("aitnode_p2p_received_messages_total", "hello"), 1)
+        self.assertEqual(sample("aitnode_p2p_received_messages_total", "vote"), 1)  # the authority's, for block 1
+        self.assertEqual(sample("aitnode_p2p_received_messages_total", "evidence"), 0)
+        link.server.sendMessage(encode("nonsense", {}), isBinary=True)  # auth's side of the link
+        self.net.settle()
+        text = follower.node.metrics.render().decode()
+        self.assertEqual(sample("aitnode_p2p_received_messages_total", "other"), 1)
+        self.assertNotIn("nonsense", text)
+
     def test_block_relayed_through_line(self):
         auth, f1, f2 = self.line()
         for _ in range(3):
@@ -600,28 +628,25 @@ class MisbehaviourTests(P2PTestCase):
         link = self.net.connect(follower, auth)
         return auth, follower, link
 
-    def test_non_cbor_frame(self):
+    def assertDroppedAsGarbage(self, payload, binary=True):
+        """A frame that is no aitnode message closes the link and costs the
+        sender the garbage penalty on both sides' books."""
         auth, follower, link = self.pair()
-        link.client.sendMessage(b"\xff\xfe not cbor", isBinary=True)
+        link.client.sendMessage(payload, isBinary=binary)
         self.net.settle()
         self.assertTrue(link.closed)
         self.assertEqual(auth.scores[follower.node_id], p2pmod.PENALTY["garbage"])
         self.assertEqual(auth.conns, set())
         self.assertEqual(follower.conns, set())
 
+    def test_non_cbor_frame(self):
+        self.assertDroppedAsGarbage(b"\xff\xfe not cbor")
+
     def test_text_frame(self):
-        auth, follower, link = self.pair()
-        link.client.sendMessage(b'{"type": "status"}', isBinary=False)
-        self.net.settle()
-        self.assertTrue(link.closed)
-        self.assertEqual(auth.scores[follower.node_id], p2pmod.PENALTY["garbage"])
+        self.assertDroppedAsGarbage(b'{"type": "status"}', binary=False)
 
     def test_cbor_not_a_message(self):
-        auth, follower, link = self.pair()
-        link.client.sendMessage(cbor2.dumps([1, 2, 3]), isBinary=True)
-        self.net.settle()
-        self.assertTrue(link.closed)
-        self.assertEqual(auth.scores[follower.node_id], p2pmod.PENALTY["garbage"])
+        self.assertDroppedAsGarbage(cbor2.dumps([1, 2, 3]))
 
     def test_unknown_type(self):
         auth, follower, link = self.pair()
@@ -822,12 +847,12 @@ class ReorgTests(P2PTestCase):
         self.assertEqual(chain[:3], common)
         self.assertEqual(len(chain), 6)
 
-    def liar(self, victim, height=100):
+    def liar(self, victim, height=100, head="ab" * 32):
         """A raw peer that says it has a long chain; returns its Link."""
         link = self.net.connect(None, victim, protocol=RawClient)
         nk = KeyPair.generate()
         theirs = link.client.first("hello")
-        link.client.send("hello", dict(theirs, node_id=nk.public_key.hex(), height=height, head="ab" * 32))
+        link.client.send("hello", dict(theirs, node_id=nk.public_key.hex(), height=height, head=head))
         link.client.send("auth", {"sig": nk.sign(auth_bytes(CHAIN_ID, theirs["challenge"], nk.public_key.hex())).hex()})
         self.net.settle()
         link.node_id = nk.public_key.hex()
@@ -876,7 +901,7 @@ class ReorgTests(P2PTestCase):
         b.pipeline.import_block(a.node.store.block_at(1), [])
         rival = b.pipeline.propose()  # height 2 on a's block 1
         self.build(a, 2)
-        honest = self.liar(follower, height=0)
+        honest = self.liar(follower, height=0, head=follower.node.chain.head()[1])  # nothing to sync from it
         conn = next(c for c in follower.conns if c.remote_id == honest.node_id)
         real = follower.node.pipeline.import_block_async
         fired = []
@@ -895,29 +920,56 @@ class ReorgTests(P2PTestCase):
         self.assertEqual(follower.scores.get(honest.node_id), 0)
         self.assertFalse(follower.is_banned(node_id=honest.node_id))
 
-    def test_tie_goes_to_the_lower_hash(self):
-        """Two branches of one height, neither justified further: fork
-        choice takes the one whose head hash is lower, on both sides
-        (issue 10: justified height, then height, then the lower hash),
-        and neither peer is penalised for holding the other."""
+    def test_branch_headers_are_checked_for_a_second_header(self):
+        """A clone of K1 that signed its own block 1 before it met the
+        others finds, in the branch it syncs, K1's other header at height
+        1: evidence, gossiped; the next block by K2 carries it, and K1 is
+        jailed.  The clone also stops signing (another node has its key)."""
+        doc = genesis_doc(authorities=(K1, K2))
+        a, b = self.net.peer(doc=doc, key=K1), self.net.peer(doc=doc, key=K2)
+        self.net.connect(b, a)
+        for p in (a, b, a):
+            self.build(p, 1)
+            self.net.advance(0.05)
+        clone = self.net.peer(doc=doc, key=K1)
+        self.net.advance(0.05)
+        self.build(clone, 1)
+        self.assertNotEqual(hashes(clone)[1], hashes(a)[1])
+        self.net.connect(clone, b)
+        self.assertEqual(self.assertSameChain(a, b, clone), hashes(a))
+        self.assertTrue(clone.node.pipeline.signing_stopped)
+        [ev] = b.node.ballot.evidence.values()
+        self.assertEqual((ev.offender, ev.heights), (K1.address, (1, 1)))
+        self.net.advance(0.05)
+        block = b.node.pipeline.propose()
+        self.assertEqual(block["evidence"], [ev.to_wire()])
+        self.assertEqual(b.node.chain.authority_set().jailed, {K1.address})
+        self.net.settle()
+        self.assertSameChain(a, b, clone)
+        # Each node that commits the block logs the jailing once.
+        jailed = self.logged("authority_jailed")
+        self.assertEqual([(e["offender"], e["height"]) for e in jailed], [(K1.address, block["header"]["height"])] * 3)
+
+    def test_tie_goes_to_the_lower_head_hash(self):
+        """Fork choice between two chains of one height with the same
+        justified block: the lower head hash, on both nodes; a branch found
+        not better costs its peer nothing and is not fetched again."""
         a, b = self.two()
         self.build(a, 3, [transfer(ALICE, 1, CAROL, 5)])
         self.build(b, 3)
         a_chain, b_chain = hashes(a), hashes(b)
-        winner, loser = (a, b) if a_chain[3] < b_chain[3] else (b, a)
-        won, lost = hashes(winner), loser.node.chain.block_entry(3)
+        winner, loser = sorted((a_chain, b_chain), key=lambda c: c[-1])
         self.net.connect(a, b)
-        self.assertEqual(hashes(a), won)
-        self.assertEqual(hashes(b), won)
-        self.assertEqual(len(self.logged("reorg")), 1)
-        self.assertEqual(len(a.conns), 1)
-        self.assertEqual((a.scores.get(b.node_id), b.scores.get(a.node_id)), (0, 0))
-        # The losing head, announced again, changes nothing.
-        conn_to(loser, winner).send("block", lost)
+        self.assertEqual(hashes(a), winner)
+        self.assertEqual(hashes(b), winner)
+        self.assertEqual((len(a.conns), len(b.conns)), (1, 1))
+        self.assertEqual((a.scores.get(b.node_id, 0), b.scores.get(a.node_id, 0)), (0, 0))
+        if winner is b_chain:  # a's transfer went back to its mempool
+            self.assertEqual(a.node.queries.get_tx(transfer(ALICE, 1, CAROL, 5).hash)["status"], "pending")
+        # One block more on either side decides it again.
+        b.node.pipeline.propose()
         self.net.settle()
-        self.assertEqual(hashes(a), won)
-        self.assertEqual(hashes(b), won)
-        self.assertEqual(winner.scores.get(loser.node_id), 0)
+        self.assertEqual(self.assertSameChain(a, b)[:4], winner)
 
 
 class LRUSetTests(SynchronousTestCase):
@@ -935,7 +987,7 @@ class LRUSetTests(SynchronousTestCase):
         p = net.peer()
         for _ in range(40):
             p.node.pipeline.propose()
-        loc = p.sync.locator()
+        loc = sync_mod.locator(p.node.chain)
         store = p.node.store
         heights = [store.block_by_hash(h)["header"]["height"] for h in loc]
         # The 9 newest one by one, then gaps doubling, then genesis.

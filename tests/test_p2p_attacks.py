@@ -21,7 +21,10 @@ from aitnode.crypto import KeyPair
 from aitnode.errors import AitError
 from aitnode.genesis import Genesis
 from aitnode.mempool import Mempool
-from aitnode.p2p import auth_bytes, encode, peers as peers_mod, sync as sync_mod, wire as wire_mod
+from aitnode.p2p import (
+    auth_bytes, book as book_mod, encode, held as held_mod, peers as peers_mod, serve as serve_mod, sync as sync_mod,
+    watch as watch_mod, wire as wire_mod,
+)
 from aitnode.proposer import ProposerService
 from aitnode.receipts import CLAIM, attestation_request, sign_attestation, sign_claim
 from aitnode.steps import run_steps
@@ -583,7 +586,7 @@ class DeafPeerTests(P2PTestCase):
             link.client.send("get_blocks", {"from": 1, "limit": 512})
         push(link)
         self.net.clock.advance(0)
-        bound = wire_mod.SEND_LOW + sync_mod.ANSWER_BYTES + 4096
+        bound = wire_mod.SEND_LOW + serve_mod.ANSWER_BYTES + 4096
         self.assertLessEqual(queued(link), bound)
         # One request waited; the next was a protocol violation: closed.
         self.assertEqual(self.auth.scores[link.node_id], p2pmod.PENALTY["protocol"])
@@ -618,7 +621,7 @@ class DeafPeerTests(P2PTestCase):
         tick(self.net.clock, 2)
         self.assertTrue(link.pump.serverIO.disconnecting)
         self.assertTrue(self.logged("peer_not_reading"))
-        self.assertLessEqual(held, wire_mod.SEND_LOW + sync_mod.ANSWER_BYTES)
+        self.assertLessEqual(held, wire_mod.SEND_LOW + serve_mod.ANSWER_BYTES)
 
     def test_a_waiting_request_is_answered_once_the_peer_reads(self):
         link = self.deaf()
@@ -649,7 +652,7 @@ class DeafPeerTests(P2PTestCase):
         self.assertTrue(link.pump.serverIO.disconnecting)
 
     def test_answer_bytes_are_capped_by_their_encoding(self):
-        self.patch(sync_mod, "ANSWER_BYTES", 10 * self.entry_bytes)
+        self.patch(serve_mod, "ANSWER_BYTES", 10 * self.entry_bytes)
         raw = authed_raw(self.net, self.auth, height=0)
         frames = []
         real = raw.client.onMessage
@@ -658,14 +661,14 @@ class DeafPeerTests(P2PTestCase):
         self.net.settle()
         [frame] = [f for f in frames if cbor2.loads(f)["type"] == "blocks"]
         answer = cbor2.loads(frame)["data"]
-        self.assertLessEqual(len(frame), sync_mod.ANSWER_BYTES + 64)
+        self.assertLessEqual(len(frame), serve_mod.ANSWER_BYTES + 64)
         self.assertEqual(frame, encode("blocks", answer))  # the frame is canonical CBOR
         sizes = [len(cbor2.dumps(e, canonical=True)) for e in answer["blocks"]]
-        self.assertLessEqual(sum(sizes), sync_mod.ANSWER_BYTES)
+        self.assertLessEqual(sum(sizes), serve_mod.ANSWER_BYTES)
         following = self.auth.node.chain.block_entry(len(sizes) + 1)
-        self.assertGreater(sum(sizes) + len(cbor2.dumps(following, canonical=True)), sync_mod.ANSWER_BYTES)
+        self.assertGreater(sum(sizes) + len(cbor2.dumps(following, canonical=True)), serve_mod.ANSWER_BYTES)
         # A single block larger than the cap still goes, alone.
-        self.patch(sync_mod, "ANSWER_BYTES", 10)
+        self.patch(serve_mod, "ANSWER_BYTES", 10)
         raw.client.send("get_blocks", {"from": 7, "limit": 512})
         self.net.settle()
         answer = cbor2.loads([f for f in frames if cbor2.loads(f)["type"] == "blocks"][-1])["data"]
@@ -816,6 +819,27 @@ class ReorgKeepsTransactionsTests(P2PTestCase):
         a.node.pipeline.propose()
         self.assertEqual(a.node.queries.get_tx(claim.hash)["status"], "included")
 
+    def test_hundreds_dropped_at_once(self):
+        """300 transactions of the undone blocks all refused (the new chain
+        used their nonces): each is reported, and no refusal keeps an LMDB
+        reader open (a node has 126)."""
+        doc = genesis_doc(authorities=(K1, K2))
+        a = self.net.peer(doc=doc, key=K1)
+        b = self.net.peer(doc=doc, key=K2)
+        mine = [transfer(ALICE, n, CAROL, 1) for n in range(1, 301)]
+        for t in mine:
+            a.node.admission.submit(t.to_wire())
+        a.node.pipeline.propose()
+        for n in range(1, 301):
+            b.node.admission.submit(transfer(ALICE, n, CAROL, 2).to_wire())
+        b.node.pipeline.propose()
+        b.node.pipeline.propose()
+        self.net.connect(a, b)
+        self.assertEqual(self.assertSameChain(a, b), hashes(b))
+        for t in mine:
+            error = a.node.queries.get_tx(t.hash)["receipt"]["error"]
+            self.assertEqual((error["code"], error["message"].split(":")[0]), ("dropped_by_reorg", "nonce_too_low"))
+
 
 # -- defect 14: peer table, scores and bans, blocks from the future ------------
 
@@ -851,9 +875,9 @@ class BookkeepingTests(P2PTestCase):
     def test_bans_and_scores_are_pruned_and_bounded(self):
         p = self.net.peer()
         clock = self.net.clock
-        self.patch(peers_mod, "MAX_SCORES", 50)
-        self.patch(peers_mod, "SCORE_TTL", 900)  # ticked through a second at a time below
-        self.patch(peers_mod, "MAX_BANS", 20)
+        self.patch(book_mod, "MAX_SCORES", 50)
+        self.patch(book_mod, "SCORE_TTL", 900)  # ticked through a second at a time below
+        self.patch(book_mod, "MAX_BANS", 20)
         for n in range(200):  # many hosts and many proven ids, each banned
             conn = StubConn(f"10.0.{n // 250}.{n % 250}", remote_id=None if n % 2 else f"{n:064x}")
             p.penalize(conn, "oversized", "test")
@@ -861,35 +885,35 @@ class BookkeepingTests(P2PTestCase):
             self.assertLessEqual(len(p.scores), 50)
             self.assertLessEqual(len(p.bans), 20)
         # The bans that end last are those kept (a host's are short).
-        self.assertEqual(len(p.bans), 20)
+        self.assertTrue(18 <= len(p.bans) <= 20, len(p.bans))  # trimmed to 90% when over the bound
         self.assertTrue(p.is_banned(node_id=f"{198:064x}"))
         self.assertFalse(p.is_banned(node_id=f"{0:064x}"))
         # Expired bans go; the scores of peers gone for SCORE_TTL too.
-        tick(clock, p2pmod.BAN_SECONDS + peers_mod.PRUNE_INTERVAL)
+        tick(clock, p2pmod.BAN_SECONDS + book_mod.PRUNE_INTERVAL)
         self.assertEqual(p.bans, {})
         self.assertTrue(p.scores)
-        tick(clock, peers_mod.SCORE_TTL)
+        tick(clock, book_mod.SCORE_TTL)
         self.assertEqual(p.scores, {})
         # The peer table keeps the rows seen last.
-        self.patch(peers_mod, "MAX_PEER_ROWS", 3)
+        self.patch(book_mod, "MAX_PEER_ROWS", 3)
         for n in range(6):
             p.node.local.put_peer(f"{n:064x}", {"addr": "10.1.1.1:1", "last_seen": int(clock.seconds()) + n, "score": 0})
-        p.prune()
+        p.book.prune()
         self.assertEqual(sorted(p.node.local.peers()), [f"{n:064x}" for n in (3, 4, 5)])
 
     def test_a_connected_peer_keeps_its_score(self):
-        self.patch(peers_mod, "SCORE_TTL", 120)  # ticked through a second at a time below
+        self.patch(book_mod, "SCORE_TTL", 120)  # ticked through a second at a time below
         auth = self.net.peer()
         follower = self.net.peer(key=None)
         link = self.net.connect(follower, auth)
         link.client.send("tx", {"tx": {"type": "TRANSFER"}})
         self.net.settle()
-        tick(self.net.clock, peers_mod.SCORE_TTL + peers_mod.PRUNE_INTERVAL)
+        tick(self.net.clock, book_mod.SCORE_TTL + book_mod.PRUNE_INTERVAL)
         self.assertFalse(link.closed)
         self.assertEqual(auth.scores[follower.node_id], p2pmod.PENALTY["bad_tx"])
         link.client.dropConnection(abort=True)
         self.net.settle()
-        tick(self.net.clock, peers_mod.SCORE_TTL + peers_mod.PRUNE_INTERVAL)
+        tick(self.net.clock, book_mod.SCORE_TTL + book_mod.PRUNE_INTERVAL)
         self.assertNotIn(follower.node_id, auth.scores)
         self.assertEqual(auth.node.local.peers()[follower.node_id]["score"], p2pmod.PENALTY["bad_tx"])
 
@@ -940,14 +964,14 @@ class FutureBlockTests(P2PTestCase):
     def test_the_holding_area_is_bounded(self):
         source = self.source(40)
         peer = authed_raw(self.net, self.follower)
-        for n in range(sync_mod.HELD_BLOCKS + 5):  # distinct blocks at height 1
+        for n in range(held_mod.HELD_BLOCKS + 5):  # distinct blocks at height 1
             block, _, view, _ = source.chain.build_block([], AUTHORITY, (self.now + 20) * 1000 + n)
             view.release()
             peer.client.send("block", {"block": block, "txs": []})
-        far = self.source(sync_mod.HOLD_AHEAD + DRIFT + 60).pipeline.propose()
+        far = self.source(held_mod.HOLD_AHEAD + DRIFT + 60).pipeline.propose()
         peer.client.send("block", {"block": far, "txs": []})
         self.net.settle()
-        self.assertEqual(len(self.follower.sync.held), sync_mod.HELD_BLOCKS)
+        self.assertEqual(len(self.follower.sync.held), held_mod.HELD_BLOCKS)
         self.assertNotIn(far["hash"], self.follower.sync.held)
         self.assertTrue(self.logged("block_too_far_ahead"))
         self.net.advance(100)
@@ -961,7 +985,9 @@ class FutureBlockTests(P2PTestCase):
         source.pipeline.propose()
         source.clock.advance(100)
         source.pipeline.propose()  # block 3: 100 s ahead of the network's clock
-        source.pipeline.propose()
+        source.pipeline.propose()  # block 4: one turn (block_interval_ms) after block 3
+        stamps = [source.chain.store.block_at(h)["header"]["timestamp"] for h in (3, 4)]
+        self.assertEqual(stamps[1] - stamps[0], source.chain.params()["block_interval_ms"])
         peer = authed_raw(self.net, self.follower, height=4)
         peer.client.send("blocks", {"blocks": [source.chain.block_entry(h) for h in (1, 2, 3, 4)], "height": 4})
         self.net.settle()
@@ -976,12 +1002,15 @@ class FutureBlockTests(P2PTestCase):
         self.assertEqual(len(asks), 2)
         peer.client.send("blocks", {"blocks": [source.chain.block_entry(h) for h in (3, 4)], "height": 4})
         self.net.settle()
-        # Block 4 is stamped one turn (10 ms) after block 3: due a moment later.
+        # Block 3 is due; block 4, a turn later, is not yet: it stops there again.
         self.assertEqual(self.follower.node.chain.head()[0], 3)
+        self.assertEqual(len([m for m in peer.client.got if m["type"] == "get_blocks"]), 2)
         self.net.advance(1)
+        self.assertEqual(len([m for m in peer.client.got if m["type"] == "get_blocks"]), 3)
         peer.client.send("blocks", {"blocks": [source.chain.block_entry(4)], "height": 4})
         self.net.settle()
         self.assertEqual(self.follower.node.chain.head(), source.chain.head())
+        self.assertEqual(self.follower.scores[peer.node_id], 0)
 
 
 class ConnectionBoundTests(P2PTestCase):
@@ -990,7 +1019,7 @@ class ConnectionBoundTests(P2PTestCase):
         idle = self.net.connect(None, auth, protocol=RawClient)
         slow = self.net.connect(None, auth, protocol=RawClient)
         hello_as(slow, auth, KeyPair.generate())  # a hello, but never an auth
-        tick(self.net.clock, peers_mod.HANDSHAKE_SECONDS - 1)
+        tick(self.net.clock, watch_mod.HANDSHAKE_SECONDS - 1)
         self.net.settle()
         self.assertFalse(idle.closed or slow.closed)
         tick(self.net.clock, 2)
@@ -1019,3 +1048,16 @@ class ConnectionBoundTests(P2PTestCase):
         held[0].client.dropConnection(abort=True)
         self.net.settle()
         self.assertFalse(self.net.connect(None, auth, protocol=RawClient).closed)
+
+
+
+class HelloTypeTests(P2PTestCase):
+    def test_version_must_be_the_integer(self):
+        """version true or 1.0 equals 1 in Python, not on the wire."""
+        auth = self.net.peer()
+        for version in (True, 1.0):
+            link = self.net.connect(None, auth, protocol=RawClient)
+            hello_as(link, auth, KeyPair.generate(), version=version)
+            self.net.settle()
+            self.assertTrue(link.closed)
+            self.assertIn("version differs", link.client.first("reject")["reason"])

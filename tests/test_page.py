@@ -9,14 +9,11 @@ import os
 import re
 
 from treq.testing import StubTreq
-from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from aitnode import page
-from aitnode.config import config_from_string
-from aitnode.tap import build
 
-from tests.common import ALICE, CHAIN_ID, genesis_doc
+from tests.common import ALICE, built_node
 from tests.test_protocol_vectors import load_vectors
 
 BASE = "http://127.0.0.1"
@@ -30,14 +27,7 @@ def read_static(name):
 
 class PageServedTests(SynchronousTestCase):
     def setUp(self):
-        d = os.path.abspath(self.mktemp())
-        os.makedirs(d)
-        with open(os.path.join(d, "genesis.json"), "w") as f:
-            json.dump(genesis_doc(), f)
-        cfg = config_from_string(
-            f"[node]\nchain_id = {CHAIN_ID}\ngenesis = genesis.json\n[verifier]\nworkers = 0\n", d, environ={})
-        top = build(cfg, Clock())
-        self.addCleanup(top.node.store.close)
+        top = built_node(self)
         self.http = StubTreq(top.site.resource)
 
     def fetch(self, path, method="GET"):
@@ -81,6 +71,16 @@ class PageServedTests(SynchronousTestCase):
             resp, body = self.fetch("/static/" + name)
             self.assertPageHeaders(resp, ctype)
             self.assertEqual(body, read_static(name), name)
+
+    def test_other_methods_are_405(self):
+        """Found by tests/test_soak.py: any method but GET, HEAD and POST on
+        a page file got twisted.web's HTML 501 "Huh?" (POST its HTML 405)."""
+        for path in ["/", "/static/app.js"]:
+            for method in ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT", "FOO"]:
+                resp, body = self.fetch(path, method)
+                self.assertEqual(resp.code, 405, (path, method, body))
+                self.assertEqual(self.header(resp, b"allow"), b"GET, HEAD")
+                self.assertEqual(json.loads(body)["error"]["code"], "method_not_allowed")
 
     def test_nothing_else_under_static(self):
         for path in ["/static", "/static/", "/static/nope.js", "/static/..", "/static/../page.py",

@@ -46,11 +46,16 @@ class RollbackTests(SynchronousTestCase):
             self.assertIsNone(store.block_by_hash(b["hash"]))
         self.assertEqual(node.queries.get_balance(CAROL.address), {"balance": 0, "nonce": 0})
         self.assertNotEqual(node.queries.get_params()["max_block_txs"], 7)
-        # The chain goes on from there (the operator's rollback, pipeline.rollback,
-        # also lets the node sign above 2 again), and a fresh node accepts it.
-        node.local.put_signed("proposal", 2)
+        # The store's rollback leaves the proposer's record of what it signed
+        # alone: it signed headers at 3 and 4, and signs none there again
+        # (two headers at one height are evidence against it)...
         node.mempool.clear()
         node.admission.submit(later[0].to_wire())
+        self.assertIsNone(node.pipeline.propose())
+        self.assertEqual(store.head()[0], 2)
+        # ...until the operator's rollback (pipeline.rollback) lowers it.
+        node.pipeline.rollback(2)  # the head is at 2 already: only the record moves
+        self.assertIn(later[0].hash, node.mempool)
         b3b = node.pipeline.propose()
         self.assertEqual(b3b["header"]["parent"], store.hash_at(2))
         other = make_node(self, key=None)
@@ -180,6 +185,7 @@ class BreakingTxTests(SynchronousTestCase):
         self.assertDropped("tx_unstorable")
 
     def test_a_tx_that_makes_building_raise_is_dropped(self):
+        # The builder applies transactions through unstorable.apply_in_build.
         real = unstorable.apply_tx
 
         def apply_tx(ctx, tx):

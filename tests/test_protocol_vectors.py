@@ -19,13 +19,14 @@ from types import SimpleNamespace
 import cbor2
 from twisted.trial.unittest import SynchronousTestCase
 
-from aitnode import blocks, crypto, encoding, p2p, params as P, receipts
+from aitnode import blocks, consensus, crypto, encoding, evidence, finality, p2p, params as P, receipts
 from aitnode.errors import AitError
-from aitnode.p2p.sync import BlockSync
+from aitnode.p2p.sync import locator
 from aitnode.chain import Chain
 from aitnode.genesis import Genesis
 from aitnode.crypto import KeyPair
 from aitnode.state import ACC_BYTES, ACC_MOD, leaf_hash, root_of
+from aitnode.steps import run_steps
 from aitnode.store import Store
 from aitnode.tx import parse_tx, sign_tx
 
@@ -35,7 +36,7 @@ PACKAGE = os.path.join(ROOT, "aitnode")
 
 _VECTOR = re.compile(r"^```json vector:([a-z0-9_]+)\n(.*?)\n```$", re.M | re.S)
 EXPECTED_VECTORS = {"cbor", "keys", "transfer", "min_fee", "merkle", "genesis", "block1", "claim", "peer_auth",
-                    "finality_vote", "evidence"}
+                    "finality_vote", "evidence", "authority_set"}
 
 
 def doc_text():
@@ -155,6 +156,32 @@ class DocumentTests(SynchronousTestCase):
         self.assertIn(f"(code {p2p.CLOSE_BANNED})", peers_part)
         self.assertIn(f'"limit": {p2p.SYNC_BATCH}', peers_part)
 
+    def test_peer_limits_documented(self):
+        """Every limit of the peer protocol is in its section, with the value
+        the code uses."""
+        from aitnode.chain import MAX_FUTURE_DRIFT
+        from aitnode.p2p import book, held, peers, serve, sync, watch, wire
+        peers_part = self.text[self.text.index("\n## Peer protocol\n"):self.text.index("\n## Test vectors\n")]
+        limits = peers_part[peers_part.index("### Limits"):]
+        limits = limits[:limits.index("\n### ", 4)]
+        words = " ".join(peers_part.split())
+        for text in (
+            f"{serve.ANSWER_BYTES} bytes", f"{wire.SEND_LOW} bytes", f"{wire.SEND_HIGH} bytes",
+            f"({sync.MAX_BRANCH_BYTES} bytes)", f"{wire.SEND_DEADLINE} s", f"{MAX_FUTURE_DRIFT // 1000} s",
+            f"{held.HELD_BLOCKS} blocks", f"`HOLD_AHEAD` {held.HOLD_AHEAD} s", f"(`SCORE_TTL`, {book.SCORE_TTL} s)",
+            f"{book.MAX_SCORES:,} scores", f"{book.MAX_BANS:,} bans", f"{book.MAX_PEER_ROWS:,} rows",
+            f"every {book.PRUNE_INTERVAL} s", f"at most {peers.MAX_INBOUND} incoming", f"within {watch.HANDSHAKE_SECONDS} s",
+            f"code {wire.CLOSE_FULL}", f"1 to {serve.MAX_LIMIT}", f"at most {serve.MAX_LOCATOR} locator hashes",
+        ):
+            self.assertTrue(text in words, f"{text!r} is not in the Peer protocol section")
+        self.assertEqual(held.HELD_BYTES, 16 * 1024 * 1024)
+        self.assertIn("16 MiB", limits)
+        for row in ("one message or frame", "incoming peer connections", "time to finish the handshake",
+                    "blocks one `get_blocks` asks for", "encoded block entries in one `blocks` answer",
+                    "`get_blocks` requests of one peer", "unread output to one peer", "competing branch held while it is fetched",
+                    "fork depth", "block timestamp", "gossiped blocks held until their time", "scores, bans, peer table rows"):
+            self.assertTrue(f"| {row} |" in limits, f"no row {row!r} in the peer Limits table")
+
     def test_every_error_code_documented(self):
         rows = doc_tables(self.text, "code")
         self.assertTrue(rows, "no error table (first header cell 'code') in docs/protocol.md")
@@ -174,6 +201,15 @@ class DocumentTests(SynchronousTestCase):
         # The statuses the RPC error handlers set.
         for code, status in (("not_found", 404), ("method_not_allowed", 405), ("internal_error", 500)):
             self.assertIn(status, table[code])
+
+    def test_vectors_and_examples_are_the_nodes(self):
+        # tests/vectors_tool.py rebuilds the vectors that depend on the block
+        # format and the examples marked <!-- example: NAME --> with the
+        # node's code: the document holds exactly what it makes.
+        from tests import vectors_tool
+        self.assertGreaterEqual(self.text.count("<!-- example: "), 7)
+        self.assertEqual(vectors_tool.rebuild(self.text), self.text,
+                         "docs/protocol.md is out of date: run PYTHONPATH=. python -m tests.vectors_tool")
 
     def test_error_codes_are_snake_case(self):
         for code in raised_codes():
@@ -315,6 +351,13 @@ class VectorTests(SynchronousTestCase):
         self.assertEqual(acc.to_bytes(ACC_BYTES, "big").hex(), gv["accumulator"])
         self.assertEqual(g.acc, acc)
         self.assertEqual(root_of(acc), gv["header"]["state_root"])
+        # The set, in its state entry and hashed into the header.
+        members = {(e[0], e[1]): e[2] for e in gv["entries"]}[("chain", "authorities")]
+        self.assertEqual(members, [dict(a, jailed=False) for a in gv["genesis_json"]["authorities"]])
+        self.assertEqual(encoding.canonical(members).hex(), gv["authorities_cbor"])
+        self.assertEqual(hashlib.sha256(bytes.fromhex(gv["authorities_cbor"])).hexdigest(), gv["header"]["authorities_hash"])
+        self.assertEqual((gv["header"]["votes_root"], gv["header"]["evidence_root"]), ("0" * 64, "0" * 64))
+        self.assertEqual(gv["header"]["timestamp"], gv["genesis_json"]["timestamp"])
         self.assertEqual(g.header, gv["header"])
         self.assertEqual(encoding.canonical(g.header).hex(), gv["header_cbor"])
         self.assertEqual(g.hash, gv["hash"])
@@ -325,12 +368,12 @@ class VectorTests(SynchronousTestCase):
         self.assertEqual(chain.head(), (0, gv["hash"]))
         self.assertEqual(store.block_at(0)["sig"], "")
 
-    def _state(self, store):
+    def _state(self, store, namespaces=("acct", "authkey", "chain", "param")):
         out = []
-        for ns in ("acct", "chain", "param"):
+        for ns in namespaces:
             for k, value in store.entries(ns):
                 out.append([ns, k, value])
-        self.assertEqual(len(out), store.count_entries(), "state has entries outside acct/chain/param")
+        self.assertEqual(len(out), store.count_entries(), f"state has entries outside {'/'.join(namespaces)}")
         return sorted(out, key=lambda e: (e[0], e[1]))
 
     def test_block1(self):
@@ -353,6 +396,12 @@ class VectorTests(SynchronousTestCase):
         self.assertEqual(block["hash"], b["hash"])
         self.assertEqual(block["sig"], b["sig"])
         self.assertEqual(block["txs"], b["tx_hashes"])
+        self.assertEqual((block["votes"], block["evidence"], block["authorities"]),
+                         (b["votes"], b["evidence"], b["authorities"]))
+        # Block 1 begins the first epoch: it carries the set, whose hash is in its header.
+        self.assertEqual(b["authorities"], {(e[0], e[1]): e[2] for e in self.v["genesis"]["entries"]}[("chain", "authorities")])
+        self.assertEqual(b["header"]["authorities_hash"], encoding.sha256_hex(encoding.canonical(b["authorities"])))
+        self.assertEqual((b["header"]["votes_root"], b["header"]["evidence_root"]), ("0" * 64, "0" * 64))
         self.assertEqual(blocks.block_bytes(txs), b["block_bytes"])
         self.assertEqual(b["block_bytes"], sum(len(encoding.canonical(tx.to_wire())) + 66 for tx in txs))
         self.assertEqual(b["header"]["tx_root"], encoding.merkle_root(b["tx_hashes"]))
@@ -368,8 +417,18 @@ class VectorTests(SynchronousTestCase):
         store2 = Store(self.mktemp())
         self.addCleanup(store2.close)
         chain2 = Chain(store2, g)
-        given = {"header": b["header"], "hash": b["hash"], "sig": b["sig"], "txs": b["tx_hashes"]}
-        checked, records2, view2 = chain2.verify_block(given, [parse_tx(w, chain_id) for w in b["txs"]])
+        given = {"header": b["header"], "hash": b["hash"], "sig": b["sig"], "txs": b["tx_hashes"],
+                 "votes": b["votes"], "evidence": b["evidence"], "authorities": b["authorities"]}
+        parsed = [parse_tx(w, chain_id) for w in b["txs"]]
+        # Without the set it must carry, or stamped before its proposer's turn, it is invalid.
+        without = {k: v for k, v in given.items() if k != "authorities"}
+        self.assertIn("authority set", self.assertRaises(AitError, chain2.verify_block, without, parsed).message)
+        early = dict(b["header"], timestamp=self.v["genesis"]["header"]["timestamp"] + P.SPEC["block_interval_ms"][0] - 1)
+        early_hash = blocks.block_hash(early)
+        err = self.assertRaises(AitError, chain2.verify_block, dict(given, header=early, hash=early_hash,
+                                sig=proposer.sign(bytes.fromhex(early_hash)).hex()), parsed)
+        self.assertIn("turn", err.message)
+        checked, records2, view2 = chain2.verify_block(given, parsed)
         chain2.commit(checked, records2, view2)
         self.assertEqual(chain2.head(), (1, b["hash"]))
         self.assertEqual(self._state(store2), self._state(store))
@@ -483,9 +542,7 @@ class VectorTests(SynchronousTestCase):
         self.assertEqual(c["block2_bytes"], len(encoding.canonical(tx.to_wire())) + 66 + 66 + len(encoding.canonical(att)))
         self.assertEqual(records[0][1]["result"], c["receipt"])
         chain.commit(block, records, view)
-        after = sorted([[ns, k, v] for ns in ("acct", "chain", "param", "pay", "rcpt") for k, v in store.entries(ns)],
-                       key=lambda e: (e[0], e[1]))
-        self.assertEqual(len(after), store.count_entries())
+        after = self._state(store, ("acct", "authkey", "chain", "param", "pay", "rcpt"))
         self.assertEqual(after, sorted(c["entries_after"], key=lambda e: (e[0], e[1])))
         acc = sum(leaf_hash(*e) for e in c["entries_after"]) % ACC_MOD
         self.assertEqual(root_of(acc), b2["header"]["state_root"])
@@ -513,6 +570,90 @@ class VectorTests(SynchronousTestCase):
         self.assertIn("tx_root", err.message)
         chain2.commit(*chain2.verify_block(dict(b2, txs=[tx.hash]), [parse_tx(wire, cid)]))
         self.assertEqual(chain2.head(), (2, b2["hash"]))
+
+    # -- the authority set, turns, votes and evidence ------------------------
+
+    def test_authority_set(self):
+        av = self.v["authority_set"]
+        cid = av["chain_id"]
+        a, b = self.key("authority"), self._seeded(av["authority_b"])
+        g = Genesis(av["genesis_json"])
+        self.assertEqual(g.hash, av["genesis_hash"])
+        self.assertEqual((g.params["block_interval_ms"], g.params["epoch_length"]), (1000, 2))
+        change = {"action": "add", "address": b.address, "public_key": b.public_key.hex()}
+        self.assertEqual(av["change"], change)
+        self.assertEqual(encoding.canonical(change).hex(), av["change_cbor"])
+        self.assertEqual(consensus.change_id(change), av["change_id"])
+        self.assertEqual(encoding.sha256_hex(bytes.fromhex(av["change_cbor"])), av["change_id"])
+        update = sign_tx(a, cid, "AUTHORITY_UPDATE", 1, 0, change)
+        self.assertEqual(update.hash, av["update_tx_hash"])
+        self.assertEqual(P.min_fee(g.params, "AUTHORITY_UPDATE", update.payload_size), 0)
+
+        # The node rebuilds the five blocks as the document describes them.
+        store = Store(self.mktemp())
+        self.addCleanup(store.close)
+        chain = Chain(store, g)
+        entries = av["blocks"]
+        hashes = {0: g.hash}
+
+        def vote(k, height, source):
+            return finality.sign_vote(k, cid, height, hashes[height], source, hashes[source])
+
+        other_3 = hashlib.sha256(b"aitnode vector block 3b").hexdigest()
+        plan = [  # (txs, ms after the parent, votes, evidence)
+            ([update], 1000, lambda: [], lambda: []),
+            ([], 1000, lambda: [vote(a, 1, 0).to_wire()], lambda: []),
+            ([], 3000, lambda: [vote(a, 2, 1).to_wire()], lambda: []),
+            ([], 1000, lambda: finality.block_votes([vote(a, 3, 2), vote(b, 3, 2)]),
+             lambda: [evidence.vote_evidence(vote(b, 3, 2), finality.sign_vote(b, cid, 3, other_3, 2, hashes[2])).to_wire()]),
+            ([], 1000, lambda: [vote(a, 4, 3).to_wire()], lambda: []),
+        ]
+        ts = g.timestamp
+        for height, (txs, after, votes, evid) in enumerate(plan, 1):
+            ts += after
+            block, records, view, failed = run_steps(chain.build_steps(txs, a, ts, votes=votes(), evidence=evid()))
+            self.assertEqual(failed, {})
+            chain.commit(block, records, view)
+            self.assertEqual(chain.block_entry(height), json.loads(json.dumps(entries[height - 1])), f"block {height}")
+            hashes[height] = block["hash"]
+            if height == 1:
+                self.assertEqual(records[0][1]["result"], av["update_receipt"])
+                self.assertEqual(self._state(store, ("acct", "authkey", "authupd", "chain", "param")), av["entries_after_1"])
+        self.assertEqual(self._state(store, ("acct", "authkey", "authupd", "chain", "evid", "param")), av["entries_after"])
+
+        # The document's story: who carries the set, whose turn, what is justified.
+        records_ = [e["block"] for e in entries]
+        self.assertEqual([("authorities" in r) for r in records_], [True, False, True, False, True])
+        self.assertEqual([len(r["votes"]) for r in records_], [0, 1, 1, 2, 1])
+        self.assertEqual([r["header"]["timestamp"] - g.timestamp for r in records_], [1000, 2000, 5000, 6000, 7000])
+        self.assertEqual(records_[2]["authorities"], [{"address": k.address, "public_key": k.public_key.hex(), "jailed": False}
+                                                      for k in (a, b)])
+        self.assertEqual([m["jailed"] for m in records_[4]["authorities"]], [False, True])
+        for r in records_:
+            self.assertEqual(r["header"]["votes_root"], finality.votes_root(r["votes"]))
+            self.assertEqual(r["header"]["evidence_root"], evidence.evidence_root(r["evidence"]))
+        final = {(e[0], e[1]): e[2] for e in av["entries_after"]}
+        self.assertEqual(final[("chain", "finality")], {"justified": {"height": 3, "hash": hashes[3]},
+                                                       "finalized": {"height": 2, "hash": hashes[2]}})
+        self.assertEqual(final[("chain", "set_since")], 5)
+
+        # Another node imports the entries as given, and refuses block 3
+        # stamped before a's turn (it was b's) or without the set it carries.
+        store2 = Store(self.mktemp())
+        self.addCleanup(store2.close)
+        chain2 = Chain(store2, g)
+        for height, e in enumerate(entries, 1):
+            txs = [parse_tx(w, cid) for w in e["txs"]]
+            if height == 3:
+                early = dict(e["block"]["header"], timestamp=e["block"]["header"]["timestamp"] - 1)
+                h = blocks.block_hash(early)
+                forged = dict(e["block"], header=early, hash=h, sig=a.sign(bytes.fromhex(h)).hex())
+                self.assertIn("turn", self.assertRaises(AitError, chain2.verify_block, forged, txs).message)
+                bare = {k: v for k, v in e["block"].items() if k != "authorities"}
+                self.assertIn("authority set", self.assertRaises(AitError, chain2.verify_block, bare, txs).message)
+            chain2.commit(*chain2.verify_block(e["block"], txs))
+        self.assertEqual(chain2.head(), (5, hashes[5]))
+        self.assertEqual(self._state(store2, ("acct", "authkey", "authupd", "chain", "evid", "param")), av["entries_after"])
 
     # -- peers ---------------------------------------------------------------
 
@@ -558,7 +699,7 @@ class VectorTests(SynchronousTestCase):
         loc = pv["locator"]
         fake = SimpleNamespace(chain=SimpleNamespace(
             store=SimpleNamespace(hash_at=lambda h: h), head=lambda: (loc["head_height"], None)))
-        self.assertEqual(BlockSync.locator(fake), loc["heights"])
+        self.assertEqual(locator(fake.chain), loc["heights"])
 
 
 class ToolTests(SynchronousTestCase):

@@ -765,17 +765,23 @@ class ImportTests(ReceiptCase):
         self.import_up_to(self.node.queries.get_head()["height"])
         claim = self.claim(self.payload(other, receipt_id="r2", job_id="job_2"))
         request = attestation_request(claim.payload)
-        parent = self.node.chain.head_header()
         for att in (forged(dict(request, client_payment_tx=self.payment.hash)), forged(without_payment(request))):
-            header = dict(parent, parent=self.node.queries.get_head()["hash"], height=parent["height"] + 1,
-                          timestamp=parent["timestamp"] + 10,  # the turn: genesis block_interval_ms
-                          proposer=AUTHORITY.address, tx_root=tx_root([claim.hash], {claim.hash: att}))
-            block = {"header": header, "txs": [claim.hash], "attestations": {claim.hash: att}}
-            block["hash"] = block_hash(header)
-            block["sig"] = AUTHORITY.sign(bytes.fromhex(block["hash"])).hex()
-            err = self.assertBadBlock(block, [claim])
+            err = self.assertBadBlock(self.claim_on_head(claim, att), [claim])
             self.assertIn("payment", err.message)
         self.assertEqual(self.node2.store.entry("pay", other.hash)["claimed"], "")
+
+    def claim_on_head(self, claim, att):
+        """A block on node's head holding claim with att, signed by the
+        authority on its turn (genesis block_interval_ms), with no votes:
+        only its claim can make it wrong."""
+        parent = self.node.chain.head_header()
+        header = dict(parent, parent=self.node.queries.get_head()["hash"], height=parent["height"] + 1,
+                      timestamp=parent["timestamp"] + 10, votes_root="0" * 64,
+                      proposer=AUTHORITY.address, tx_root=tx_root([claim.hash], {claim.hash: att}))
+        block = {"header": header, "txs": [claim.hash], "attestations": {claim.hash: att}}
+        block["hash"] = block_hash(header)
+        block["sig"] = AUTHORITY.sign(bytes.fromhex(block["hash"])).hex()
+        return block
 
     def test_an_attestation_beside_a_non_claim_is_a_bad_block(self):
         h = self.claim_block["header"]["height"]
@@ -797,14 +803,7 @@ class ImportTests(ReceiptCase):
         self.import_up_to(self.node.queries.get_head()["height"])
         dup = self.claim(self.payload(payment2, receipt_id="r1", job_id="job_2"), nonce=2)
         att = forged(attestation_request(dup.payload))
-        parent = self.node.chain.head_header()
-        header = dict(parent, parent=self.node.queries.get_head()["hash"], height=parent["height"] + 1,
-                      timestamp=parent["timestamp"] + 10,  # the turn: genesis block_interval_ms
-                      proposer=AUTHORITY.address, tx_root=tx_root([dup.hash], {dup.hash: att}))
-        block = {"header": header, "txs": [dup.hash], "attestations": {dup.hash: att}}
-        block["hash"] = block_hash(header)
-        block["sig"] = AUTHORITY.sign(bytes.fromhex(block["hash"])).hex()
-        err = self.assertBadBlock(block, [dup])
+        err = self.assertBadBlock(self.claim_on_head(dup, att), [dup])
         self.assertIn("was claimed before", err.message)
 
 

@@ -11,7 +11,7 @@ from aitnode.tx import sign_tx
 
 from tests.common import (
     ADMIN_TOKEN, ALICE, AUTHORITY, BOB, CAROL, CHAIN_ID, GENESIS_BALANCE, genesis_doc, key, make_node, make_rpc,
-    transfer, wire,
+    transfer, wire, edited,
 )
 from tests.test_consensus import A0, A1, A2, A3, KEYS, Builder, doc, double_proposal
 
@@ -113,8 +113,10 @@ class SendAndQueryTests(RPCTestBase):
             {"chain_id", "parent", "height", "timestamp", "proposer", "tx_root", "state_root", "votes_root",
              "evidence_root", "authorities_hash", "hash", "sig", "txs", "votes", "evidence", "authorities"},
         )
-        self.assertEqual((by_height["votes"], by_height["evidence"]), ([], []))  # block 1: genesis is final
-        self.assertEqual(by_height["authorities"], block["authorities"])  # the first block of an epoch
+        # Block 1 begins the first epoch: it carries the set; it has no votes or evidence.
+        self.assertEqual((by_height["votes"], by_height["evidence"]), ([], []))
+        self.assertEqual(by_height["authorities"], block["authorities"])
+        self.assertEqual(by_height["authorities"], self.node.chain.authority_set().members)
         for k, v in block["header"].items():
             self.assertEqual(by_height[k], v)
         self.assertEqual(by_height["hash"], block["hash"])
@@ -129,7 +131,11 @@ class SendAndQueryTests(RPCTestBase):
         self.assertEqual(genesis["hash"], Genesis(genesis_doc()).hash)
         self.assertEqual(genesis["parent"], "0" * 64)
         self.assertEqual(genesis["txs"], [])
+        self.assertEqual((genesis["votes"], genesis["evidence"]), ([], []))
+        self.assertNotIn("authorities", genesis)
         self.assertEqual(by_height["parent"], genesis["hash"])
+        self.node.pipeline.propose()
+        self.assertNotIn("authorities", self.ok("GET", "/rpc/getBlock/2"))  # not an epoch's first block
 
     def test_get_block_unknown_and_bad(self):
         self.refused("GET", "/rpc/getBlock/2", 404, "not_found")
@@ -279,6 +285,40 @@ class AdminTests(RPCTestBase):
         self.refused("POST", "/admin/mintFaucet", 400, "malformed_json", raw=b"nope", headers=AUTH)
         self.assertEqual(len(self.node.mempool), 0)
 
+    def test_authority_update(self):
+        """The node's approval of an authority change: with one authority
+        (quorum 1) BOB joins at the end of the epoch (2 blocks here)."""
+        node = make_node(self, doc=genesis_doc(epoch_length=2))
+        _, http = make_rpc(node)
+        body = {"action": "add", "address": BOB.address, "public_key": BOB.public_key.hex()}
+        self.refused("POST", "/admin/authorityUpdate", 401, "unauthorized", body, http=http)
+        for bad, code in (
+            (dict(body, action="promote"), "bad_authority_update"),
+            (dict(body, public_key=CAROL.public_key.hex()), "pubkey_mismatch"),
+            (dict(body, address=AUTHORITY.address, public_key=AUTHORITY.public_key.hex()), "authority_exists"),
+            (dict(body, action="remove"), "authority_unknown"),
+            ({"action": "add"}, "missing_field"),
+        ):
+            self.refused("POST", "/admin/authorityUpdate", 400, code, bad, headers=AUTH, http=http)
+        out = self.ok("POST", "/admin/authorityUpdate", body, headers=AUTH, http=http)
+        self.refused("POST", "/admin/authorityUpdate", 409, "already_approved", body, headers=AUTH, http=http)
+        node.clock.advance(0.01)
+        node.pipeline.propose()  # block 1: the approval
+        self.assertEqual(self.ok("GET", "/rpc/getTx/" + out["txHash"], http=http)["status"], "included")
+        self.assertEqual([a["address"] for a in self.ok("GET", "/rpc/getAuthorities", http=http)["authorities"]],
+                         [AUTHORITY.address])
+        node.clock.advance(0.01)
+        node.pipeline.propose()  # block 2 ends the epoch: the change applies
+        got = self.ok("GET", "/rpc/getAuthorities", http=http)
+        self.assertEqual((got["height"], got["epoch"], got["quorum"]), (3, 1, 2))
+        self.assertEqual(got["authorities"], [
+            {"address": AUTHORITY.address, "public_key": AUTHORITY.public_key.hex(), "jailed": False},
+            {"address": BOB.address, "public_key": BOB.public_key.hex(), "jailed": False},
+        ])
+        self.assertEqual(self.ok("GET", "/rpc/getAuthorities?height=2", http=http)["authorities"][1:], [])
+        self.refused("GET", "/rpc/getAuthorities?height=x", 400, "bad_height", http=http)
+        self.refused("GET", "/rpc/getAuthorities?height=99", 404, "not_found", http=http)
+
     def test_param_set(self):
         body = {"key": "base_fee", "value": 77}
         self.refused("POST", "/admin/paramSet", 401, "unauthorized", body)
@@ -325,13 +365,7 @@ class AdminTests(RPCTestBase):
 class BadInputTests(RPCTestBase):
     def base(self, **changes):
         """ALICE's nonce-2 transfer on the wire, with changes (None deletes)."""
-        w = wire(transfer(ALICE, 2, BOB, 10))
-        for k, v in changes.items():
-            if v is None:
-                del w[k]
-            else:
-                w[k] = v
-        return w
+        return edited(wire(transfer(ALICE, 2, BOB, 10)), changes)
 
     def payload(self, **changes):
         p = {"to": BOB.address, "amount": 10}

@@ -40,6 +40,10 @@ def encode(mtype, data):
     return cbor2.dumps({"type": mtype, "data": data}, canonical=True)
 
 
+def is_u64(n):
+    return type(n) is int and 0 <= n < 1 << 64
+
+
 def _cbor_head(major, n):
     """The head of a CBOR item of major type major and length n (RFC 8949 3.1)."""
     for info, size in ((24, 1), (25, 2), (26, 4), (27, 8)):
@@ -167,8 +171,9 @@ class PeerConnection:
         if type(d) is not dict:
             raise PeerError("protocol", "hello is not a map")
         for field in ("chain_id", "genesis", "version"):
-            if d.get(field) != mine[field]:
-                self.send("reject", {"reason": f"{field} differs: mine is {mine[field]!r}, yours {d.get(field)!r}"})
+            if d.get(field) != mine[field] or type(d.get(field)) is not type(mine[field]):  # True == 1 in Python
+                yours = repr(d.get(field))[:100]  # what the peer sent, cut short
+                self.send("reject", {"reason": f"{field} differs: mine is {mine[field]!r}, yours {yours}"})
                 self._log.warn("refused peer {peer}: {field} differs", peer=self.addr, field=field,
                                component="p2p", event="peer_refused")
                 self.sendClose(1000, f"{field} differs")
@@ -197,7 +202,7 @@ class PeerConnection:
         """A height and head the peer claims (hello, status): used to pick
         whom to ask for blocks, never trusted for anything else."""
         height, head = d.get("height"), d.get("head")
-        if type(height) is not int or height < 0 or not is_hex(head, 32):
+        if not is_u64(height) or not is_hex(head, 32):
             raise PeerError("protocol", "height/head malformed")
         self.remote_height, self.remote_head = height, head
 

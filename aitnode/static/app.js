@@ -460,7 +460,7 @@ export async function selfTest(vectorsText) {
         const bytes = canonical(c.payload);
         const r = expect(hex(bytes), c.payload_cbor);
         if (r !== true) return r;
-        const fee = c.type === "MINT" || c.type === "PARAM_UPDATE"
+        const fee = c.type === "MINT" || c.type === "PARAM_UPDATE" || c.type === "AUTHORITY_UPDATE"
           ? 0n : BigInt(c.params.base_fee) + BigInt(c.params.fee_per_byte) * BigInt(bytes.length);
         return expect(fee.toString(), String(c.min_fee));
       });
