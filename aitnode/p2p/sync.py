@@ -73,11 +73,15 @@ class BlockSync:
     # -- asking --------------------------------------------------------------
     def maybe_sync(self, conn):
         """Ask conn for blocks if no sync runs and it claims a higher head, or
-        another head at our height (fork choice decides once it is checked)."""
+        another head at or below our height but above our finalized block:
+        fork choice puts the higher justified block first, so a shorter
+        branch may win (it decides once the branch is checked)."""
         height, head = self.chain.head()
-        if self.syncing is not None or not conn.ready or conn.remote_height < height:
+        if self.syncing is not None or not conn.ready:
             return
-        if conn.remote_height == height and conn.remote_head in (head, *self.refused):
+        if conn.remote_height <= height and (
+                conn.remote_height <= self.chain.finality().finalized.height or conn.remote_head is None
+                or conn.remote_head in (head, *self.refused) or on_chain(self.chain.store, conn.remote_head)):
             return
         if self._branch is not None and self._branch[0] is conn:
             last = self._branch[2][-1][0]["header"]["height"]
@@ -152,6 +156,7 @@ class BlockSync:
         header = entry["block"]["header"]
         height, head = self.chain.head()
         if header["height"] <= height:
+            self.maybe_sync(conn)  # off our chain, its branch may be better
             return
         wait = self.early.too_early(header)
         if wait:
@@ -257,6 +262,8 @@ class BlockSync:
                 return True
             if e.code in ("branch_not_better", "fork_below_finalized"):
                 self.refused.add(branch[-1][0]["hash"])  # fork choice, no offence: not asked for again
+                self._log.info("branch from {peer} not taken: {message}", peer=conn.addr, message=e.message,
+                               code=e.code, component="p2p", event="branch_refused")
             elif e.code != "block_in_future":  # the clock went back meanwhile: no one's fault
                 self.p2p.penalize(conn, "bad_block", e.message)
             return False
