@@ -41,10 +41,12 @@ from tests.test_p2p import Net, RawClient
 TICK = 0.1  # seconds per step; also how often each proposer looks whether its turn came
 INTERVAL_MS = 1000  # block_interval_ms
 STEPS = int(INTERVAL_MS / 1000 / TICK)  # steps per interval
-# Delays (in ticks, one way) up to which the network counts as synchronous:
-# a block reaches the voters and their votes reach the next proposer (two
-# hops) well within one interval.
+# Delays (in ticks, one way) and clock skews (ms) up to which the network
+# counts as synchronous: a block reaches the voters and their votes reach
+# the next proposer (two hops, and two clocks apart at most 2 * MAX_SKEW_MS)
+# within one interval.
 SYNC_DELAY_TICKS = 2
+MAX_SKEW_MS = 150
 
 
 def quorum(n):
@@ -286,6 +288,13 @@ class Sim:
             if not self.proposers[i].running:
                 self.proposers[i].startService()
         self.net.mesh(self.online)
+
+    def skew(self, i, ms):
+        """Node i's clock runs ms ahead of the shared one (behind if
+        negative): its turns, its timestamps and its bound on blocks from
+        the future all follow it."""
+        clock = self.net.clock
+        self.peers[i].node.pipeline.now = lambda: int(clock.seconds() * 1000) + ms
 
     def stop(self, i):
         """Take node i offline: its proposer stops, its links close."""
@@ -633,10 +642,10 @@ class ForkChoiceTests(SimTestCase):
 
 @st.composite
 def plans(draw, n):
-    """A network history for n authorities: who is offline from the start
-    (and who of them joins when the network heals), a stretch of delays,
-    drops, perhaps a partition and an authority going away for a while,
-    then a healthy network."""
+    """A network history for n authorities: their clocks' skews, who is
+    offline from the start (and who of them joins when the network heals),
+    a stretch of delays, drops, perhaps a partition and an authority going
+    away for a while, then a healthy network."""
     q = quorum(n)
     offline = draw(st.sets(st.integers(0, n - 1), max_size=n - q))
     online = [i for i in range(n) if i not in offline]
@@ -664,6 +673,7 @@ def plans(draw, n):
         "split": split,
         "away": away,  # (who, the interval it leaves at); back when the network heals
         "calm": dict(zip(links, calm)),
+        "skew": draw(st.lists(st.integers(-MAX_SKEW_MS, MAX_SKEW_MS), min_size=n, max_size=n)),
     }
 
 
@@ -673,6 +683,8 @@ def play(testcase, n, plan):
     scope = Scope(testcase)
     try:
         sim = Sim(testcase, n, seed=plan["seed"], scope=scope)
+        for i, ms in enumerate(plan["skew"]):
+            sim.skew(i, ms)
         online = [i for i in range(n) if i not in plan["offline"]]
         sim.start(online)
         sim.run(plan["warmup"])
