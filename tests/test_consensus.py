@@ -575,3 +575,35 @@ class ForkChoiceTests(ChainTestBase):
             run_steps(self.chain.reorganise_steps(2, at.entries(2)))
         self.assertEqual(e.exception.code, "branch_not_better")
         self.assertEqual(self.chain.head()[0], 4)
+
+    def test_a_better_branch_that_knows_less_finality_keeps_what_was_finalized(self):
+        """Our chain finalized block 2 (block 4 carries the votes for 3,
+        source 2).  A branch from 3 justifies its own block 4 (votes with
+        source 2) without having seen 3 justified: fork choice takes it
+        (justified 4 > 3), and it holds block 2, but its state knows only
+        block 1 as finalized.  The node still reports block 2 finalized
+        (getTx said so; it stays so) and still refuses branches below it."""
+        self.b.block(voters=KEYS)
+        fin = self.chain.finality()
+        self.assertEqual((fin.justified.height, fin.finalized.height), (3, 2))
+        self.mb.block(by=A3, voters=(A0, A1))  # two votes for 3: not justified there
+        self.mb.block(by=A3, voters=(A0, A1, A2))  # its 4 justified, source 2
+        theirs = self.m.chain.finality()
+        self.assertEqual((theirs.justified.height, theirs.finalized.height), (4, 1))
+        self.offer(3)
+        self.assertEqual(self.chain.head(), self.m.chain.head())
+        now = self.chain.finality()
+        self.assertEqual(now.justified, theirs.justified)
+        self.assertEqual(now.finalized, fin.finalized)
+        self.assertEqual(self.node.queries.get_head()["finalized"], fin.finalized.to_json())
+        _, below = self.node_with(1)
+        for _ in range(8):
+            below.block(by=A3)
+        with self.assertRaises(AitError) as e:
+            run_steps(self.chain.reorganise_steps(1, below.entries(1)))
+        self.assertEqual(e.exception.code, "fork_below_finalized")
+        # Its own blocks finalize further in time; the higher one counts.
+        b = Builder(self.node)
+        b.block(voters=KEYS)
+        b.block(voters=KEYS)
+        self.assertEqual(self.chain.finality().finalized.height, 5)
