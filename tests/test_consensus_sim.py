@@ -551,12 +551,15 @@ class PartitionTests(SimTestCase):
         self.assertNotEqual(sim.hashes(0)[-1], sim.hashes(2)[-1])
         fork = min(h for h, (a, b) in enumerate(zip(sim.hashes(0), sim.hashes(2))) if a != b)
         self.assertGreater(fork, max(f for f, _ in before.values()))
+        burned = sim.contested(range(4))
         sim.heal()
-        sim.live(range(4))
-        sim.run(3)
-        final = min(sim.finalized(i) for i in range(4))
-        for i in range(1, 4):
-            self.assertEqual(sim.hashes(i, final), sim.hashes(0, final))
+        sim.live(range(4), bound=liveness_bound(4, range(4)) + burned * 7)
+        # One chain: one side's blocks from the fork on are final everywhere,
+        # and every node is on the same head.
+        sim.run(liveness_bound(4, range(4)), until=lambda: min(sim.finalized(i) for i in range(4)) > fork)
+        self.assertGreater(min(sim.finalized(i) for i in range(4)), fork)
+        sim.run(2, until=lambda: len({sim.head(i) for i in range(4)}) == 1)
+        sim.assert_one_chain(range(4))
 
     def test_minority_of_one_cut_off(self):
         """A 3|1 split of four: the three go on finalizing; the one makes
