@@ -71,6 +71,16 @@ def _begin_built_block(chain, make_context, view, parent_hash, votes, evidence):
     return ctx, [], []
 
 
+def _kept_finalized(store, fin):
+    """fin, with the finalized block kept by reorganise_steps (meta) when
+    higher and still on the chain: what this node once reported final
+    stays final, though the branch it took had not seen those votes."""
+    kept = store.meta("finalized")
+    if kept is None or kept[0] <= fin.finalized.height or store.hash_at(kept[0]) != kept[1]:
+        return fin
+    return F.Finality(fin.justified, F.Checkpoint(*kept))
+
+
 class Chain:
     """The chain on one Store: genesis, head, and block application."""
 
@@ -123,21 +133,12 @@ class Chain:
 
     def finality(self, view=None):
         """The justified and finalized checkpoints after the head (cached
-        per head), or after view's state.  The head's finalized block is
-        never below one this node's chain finalized before a
-        reorganisation (the meta "finalized" record, see reorganise_steps):
-        a branch taken for its higher justified block may not have seen
-        that finality, but it holds the block, and what this node once
-        reported final stays final."""
+        per head; finalized never below _kept_finalized), or after view's state."""
         if view is not None:
             return C.finality_of(view, self.genesis.hash)
         head = self.store.head()
         if self._finality_at != head:
-            fin = C.finality_of(self.view(), self.genesis.hash)
-            kept = self.store.meta("finalized")
-            if kept is not None and kept[0] > fin.finalized.height and self.store.hash_at(kept[0]) == kept[1]:
-                fin = F.Finality(fin.justified, F.Checkpoint(*kept))
-            self._finality = fin
+            self._finality = _kept_finalized(self.store, C.finality_of(self.view(), self.genesis.hash))
             self._finality_at = head
         return self._finality
 
@@ -389,9 +390,7 @@ def reorganise_steps(chain, fork_height, branch, now=None):
     if tip is None or not C.better((theirs.justified.height, tip["header"]["height"], tip["hash"]),
                                   (ours.justified.height, head[0], head[1])):
         raise AitError("branch_not_better", "the branch is not better than this node's chain (fork choice)")
-    # A branch that knows less finality than ours (it holds our finalized
-    # block, which fork_height >= ours.finalized guarantees, without the
-    # votes that finalized it) must not lower what this node reports.
-    keep = {"finalized": list(ours.finalized)} if theirs.finalized.height < ours.finalized.height else None
-    dropped = chain.store.switch_branch(fork_height, writes, meta=keep)
+    if theirs.finalized.height < ours.finalized.height:  # it holds our finalized block, not the votes
+        chain.store.set_meta(finalized=list(ours.finalized))  # on both chains: harmless if we crash here
+    dropped = chain.store.switch_branch(fork_height, writes)
     return [w[0] for w in writes], dropped

@@ -314,19 +314,16 @@ class Store:
         with self.env.begin(write=True) as t:
             return self._rollback(t, height)
 
-    def switch_branch(self, height, blocks, meta=None):
+    def switch_branch(self, height, blocks):
         """Undo every block above height and commit blocks (each a tuple of
         commit_block's first four arguments) in their place, all in ONE
         write transaction: a crash at any instant leaves either the old
-        branch or the new one whole.  meta: {name: value} written in the
-        same transaction.  Returns what rollback_to returns."""
+        branch or the new one whole.  Returns what rollback_to returns."""
         self._check_undo(height)
         with self.env.begin(write=True) as t:
             dropped = self._rollback(t, height)
             for block, tx_records, changes, acc in blocks:
                 self._commit(t, block, tx_records, changes, acc)
-            for k, v in (meta or {}).items():
-                t.put(k.encode(), _dumps(v), db=self._db["meta"])
         return dropped
 
     def _check_undo(self, height):

@@ -289,8 +289,8 @@ class ForkAttackTests(P2PTestCase):
         self.switches = []
         store = self.a.node.store
         real = store.switch_branch
-        store.switch_branch = lambda height, blocks, **kw: (self.switches.append((height, len(blocks))),
-                                                            real(height, blocks, **kw))[1]
+        store.switch_branch = lambda height, blocks: (self.switches.append((height, len(blocks))),
+                                                      real(height, blocks))[1]
         self.rollbacks = []
         real_rb = store.rollback_to
         store.rollback_to = lambda height: (self.rollbacks.append(height), real_rb(height))[1]

@@ -31,7 +31,7 @@ from aitnode.p2p import wire
 from aitnode.p2p.ballots import BallotGossip
 from aitnode.p2p.book import PeerBook
 from aitnode.p2p.serve import BlockServer
-from aitnode.p2p.sync import SYNC_BATCH, BlockSync, check_entry, on_chain
+from aitnode.p2p.sync import SYNC_BATCH, BlockSync, check_entry, note_head
 from aitnode.p2p.watch import Watch
 from aitnode.receipts import CLAIM
 from aitnode.p2p.wire import (
@@ -273,11 +273,7 @@ class P2P(service.MultiService):
         header = entry["block"]["header"]
         if not self.seen_block.add(entry["block"]["hash"]):
             return
-        # A claim: it picks whom to sync from, nothing more.  A peer sends
-        # each block it commits, so one off our chain, even lower, is its
-        # head now (on a branch fork choice may prefer: sync.maybe_sync).
-        if header["height"] >= conn.remote_height or not on_chain(self.chain.store, entry["block"]["hash"]):
-            conn.remote_height, conn.remote_head = header["height"], entry["block"]["hash"]
+        note_head(self.chain, conn, entry["block"])  # a claim: it picks whom to sync from, nothing more
         self.node.ballot.seen_header(header, entry["block"].get("sig"))  # a second header at one height is evidence
         # Relaying is on_local_block's: it runs for every committed block.
         self.sync.on_block(conn, entry)

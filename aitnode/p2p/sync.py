@@ -72,16 +72,9 @@ class BlockSync:
 
     # -- asking --------------------------------------------------------------
     def maybe_sync(self, conn):
-        """Ask conn for blocks if no sync runs and it claims a higher head, or
-        another head at or below our height but above our finalized block:
-        fork choice puts the higher justified block first, so a shorter
-        branch may win (it decides once the branch is checked)."""
-        height, head = self.chain.head()
-        if self.syncing is not None or not conn.ready:
-            return
-        if conn.remote_height <= height and (
-                conn.remote_height <= self.chain.finality().finalized.height or conn.remote_head is None
-                or conn.remote_head in (head, *self.refused) or on_chain(self.chain.store, conn.remote_head)):
+        """Ask conn for blocks if no sync runs and its head may win fork
+        choice (worth_asking; fork choice decides once it is checked)."""
+        if self.syncing is not None or not conn.ready or not worth_asking(self.chain, conn, self.refused):
             return
         if self._branch is not None and self._branch[0] is conn:
             last = self._branch[2][-1][0]["header"]["height"]
@@ -352,6 +345,27 @@ def block_txs(chain, mempool, block, wires):
         tx = mempool.get(h) if type(h) is str else None
         out.append(tx if tx is not None else chain.parse_stored_tx(w))
     return out
+
+
+def worth_asking(chain, conn, refused):
+    """Whether conn's claimed head may win fork choice: higher than ours,
+    or another head (not refused before) above our finalized block, even
+    lower: the higher justified block comes first, so a shorter branch
+    may win."""
+    height, head = chain.head()
+    if conn.remote_height > height:
+        return True
+    if conn.remote_head in (None, head, *refused) or on_chain(chain.store, conn.remote_head):
+        return False
+    return conn.remote_height > chain.finality().finalized.height
+
+
+def note_head(chain, conn, block):
+    """What a gossiped block says of its sender's head (a claim).  A peer
+    sends each block it commits, so one off our chain, even lower than
+    what it claimed before, is its head now."""
+    if block["header"]["height"] >= conn.remote_height or not on_chain(chain.store, block["hash"]):
+        conn.remote_height, conn.remote_head = block["header"]["height"], block["hash"]
 
 
 def on_chain(store, block_hash):
