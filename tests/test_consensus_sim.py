@@ -49,10 +49,6 @@ SYNC_DELAY_TICKS = 2
 MAX_SKEW_MS = 150
 
 
-def quorum(n):
-    return F.quorum(n)
-
-
 def wait_intervals(n, online, height):
     """Intervals after its parent until block `height` is made, when only
     the authorities at the indices in `online` propose: 1 + 2r for the
@@ -222,7 +218,6 @@ class Monitor:
         self.honest = honest
         self.final = {}  # height -> the hash honest nodes finalized there
         self.top = {i: (0, nodes[i].node.chain.genesis.hash) for i in honest}
-        self.advanced_at = {i: 0 for i in honest}  # step of each node's last finality advance
         self.step = 0
 
     def check(self):
@@ -245,10 +240,7 @@ class Monitor:
                     raise SafetyViolation(f"node {i} finalized {mine[:12]} at {k}, another honest node {seen[:12]}")
             if fin.height > height:
                 self.top[i] = (fin.height, fin.hash)
-                self.advanced_at[i] = self.step
 
-    def finalized(self, i):
-        return self.top[i][0]
 
 
 class Sim:
@@ -649,7 +641,7 @@ def plans(draw, n):
     offline from the start (and who of them joins when the network heals),
     a stretch of delays, drops, perhaps a partition and an authority going
     away for a while, then a healthy network."""
-    q = quorum(n)
+    q = F.quorum(n)
     offline = draw(st.sets(st.integers(0, n - 1), max_size=n - q))
     online = [i for i in range(n) if i not in offline]
     links = [(a, b) for a in online for b in online if a != b]
