@@ -55,7 +55,7 @@ class Admission:
     def _admit(self, tx, attestation=None):
         """Admit tx (signature already checked) against the head; AitError if refused."""
         view = self.chain.view()
-        ctx = self.chain.context(view, params=self.chain.params())
+        ctx = self.chain.context(view, params=self.chain.params(), authorities=self.chain.authority_set().keys)
         check_admission(ctx, tx)
         if tx.type == receipts.CLAIM:
             receipts.check_attestation(attestation, tx.payload, ctx.params, self.chain_id)
@@ -136,7 +136,7 @@ class Admission:
             if not verified and not tx.verify_signature():
                 raise AitError("bad_signature", "sig is not a valid signature of this transaction by pubkey")
             view = self.chain.view()
-            ctx = self.chain.context(view, params=self.chain.params())
+            ctx = self.chain.context(view, params=self.chain.params(), authorities=self.chain.authority_set().keys)
             check_admission(ctx, tx)
             balance, nonce = view.account(tx.sender)
             if balance + receipts.payout_to(tx.payload, ctx.params, tx.sender) < tx.fee:

@@ -120,7 +120,148 @@ def encode_tx_records(tx_records):
     return out
 
 
-class Store:
+class _Writes:
+    """Store's writing half: one write transaction per block, a rollback,
+    or a whole branch switch."""
+
+    def commit_block(self, block, tx_records, changes, acc, genesis_hash=None):
+        """Write one whole block in one LMDB transaction.
+
+        block: the block record {"header", "hash", "sig", "txs"};
+        tx_records: [(tx_hash, record)] (records may come from
+        encode_tx_records, already encoded); changes: {(ns, key): (old, new)}
+        (raw CBOR bytes) as gathered by StateView.finish; acc: the
+        accumulator after the block.
+        """
+        self._head = None  # read again after any write (or failed write)
+        try:
+            with self.env.begin(write=True) as t:
+                self._commit(t, block, tx_records, changes, acc)
+                if genesis_hash is not None:
+                    meta = self._db["meta"]
+                    t.put(b"format_version", _dumps(FORMAT_VERSION), db=meta)
+                    t.put(b"genesis_hash", _dumps(genesis_hash), db=meta)
+                    t.put(b"chain_id", _dumps(block["header"]["chain_id"]), db=meta)
+        finally:
+            self._head = None
+
+    def try_commit(self, block, tx_records, changes, acc):
+        """commit_block, aborted at the end: raises what it would, writes nothing."""
+        t = self.env.begin(write=True)
+        try:
+            self._commit(t, block, tx_records, changes, acc)
+        finally:
+            t.abort()
+
+    def _commit(self, t, block, tx_records, changes, acc):
+        height = block["header"]["height"]
+        undo = []
+        prev_acc = t.get(b"acc", db=self._db["meta"]) or bytes(ACC_BYTES)
+        sdb = self._db["state"]
+        for (ns, key), (old, new) in changes.items():
+            k, ck = _ekey(ns, key)
+            if new is None:
+                t.delete(k, db=sdb)
+            else:
+                t.put(k, _record(ck, new), db=sdb)
+            undo.append([ns, key, old])
+        t.put(block["hash"].encode(), _dumps(block), db=self._db["blocks"])
+        t.put(_height_key(height), block["hash"].encode(), db=self._db["heights"])
+        txdb = self._db["txs"]
+        hdb = self._db["history"]
+        for h, rec in tx_records:
+            hb = h.encode()
+            if isinstance(rec, EncodedRecord):
+                raw, hkeys = rec.raw, rec.hkeys
+            else:
+                raw, hkeys = _dumps(rec), _history_keys(rec)
+            t.put(hb, raw, db=txdb)
+            for k in hkeys:
+                t.put(k, hb, db=hdb)
+        udb = self._db["undo"]
+        t.put(_height_key(height), _dumps({"acc": prev_acc, "entries": undo, "txs": [h for h, _ in tx_records]}), db=udb)
+        if height >= UNDO_KEEP:
+            t.delete(_height_key(height - UNDO_KEEP), db=udb)
+        meta = self._db["meta"]
+        t.put(b"head", _dumps([height, block["hash"]]), db=meta)
+        t.put(b"acc", acc.to_bytes(ACC_BYTES, "big"), db=meta)
+
+    def undo_depth(self):
+        """How many blocks back from the head can be rolled back."""
+        height = self.head()[0]
+        return min(height, UNDO_KEEP - 1)
+
+    def rollback_to(self, height):
+        """Undo every block above height, in one write transaction.
+
+        Returns the wire transactions of the undone blocks, oldest first,
+        so the caller can offer them to the mempool again.
+        """
+        self._check_undo(height)
+        self._head = None
+        try:
+            with self.env.begin(write=True) as t:
+                return self._rollback(t, height)
+        finally:
+            self._head = None
+
+    def switch_branch(self, height, blocks):
+        """Undo every block above height and commit blocks (each a tuple of
+        commit_block's first four arguments) in their place, all in ONE
+        write transaction: a crash at any instant leaves either the old
+        branch or the new one whole.  Returns what rollback_to returns."""
+        self._check_undo(height)
+        self._head = None
+        try:
+            with self.env.begin(write=True) as t:
+                dropped = self._rollback(t, height)
+                for block, tx_records, changes, acc in blocks:
+                    self._commit(t, block, tx_records, changes, acc)
+        finally:
+            self._head = None
+        return dropped
+
+    def _check_undo(self, height):
+        head = self.head()[0]
+        if head - height > self.undo_depth():
+            raise ValueError(f"cannot roll back {head - height} blocks; undo data covers {self.undo_depth()}")
+
+    def _rollback(self, t, height):
+        head = _loads(t.get(b"head", db=self._db["meta"]))[0]
+        dropped = []
+        sdb, udb, txdb = self._db["state"], self._db["undo"], self._db["txs"]
+        acc = None
+        for h in range(head, height, -1):
+            undo = _loads(t.get(_height_key(h), db=udb))
+            for ns, key, old in undo["entries"]:
+                k, ck = _ekey(ns, key)
+                if old is None:
+                    t.delete(k, db=sdb)
+                else:
+                    t.put(k, _record(ck, old), db=sdb)
+            block_wires = []
+            for tx_hash in undo["txs"]:
+                raw = t.get(tx_hash.encode(), db=txdb)
+                if raw is not None:
+                    rec = _loads(raw)
+                    block_wires.append(rec["tx"])
+                    t.delete(tx_hash.encode(), db=txdb)
+                    for k in _history_keys(rec):
+                        t.delete(k, db=self._db["history"])
+            dropped[:0] = block_wires
+            block_hash = t.get(_height_key(h), db=self._db["heights"])
+            t.delete(_height_key(h), db=self._db["heights"])
+            t.delete(block_hash, db=self._db["blocks"])
+            t.delete(_height_key(h), db=udb)
+            acc = undo["acc"]
+        if acc is not None:
+            parent = t.get(_height_key(height), db=self._db["heights"]).decode()
+            t.put(b"head", _dumps([height, parent]), db=self._db["meta"])
+            t.put(b"acc", acc, db=self._db["meta"])
+        return dropped
+
+
+class Store(_Writes):
     """The node's LMDB environment: one per data_dir."""
 
     def __init__(self, path, map_size=1 << 34):
@@ -143,6 +284,7 @@ class Store:
         return default if value is None else value
 
     def set_meta(self, **values):
+        self._head = None
         with self.env.begin(write=True, db=self._db["meta"]) as t:
             for k, v in values.items():
                 t.put(k.encode(), _dumps(v))
@@ -150,10 +292,14 @@ class Store:
     def is_empty(self):
         return self.meta("format_version") is None
 
+    _head = None  # cached: this Store is the data_dir's only writer
+
     def head(self):
         """(height, hash) of the head block, or None before genesis."""
-        h = self.meta("head")
-        return None if h is None else tuple(h)
+        if self._head is None:
+            h = self.meta("head")
+            self._head = None if h is None else tuple(h)
+        return self._head
 
     def accumulator(self):
         with self.env.begin(db=self._db["meta"]) as t:
@@ -239,131 +385,6 @@ class Store:
                 if not cur.prev():
                     break
         return out
-
-    # -- committing ----------------------------------------------------
-    def commit_block(self, block, tx_records, changes, acc, genesis_hash=None):
-        """Write one whole block in one LMDB transaction.
-
-        block: the block record {"header", "hash", "sig", "txs"};
-        tx_records: [(tx_hash, record)] (records may come from
-        encode_tx_records, already encoded); changes: {(ns, key): (old, new)}
-        (raw CBOR bytes) as gathered by StateView.finish; acc: the
-        accumulator after the block.
-        """
-        with self.env.begin(write=True) as t:
-            self._commit(t, block, tx_records, changes, acc)
-            if genesis_hash is not None:
-                meta = self._db["meta"]
-                t.put(b"format_version", _dumps(FORMAT_VERSION), db=meta)
-                t.put(b"genesis_hash", _dumps(genesis_hash), db=meta)
-                t.put(b"chain_id", _dumps(block["header"]["chain_id"]), db=meta)
-
-    def try_commit(self, block, tx_records, changes, acc):
-        """commit_block, aborted at the end: raises what it would, writes nothing."""
-        t = self.env.begin(write=True)
-        try:
-            self._commit(t, block, tx_records, changes, acc)
-        finally:
-            t.abort()
-
-    def _commit(self, t, block, tx_records, changes, acc):
-        height = block["header"]["height"]
-        undo = []
-        prev_acc = t.get(b"acc", db=self._db["meta"]) or bytes(ACC_BYTES)
-        sdb = self._db["state"]
-        for (ns, key), (old, new) in changes.items():
-            k, ck = _ekey(ns, key)
-            if new is None:
-                t.delete(k, db=sdb)
-            else:
-                t.put(k, _record(ck, new), db=sdb)
-            undo.append([ns, key, old])
-        t.put(block["hash"].encode(), _dumps(block), db=self._db["blocks"])
-        t.put(_height_key(height), block["hash"].encode(), db=self._db["heights"])
-        txdb = self._db["txs"]
-        hdb = self._db["history"]
-        for h, rec in tx_records:
-            hb = h.encode()
-            if isinstance(rec, EncodedRecord):
-                raw, hkeys = rec.raw, rec.hkeys
-            else:
-                raw, hkeys = _dumps(rec), _history_keys(rec)
-            t.put(hb, raw, db=txdb)
-            for k in hkeys:
-                t.put(k, hb, db=hdb)
-        udb = self._db["undo"]
-        t.put(_height_key(height), _dumps({"acc": prev_acc, "entries": undo, "txs": [h for h, _ in tx_records]}), db=udb)
-        if height >= UNDO_KEEP:
-            t.delete(_height_key(height - UNDO_KEEP), db=udb)
-        meta = self._db["meta"]
-        t.put(b"head", _dumps([height, block["hash"]]), db=meta)
-        t.put(b"acc", acc.to_bytes(ACC_BYTES, "big"), db=meta)
-
-    def undo_depth(self):
-        """How many blocks back from the head can be rolled back."""
-        height = self.head()[0]
-        return min(height, UNDO_KEEP - 1)
-
-    def rollback_to(self, height):
-        """Undo every block above height, in one write transaction.
-
-        Returns the wire transactions of the undone blocks, oldest first,
-        so the caller can offer them to the mempool again.
-        """
-        self._check_undo(height)
-        with self.env.begin(write=True) as t:
-            return self._rollback(t, height)
-
-    def switch_branch(self, height, blocks):
-        """Undo every block above height and commit blocks (each a tuple of
-        commit_block's first four arguments) in their place, all in ONE
-        write transaction: a crash at any instant leaves either the old
-        branch or the new one whole.  Returns what rollback_to returns."""
-        self._check_undo(height)
-        with self.env.begin(write=True) as t:
-            dropped = self._rollback(t, height)
-            for block, tx_records, changes, acc in blocks:
-                self._commit(t, block, tx_records, changes, acc)
-        return dropped
-
-    def _check_undo(self, height):
-        head = self.head()[0]
-        if head - height > self.undo_depth():
-            raise ValueError(f"cannot roll back {head - height} blocks; undo data covers {self.undo_depth()}")
-
-    def _rollback(self, t, height):
-        head = _loads(t.get(b"head", db=self._db["meta"]))[0]
-        dropped = []
-        sdb, udb, txdb = self._db["state"], self._db["undo"], self._db["txs"]
-        acc = None
-        for h in range(head, height, -1):
-            undo = _loads(t.get(_height_key(h), db=udb))
-            for ns, key, old in undo["entries"]:
-                k, ck = _ekey(ns, key)
-                if old is None:
-                    t.delete(k, db=sdb)
-                else:
-                    t.put(k, _record(ck, old), db=sdb)
-            block_wires = []
-            for tx_hash in undo["txs"]:
-                raw = t.get(tx_hash.encode(), db=txdb)
-                if raw is not None:
-                    rec = _loads(raw)
-                    block_wires.append(rec["tx"])
-                    t.delete(tx_hash.encode(), db=txdb)
-                    for k in _history_keys(rec):
-                        t.delete(k, db=self._db["history"])
-            dropped[:0] = block_wires
-            block_hash = t.get(_height_key(h), db=self._db["heights"])
-            t.delete(_height_key(h), db=self._db["heights"])
-            t.delete(block_hash, db=self._db["blocks"])
-            t.delete(_height_key(h), db=udb)
-            acc = undo["acc"]
-        if acc is not None:
-            parent = t.get(_height_key(height), db=self._db["heights"]).decode()
-            t.put(b"head", _dumps([height, parent]), db=self._db["meta"])
-            t.put(b"acc", acc, db=self._db["meta"])
-        return dropped
 
     def state_at(self, height):
         """(overlay, acc): the state at a recent height as the entries that
