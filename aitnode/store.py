@@ -121,17 +121,14 @@ def encode_tx_records(tx_records):
 
 
 class _Writes:
-    """Store's writing half: one write transaction per block, a rollback,
-    or a whole branch switch."""
+    """Store's writing half: one write transaction per block or switch."""
 
     def commit_block(self, block, tx_records, changes, acc, genesis_hash=None):
         """Write one whole block in one LMDB transaction.
 
-        block: the block record {"header", "hash", "sig", "txs"};
-        tx_records: [(tx_hash, record)] (records may come from
-        encode_tx_records, already encoded); changes: {(ns, key): (old, new)}
-        (raw CBOR bytes) as gathered by StateView.finish; acc: the
-        accumulator after the block.
+        block: the block record; tx_records: [(tx_hash, record)] (records
+        may come from encode_tx_records); changes: {(ns, key): (old, new)}
+        (raw CBOR) from StateView.finish; acc: the accumulator after it.
         """
         self._head = None  # read again after any write (or failed write)
         try:
