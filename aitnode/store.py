@@ -1,9 +1,8 @@
 """Chain storage in LMDB: blocks, transactions, state entries, undo data.
 
-Everything a block changes is written in one LMDB write transaction, so
-after a crash the store holds the last whole block and nothing of the
-next one.  Node-local tables (peers, the mempool snapshot, failed
-transactions) are local.LocalStore's, in the same environment.
+Everything a block changes is written in one LMDB write transaction: after
+a crash the store holds the last whole block and nothing of the next.
+Node-local tables are local.LocalStore's, in the same environment.
 
 No LMDB key is ever user text: LMDB refuses keys over 511 bytes, so a key
 built from text a transaction chose could make a block unstorable.
@@ -16,13 +15,13 @@ built from text a transaction chose could make a block unstorable.
   records.  How entries are stored does not touch the state root (its leaf
   is canonical([ns, key, value]), see state.py).
 - Blocks and transactions are keyed by their hashes, heights by 8 bytes,
-  history by address + 12 bytes, node-local tables by hashes, node ids
-  (32-byte hex) and counters.
+  history by address + 12 bytes, node-local tables by hashes, ids, counters.
 
 FORMAT_VERSION names this layout; a data_dir of another version refuses to
 open (resync: start on an empty data_dir, or reset the devnet).
 """
 
+import functools
 import hashlib
 import itertools
 import os
@@ -61,6 +60,7 @@ def _history_keys(rec):
     return [a.encode() + b"/" + tail for a in addrs]
 
 
+@functools.lru_cache(maxsize=1 << 16)  # hot: each state read and write (accounts mostly)
 def _ekey(ns, key):
     """The LMDB key of state entry (ns, key), and its key's canonical bytes."""
     ck = _dumps(key, canonical=True)
