@@ -553,6 +553,11 @@ class ForkChoiceTests(ChainTestBase):
             node.chain.commit(*node.chain.verify_block(block, txs))
         return node, Builder(node)
 
+    def assertBranchRefused(self, fork, entries, code):
+        with self.assertRaises(AitError) as e:
+            run_steps(self.chain.reorganise_steps(fork, entries))
+        self.assertEqual(e.exception.code, code)
+
     def test_never_below_the_finalized_block(self):
         self.b.block(voters=KEYS)
         self.assertEqual(self.chain.finality().finalized.height, 2)
@@ -561,19 +566,13 @@ class ForkChoiceTests(ChainTestBase):
         _, below = self.node_with(1)
         for _ in range(8):
             below.block(by=A3)
-        with self.assertRaises(AitError) as e:
-            run_steps(self.chain.reorganise_steps(1, below.entries(1)))
-        self.assertEqual(e.exception.code, "fork_below_finalized")
-        with self.assertRaises(AitError) as e:
-            run_steps(self.chain.reorganise_steps(1, [({"header": {}}, [])]))
-        self.assertEqual(e.exception.code, "fork_below_finalized")
+        self.assertBranchRefused(1, below.entries(1), "fork_below_finalized")
+        self.assertBranchRefused(1, [({"header": {}}, [])], "fork_below_finalized")
         # One forking at the finalized block itself is weighed (and here loses).
         _, at = self.node_with(2)
         for _ in range(8):
             at.block(by=A3)
-        with self.assertRaises(AitError) as e:
-            run_steps(self.chain.reorganise_steps(2, at.entries(2)))
-        self.assertEqual(e.exception.code, "branch_not_better")
+        self.assertBranchRefused(2, at.entries(2), "branch_not_better")
         self.assertEqual(self.chain.head()[0], 4)
 
     def test_a_better_branch_that_knows_less_finality_keeps_what_was_finalized(self):

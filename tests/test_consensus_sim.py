@@ -882,15 +882,19 @@ class ByzantineTests(SimTestCase):
             self.assertIsNotNone(b.pipeline.propose())
         return sim.hashes(self.B)
 
-    def check_private_branch(self, fork_at):
+    def b_goes_away(self):
+        """Four authorities finalize for a while, then B stops: (sim,
+        honest, the honest finality then)."""
         sim = self.sim(4, byzantine=[self.B])
-        honest = [0, 1, 2]
         sim.start()
         sim.live(range(4))
         sim.run(3)
         sim.stop(self.B)
         sim.run(2)
-        fin = sim.chain(0).finality()
+        return sim, [0, 1, 2], sim.chain(0).finality()
+
+    def check_private_branch(self, fork_at):
+        sim, honest, fin = self.b_goes_away()
         self.assertEqual(fin.justified.height, sim.head(0)[0] - 1)
         fork = fork_at(fin)
         branch = self.private_branch(sim, fork)
@@ -935,14 +939,7 @@ class ByzantineTests(SimTestCase):
         whichever branch won once the clock has passed its timestamps.
         (With MAX_FUTURE_DRIFT at 15 s, B's branch stamped up to the drift
         ahead is longer and wins, holding production back that long.)"""
-        sim = self.sim(4, byzantine=[self.B])
-        honest = [0, 1, 2]
-        sim.start()
-        sim.live(range(4))
-        sim.run(3)
-        sim.stop(self.B)
-        sim.run(2)
-        fin = sim.chain(0).finality()
+        sim, honest, fin = self.b_goes_away()
         branch = self.private_branch(sim, fin.justified.height)
         self.assertEqual(sim.peers[self.B].node.chain.finality().justified, fin.justified)
         sim.start([self.B])
