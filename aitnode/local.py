@@ -33,8 +33,13 @@ class LocalStore:
         return None if raw is None else _loads(raw)
 
     def put_signed(self, name, value):
+        self.put_signed_many({name: value})
+
+    def put_signed_many(self, records):
+        """Several records in one write transaction (one fsync)."""
         with self.env.begin(write=True, db=self._db["signing"]) as t:
-            t.put(name.encode(), _dumps(value))
+            for name, value in records.items():
+                t.put(name.encode(), _dumps(value))
 
     # -- failed transactions --------------------------------------------
     def failed_record(self, tx_hash):

@@ -112,9 +112,13 @@ class BlockPipeline:
                 if self.chain.head() != head:
                     return None  # a block came in while a failed one was examined; the next round tries again
                 raise
-            # Recorded once committed, before listeners send it: a block
-            # signed but never committed was never sent either.
-            self.local.put_signed("proposal", block["header"]["height"])
+            # Recorded once committed, before listeners send it (a block
+            # signed but never committed was never sent either), with this
+            # authority's vote for it in the same LMDB transaction.
+            if self.ballot is not None:
+                self.ballot.proposed(block)
+            else:
+                self.local.put_signed("proposal", block["header"]["height"])
             self._after_commit(block, records, failed)
             self._log.info(
                 "block proposed height={height} txs={txs} latency_ms={latency_ms}",

@@ -67,8 +67,28 @@ class Ballot:
         self._note_finality()
         self.vote()
 
+    def proposed(self, block):
+        """This node committed a block it built (the head now): record its
+        height and this authority's vote for it in one LMDB transaction, so
+        one fsync covers both before either leaves; then send the vote."""
+        vote = self._next_vote()
+        records = {"proposal": block["header"]["height"]}
+        if vote is not None:
+            records["vote"] = F.Record.of(vote).to_json()
+        self.local.put_signed_many(records)
+        if vote is not None:
+            self._send(vote)
+
     def vote(self):
         """Sign and send a vote for the head, if this node may."""
+        vote = self._next_vote()
+        if vote is None:
+            return None
+        self.local.put_signed("vote", F.Record.of(vote).to_json())  # before it leaves
+        return self._send(vote)
+
+    def _next_vote(self):
+        """This authority's vote for the head, or None if it may not vote."""
         if self.key is None or self.pipeline is None or self.pipeline.signing_stopped:
             return None
         height, head = self.chain.head()
@@ -80,11 +100,12 @@ class Ballot:
             return None
         source = self.chain.finality(view).justified
         vote = F.sign_vote(self.key, self.chain.chain_id, height, head, source.height, source.hash)
-        if not self.voter.may_vote(vote):
-            return None
-        record = F.Record.of(vote)
-        self.local.put_signed("vote", record.to_json())  # before it leaves
-        self.voter.advance(record)
+        return vote if self.voter.may_vote(vote) else None
+
+    def _send(self, vote):
+        """A vote whose record is on disk: into the pool and to peers."""
+        height, head, source = vote.height, vote.hash, vote.source
+        self.voter.advance(F.Record.of(vote))
         self.votes.add(vote)
         self.metrics.vote_event("sent")
         self._log.info("vote sent height={height} source={source}", height=height, source=source.height,
