@@ -554,9 +554,14 @@ class Ballot:
     (signed by the independent client), and the evidence handed to it,
     once."""
 
-    def __init__(self, seeds):
+    def __init__(self, seeds, local):
         self.seeds = seeds
+        self.local = local
         self.evidence = []
+
+    def proposed(self, block):
+        """What the node signed, recorded as the real Ballot does (without its vote)."""
+        self.local.put_signed("proposal", block["header"]["height"])
 
     def block_fields(self, chain):
         height, head = chain.head()
@@ -586,7 +591,7 @@ class ConsensusEndToEndTests(SynchronousTestCase):
         self.doc = genesis_doc(epoch_length=3)
         self.node = make_node(self, doc=self.doc)
         self.rpc, self.http = make_rpc(self.node)
-        self.ballot = self.node.pipeline.ballot = Ballot([AUTHORITY.seed, self.B_SEED])
+        self.ballot = self.node.pipeline.ballot = Ballot([AUTHORITY.seed, self.B_SEED], self.node.local)
 
     def ok(self, path):
         resp = self.successResultOf(self.http.request("GET", BASE + path))
