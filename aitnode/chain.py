@@ -15,7 +15,8 @@ from aitnode.errors import AitError, ConfigError
 from aitnode.params import block_limits
 from aitnode.receipts import CLAIM
 from aitnode.rules import BlockContext, apply_tx, finish_block
-from aitnode.state import StateView
+from aitnode.reorg import reorganise_steps
+from aitnode.state import StateView, TreeBase
 from aitnode.steps import run_steps
 from aitnode.store import check_format, encode_tx_records
 from aitnode.unstorable import apply_in_build
@@ -81,11 +82,30 @@ def _kept_finalized(store, fin):
     return F.Finality(fin.justified, F.Checkpoint(*kept))
 
 
+def _write_genesis(store, g):
+    view = StateView(store, base=TreeBase.empty())
+    for ns, key, value in g.entries:
+        view.put(ns, key, value)
+    tree, changes = view.finish()
+    assert view.root() == g.header["state_root"]
+    block = {"header": g.header, "hash": g.hash, "sig": "", "txs": []}
+    store.commit_block(block, [], changes, tree, genesis_hash=g.hash)
+
+
+def _kept_from(chain, view):
+    """The lowest height whose state tree stays after a block whose state is view's."""
+    if chain.state_history is not None:
+        return C.finality_of(view, chain.genesis.hash).finalized.height - chain.state_history
+    return None
+
+
 class Chain:
     """The chain on one Store: genesis, head, and block application."""
 
-    def __init__(self, store, genesis):
+    def __init__(self, store, genesis, state_history=None):
+        """state_history: blocks below the finalized one whose state tree is kept (None: all)."""
         self.store = store
+        self.state_history = state_history
         self.genesis = genesis
         self.chain_id = genesis.chain_id
         self._params_at = self._set_at = self._finality_at = None
@@ -96,14 +116,7 @@ class Chain:
         store, g = self.store, self.genesis
         check_format(store)
         if store.is_empty():
-            view = StateView(store, acc=0)
-            for ns, key, value in g.entries:
-                view.put(ns, key, value)
-            acc, changes = view.finish()
-            assert acc == g.acc
-            block = {"header": g.header, "hash": g.hash, "sig": "", "txs": []}
-            store.commit_block(block, [], changes, acc, genesis_hash=g.hash)
-            return
+            return _write_genesis(store, g)
         have = store.meta("genesis_hash")
         if have != g.hash:
             raise ConfigError(
@@ -328,9 +341,10 @@ class Chain:
 
     # -- committing ----------------------------------------------------------
     def commit(self, block, tx_records, view):
-        acc, changes = view.finish()
+        tree, changes = view.finish()
+        kept_from = _kept_from(self, view)
         view.release()
-        self.store.commit_block(block, tx_records, changes, acc)
+        self.store.commit_block(block, tx_records, changes, tree, kept_from=kept_from)
 
     def rollback(self, height):
         """Undo blocks above height; the wire transactions they held, oldest first."""
@@ -340,57 +354,3 @@ class Chain:
         """See reorganise_steps below: verify a competing branch, then
         switch to it in one write transaction if fork choice prefers it."""
         return (yield from reorganise_steps(self, fork_height, branch, now))
-
-
-def reorganise_steps(chain, fork_height, branch, now=None):
-    """Verify a competing branch that forks after fork_height, then switch
-    to it in one write transaction.
-
-    branch: [(block, txs)] in height order, txs parsed Transactions whose
-    signatures the caller checked.  Nothing is written unless every
-    block verifies (headers, signatures, tx roots and state roots, each
-    on the state its parent left); a generator yielding between blocks,
-    run with steps.run_steps or run_steps_async.  Returns (committed
-    blocks, wire transactions of the blocks undone, oldest first).
-    Raises AitError("bad_block", ...) for the first block that fails
-    (now: as for verify_block).
-
-    Fork choice: the branch is switched to only if, verified, it is
-    better than the node's chain: a higher justified block, then a
-    greater height, then a lower head hash (AitError "branch_not_better"
-    otherwise).  A finalized block is never reverted: a branch forking
-    below the node's finalized block is refused ("fork_below_finalized").
-    """
-    head = chain.head()
-    ours = chain.finality()
-    if fork_height < ours.finalized.height:
-        raise AitError("fork_below_finalized",
-                       f"the branch forks at {fork_height}, below the finalized block {ours.finalized.height}")
-    if head[0] - fork_height > chain.store.undo_depth():
-        raise AitError("fork_too_deep", f"the fork is deeper than the {chain.store.undo_depth()} blocks of undo data")
-    overlay, acc = chain.store.state_at(fork_height)
-    parent = chain.store.block_at(fork_height)["header"]
-    if acc is None:  # no block above fork_height: the head's accumulator
-        acc = chain.store.accumulator()
-    writes = []
-    for block, txs in branch:
-        yield
-        view = StateView(chain.store, acc=acc, overlay=overlay)
-        checked, records, view = chain.verify_block(block, txs, parent=parent, view=view, now=now)
-        acc, changes = view.finish()
-        view.release()
-        for ident, (_, new) in changes.items():
-            overlay[ident] = new
-        writes.append((checked, encode_tx_records(records), changes, acc))
-        parent = checked["header"]
-    if chain.head() != head:
-        raise AitError("head_moved", "the head changed while the branch was checked", status=409)
-    theirs = chain.finality(StateView(chain.store, acc=acc, overlay=overlay))
-    tip = writes[-1][0] if writes else None
-    if tip is None or not C.better((theirs.justified.height, tip["header"]["height"], tip["hash"]),
-                                  (ours.justified.height, head[0], head[1])):
-        raise AitError("branch_not_better", "the branch is not better than this node's chain (fork choice)")
-    if theirs.finalized.height < ours.finalized.height:  # it holds our finalized block, not the votes
-        chain.store.set_meta(finalized=list(ours.finalized))  # on both chains: harmless if we crash here
-    dropped = chain.store.switch_branch(fork_height, writes)
-    return [w[0] for w in writes], dropped

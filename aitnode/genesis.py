@@ -6,7 +6,7 @@ from aitnode import crypto, params as P
 from aitnode.encoding import U64, ZERO_HASH, canonical, is_hex, require_int, sha256_hex
 from aitnode.errors import AitError, ConfigError, read_json_file
 from aitnode.consensus import authorities_hash, genesis_set
-from aitnode.state import ACC_MOD, leaf_hash, root_of
+from aitnode.jmt import root_of_entries
 
 _CHAIN_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}\Z")
 
@@ -57,10 +57,6 @@ class Genesis:
         self.doc = doc
         self.members = genesis_set(self.authorities)
         self.entries = self._entries()
-        acc = 0
-        for ns, key, value in self.entries:
-            acc += leaf_hash(ns, key, value)
-        self.acc = acc % ACC_MOD
         self.header = {
             "chain_id": self.chain_id,
             "parent": ZERO_HASH,
@@ -68,7 +64,7 @@ class Genesis:
             "timestamp": self.timestamp,
             "proposer": "",
             "tx_root": ZERO_HASH,
-            "state_root": root_of(self.acc),
+            "state_root": root_of_entries(self.entries).hex(),
             "votes_root": ZERO_HASH,
             "evidence_root": ZERO_HASH,
             "authorities_hash": authorities_hash(self.members),

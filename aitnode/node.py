@@ -32,16 +32,17 @@ class Node:
 
 
 def compose(data_dir, genesis, clock, key=None, verifier=None, mempool=None, attestor=None,
-            metrics=None, pause=None, map_size=1 << 34):
+            metrics=None, pause=None, map_size=1 << 34, state_history=256):
     """A Node on data_dir (opened, or made from genesis).
 
     clock: the reactor or a Clock; key: an authority KeyPair (ignored
     unless genesis lists it); pause: cooperate.pause_for(reactor) to slice
-    long work, None to do it in one go.  Raises ConfigError.
+    long work, None to do it in one go; state_history: blocks below the
+    finalized one whose state tree is kept (None: all).  Raises ConfigError.
     """
     store = Store(data_dir, map_size=map_size)
     try:
-        chain = Chain(store, genesis)
+        chain = Chain(store, genesis, state_history=state_history)
     except ConfigError:
         store.close()
         raise

@@ -30,8 +30,8 @@ class Queries:
             view = self.chain.view()
             height = head + 1
         elif 1 <= height <= head and head - (height - 1) <= self.store.undo_depth():
-            overlay, acc = self.store.state_at(height - 1)
-            view = StateView(self.store, acc=acc, overlay=overlay)
+            overlay, base = self.store.state_at(height - 1, tree=False)
+            view = StateView(self.store, base=base, overlay=overlay)
         else:
             return None
         aset = C.set_of(view)

@@ -1,68 +1,65 @@
 """The state: entries ``(namespace, key) -> value`` and their root.
 
 The state holds accounts, params, authorities, supply counters, receipts
-and spent payments.  Its root is an additive multiset hash over all
-entries, so committing a block costs time in proportion to the entries
-the block touches, not to the size of the state:
+and spent payments.  Its root is the root of a Jellyfish Merkle Tree over
+the entries (jmt.py, docs/protocol.md 11.2), so a node can prove one
+entry, or its absence, to a client that holds nothing but the root.
 
-    leaf(e)    = int(shake_256(canonical([ns, key, value])), 256 bytes)
-    acc        = sum of leaf(e) over every entry, mod 2**2048
-    state_root = sha256(acc as 256 big-endian bytes)
-
-``StateView`` is the state at the head plus a block's uncommitted changes;
-store.Store writes them.  This module knows nothing of HTTP or peers.
+``StateView`` is the state at the head (or at a past height, or after a
+block not yet committed) plus a block's uncommitted changes; ``finish``
+folds them into a jmt.TreeUpdate.  store.Store writes both.  This module
+knows nothing of HTTP or peers.
 """
-
-import hashlib
 
 import cbor2
 
+from aitnode import jmt
 from aitnode.encoding import canonical_unchecked
 from aitnode.steps import run_steps
-
-ACC_BITS = 2048
-ACC_BYTES = ACC_BITS // 8
-ACC_MOD = 1 << ACC_BITS
 
 _loads = cbor2.loads
 
 
-def _leaf_prefix(ns, key):
-    # canonical([ns, key, value]) is 0x83, then ns, key and value encoded.
-    return b"\x83" + canonical_unchecked(ns) + canonical_unchecked(key)
+class TreeBase:
+    """The tree a view starts from: the height whose state it is (-1:
+    before genesis), its root reference, and nodes not yet in LMDB
+    ({node_key: bytes}, from blocks verified ahead of a branch switch)."""
 
+    __slots__ = ("height", "root", "pending")
 
-def _leaf_int(leaf):
-    return int.from_bytes(hashlib.shake_256(leaf).digest(ACC_BYTES), "big")
+    def __init__(self, height, root, pending=None):
+        self.height = height
+        self.root = root
+        self.pending = pending or {}
 
+    @classmethod
+    def empty(cls):
+        return cls(-1, None)
 
-def leaf_hash(ns, key, value):
-    """The accumulator term of one entry."""
-    return _leaf_int(canonical_unchecked([ns, key, value]))
-
-
-def root_of(acc):
-    return hashlib.sha256(acc.to_bytes(ACC_BYTES, "big")).hexdigest()
+    def after(self, tree):
+        """The base for the block after the one tree (a TreeUpdate) made."""
+        pending = dict(self.pending)
+        pending.update(tree.nodes)
+        return TreeBase(tree.version, tree.root, pending)
 
 
 class StateView:
     """The state at the head plus uncommitted changes.
 
     Reads fall through to the store (through one read transaction, kept
-    until ``release``); writes stay in memory.  ``finish`` folds them into
-    the accumulator once per touched entry, however often a block wrote
-    it, and encodes each new value once: those bytes are both what LMDB
-    stores and the tail of the entry's leaf.  Nothing reaches LMDB until
-    Store.commit_block.
+    until ``release``); writes stay in memory.  ``finish`` hashes each
+    touched entry once, however often a block wrote it, and encodes each
+    new value once: those bytes are what LMDB stores and what the tree's
+    leaf commits to.  Nothing reaches LMDB until Store.commit_block.
     """
 
-    def __init__(self, store, acc=None, overlay=None):
+    def __init__(self, store, base=None, overlay=None):
         """overlay: {(ns, key): raw bytes or None} read before the store,
-        with acc its accumulator: the view then starts from another state
-        than the head's (a past height, or a block not yet committed)."""
+        with base (a TreeBase) its tree: the view then starts from another
+        state than the head's (a past height, or a block not yet committed)."""
         self.store = store
         self._overlay = overlay
-        self._base_acc = acc
+        self._base = base
         self._txn = None
         self._orig = {}  # (ns, key) -> raw bytes at the head, or None
         self._new = {}  # (ns, key) -> value written (None deletes)
@@ -103,32 +100,45 @@ class StateView:
         self._final = None
 
     def finish_steps(self, slice_size=512):
-        """finish() as a generator that yields every slice_size entries, so
-        a caller can let the reactor run in between (see run_steps)."""
+        """finish() as a generator that yields every slice_size entries
+        and between subtrees of the tree, so a caller can let the reactor
+        run in between (see run_steps)."""
         if self._final is None:
-            acc = self.store.accumulator() if self._base_acc is None else self._base_acc
+            base = self._base if self._base is not None else self.store.tree_base()
             changes = {}
+            updates = []
             for n, (ident, value) in enumerate(list(self._new.items()), 1):
                 old = self._orig[ident]
                 new = None if value is None else canonical_unchecked(value)
                 if old != new:
-                    prefix = _leaf_prefix(*ident)
-                    if old is not None:
-                        acc -= _leaf_int(prefix + old)
-                    if new is not None:
-                        acc += _leaf_int(prefix + new)
                     changes[ident] = (old, new)
+                    updates.append((jmt.key_hash(*ident), None if new is None else jmt.value_hash_raw(new) + new))
                 if n % slice_size == 0:
                     yield
-            self._final = (acc % ACC_MOD, changes)
+            updates.sort()
+            tree = jmt.TreeUpdate(self._node_reader(base), base.height + 1)
+            yield from tree.run_steps(base.root, updates)
+            self._final = (tree, changes)
         return self._final
 
+    def _node_reader(self, base):
+        pending = base.pending
+        if self._txn is None:
+            self._txn = self.store.state_reader()
+        read = self.store.tree_reader(self._txn)
+
+        def get(key):
+            raw = pending.get(key)
+            return read(key) if raw is None else raw
+        return get
+
     def finish(self):
-        """(acc, changes): changes maps (ns, key) -> (old raw, new raw)."""
+        """(tree, changes): tree a jmt.TreeUpdate (root, nodes, stale);
+        changes maps (ns, key) -> (old raw, new raw)."""
         return run_steps(self.finish_steps())
 
     @property
-    def acc(self):
+    def tree(self):
         return self.finish()[0]
 
     @property
@@ -136,7 +146,7 @@ class StateView:
         return self.finish()[1]
 
     def root(self):
-        return root_of(self.acc)
+        return self.tree.root_hash().hex()
 
     # accounts: [balance, nonce]; an account at 0, 0 is no entry at all.
     def account(self, address):

@@ -13,7 +13,8 @@ built from text a transaction chose could make a block unstorable.
   key's canonical bytes, then the value's.  Reading an entry checks that the
   record holds the key asked for; ``entries(ns)`` returns the keys from the
   records.  How entries are stored does not touch the state root (its leaf
-  is canonical([ns, key, value]), see state.py).
+  commits to the key and value hashes, see jmt.py).
+- The state tree's nodes, stale marks and roots are in treestore.py's tables.
 - Blocks and transactions are keyed by their hashes, heights by 8 bytes,
   history by address + 12 bytes, node-local tables by hashes, ids, counters.
 
@@ -30,11 +31,12 @@ import struct
 import cbor2
 import lmdb
 
+from aitnode import treestore
 from aitnode.errors import ConfigError
-from aitnode.state import ACC_BYTES
+from aitnode.state import TreeBase
 
-FORMAT_VERSION = 2  # 2: state entries keyed by the hash of their key
-CHAIN_DBS = ("meta", "state", "blocks", "heights", "txs", "undo", "history")
+FORMAT_VERSION = 3  # 2: state entries keyed by the hash of their key; 3: the state tree
+CHAIN_DBS = ("meta", "state", "blocks", "heights", "txs", "undo", "history") + treestore.TREE_DBS
 LOCAL_DBS = ("mempool", "failed", "peers", "signing")
 UNDO_KEEP = 1000  # recent blocks whose undo data is kept for reorgs
 # Failures of the storage itself, never of what a block holds.
@@ -123,17 +125,21 @@ def encode_tx_records(tx_records):
 class _Writes:
     """Store's writing half: one write transaction per block or switch."""
 
-    def commit_block(self, block, tx_records, changes, acc, genesis_hash=None):
+    def commit_block(self, block, tx_records, changes, tree, genesis_hash=None, kept_from=None):
         """Write one whole block in one LMDB transaction.
 
         block: the block record; tx_records: [(tx_hash, record)] (records
         may come from encode_tx_records); changes: {(ns, key): (old, new)}
-        (raw CBOR) from StateView.finish; acc: the accumulator after it.
+        (raw CBOR) and tree (a jmt.TreeUpdate) from StateView.finish;
+        kept_from: prune the state tree of versions below it (treestore).
         """
         self._head = None  # read again after any write (or failed write)
         try:
             with self.env.begin(write=True) as t:
-                self._commit(t, block, tx_records, changes, acc)
+                self._commit(t, block, tx_records, changes, tree)
+                if kept_from is not None and kept_from > self._kept_from(t):
+                    treestore.prune(t, self._db, kept_from)
+                    t.put(b"tree_kept_from", _dumps(kept_from), db=self._db["meta"])
                 if genesis_hash is not None:
                     meta = self._db["meta"]
                     t.put(b"format_version", _dumps(FORMAT_VERSION), db=meta)
@@ -142,18 +148,17 @@ class _Writes:
         finally:
             self._head = None
 
-    def try_commit(self, block, tx_records, changes, acc):
+    def try_commit(self, block, tx_records, changes, tree):
         """commit_block, aborted at the end: raises what it would, writes nothing."""
         t = self.env.begin(write=True)
         try:
-            self._commit(t, block, tx_records, changes, acc)
+            self._commit(t, block, tx_records, changes, tree)
         finally:
             t.abort()
 
-    def _commit(self, t, block, tx_records, changes, acc):
+    def _commit(self, t, block, tx_records, changes, tree):
         height = block["header"]["height"]
         undo = []
-        prev_acc = t.get(b"acc", db=self._db["meta"]) or bytes(ACC_BYTES)
         sdb = self._db["state"]
         for (ns, key), (old, new) in changes.items():
             k, ck = _ekey(ns, key)
@@ -176,12 +181,12 @@ class _Writes:
             for k in hkeys:
                 t.put(k, hb, db=hdb)
         udb = self._db["undo"]
-        t.put(_height_key(height), _dumps({"acc": prev_acc, "entries": undo, "txs": [h for h, _ in tx_records]}), db=udb)
+        t.put(_height_key(height), _dumps({"entries": undo, "txs": [h for h, _ in tx_records]}), db=udb)
+        treestore.write(t, self._db, height, tree)
         if height >= UNDO_KEEP:
             t.delete(_height_key(height - UNDO_KEEP), db=udb)
         meta = self._db["meta"]
         t.put(b"head", _dumps([height, block["hash"]]), db=meta)
-        t.put(b"acc", acc.to_bytes(ACC_BYTES, "big"), db=meta)
 
     def undo_depth(self):
         """How many blocks back from the head can be rolled back."""
@@ -212,8 +217,8 @@ class _Writes:
         try:
             with self.env.begin(write=True) as t:
                 dropped = self._rollback(t, height)
-                for block, tx_records, changes, acc in blocks:
-                    self._commit(t, block, tx_records, changes, acc)
+                for block, tx_records, changes, tree in blocks:
+                    self._commit(t, block, tx_records, changes, tree)
         finally:
             self._head = None
         return dropped
@@ -227,7 +232,6 @@ class _Writes:
         head = _loads(t.get(b"head", db=self._db["meta"]))[0]
         dropped = []
         sdb, udb, txdb = self._db["state"], self._db["undo"], self._db["txs"]
-        acc = None
         for h in range(head, height, -1):
             undo = _loads(t.get(_height_key(h), db=udb))
             for ns, key, old in undo["entries"]:
@@ -250,15 +254,14 @@ class _Writes:
             t.delete(_height_key(h), db=self._db["heights"])
             t.delete(block_hash, db=self._db["blocks"])
             t.delete(_height_key(h), db=udb)
-            acc = undo["acc"]
-        if acc is not None:
+            treestore.undo(t, self._db, h)
+        if head > height:
             parent = t.get(_height_key(height), db=self._db["heights"]).decode()
             t.put(b"head", _dumps([height, parent]), db=self._db["meta"])
-            t.put(b"acc", acc, db=self._db["meta"])
         return dropped
 
 
-class Store(_Writes):
+class Store(_Writes, treestore.TreeReads):
     """The node's LMDB environment: one per data_dir."""
 
     def __init__(self, path, map_size=1 << 34):
@@ -297,11 +300,6 @@ class Store(_Writes):
             h = self.meta("head")
             self._head = None if h is None else tuple(h)
         return self._head
-
-    def accumulator(self):
-        with self.env.begin(db=self._db["meta"]) as t:
-            raw = t.get(b"acc")
-        return 0 if raw is None else int.from_bytes(raw, "big")
 
     # -- state entries --------------------------------------------------
     def state_reader(self):
@@ -383,18 +381,19 @@ class Store(_Writes):
                     break
         return out
 
-    def state_at(self, height):
-        """(overlay, acc): the state at a recent height as the entries that
-        differ from the head's ({(ns, key): raw bytes or None}) and its
-        accumulator, worked out from undo data without writing anything.
-        A StateView over it reads that height's state (see Chain.reorganise)."""
+    def state_at(self, height, tree=True):
+        """(overlay, base): the state at a recent height as the entries that
+        differ from the head's ({(ns, key): raw bytes or None}) and its tree
+        (a TreeBase), worked out from undo data without writing anything.
+        A StateView over them reads that height's state (see Chain.reorganise);
+        tree=False: no base (None), for reads only, the tree may be pruned."""
         self._check_undo(height)
-        overlay, acc = {}, None
+        overlay = {}
         with self.env.begin() as t:
             head = _loads(t.get(b"head", db=self._db["meta"]))[0]
             for h in range(head, height, -1):
                 undo = _loads(t.get(_height_key(h), db=self._db["undo"]))
                 for ns, key, old in undo["entries"]:
                     overlay[(ns, key)] = old
-                acc = undo["acc"]
-        return overlay, (None if acc is None else int.from_bytes(acc, "big"))
+            base = TreeBase(height, treestore.root_ref(t, self._db, height)) if tree else None
+        return overlay, base

@@ -152,7 +152,7 @@ def build(cfg, reactor):
     node = compose(
         cfg.node.data_dir, genesis, reactor, key=key, verifier=verifier, attestor=attestor,
         mempool=Mempool(max_size=cfg.mempool.max_size, max_per_sender=cfg.mempool.max_per_sender),
-        pause=pause_for(reactor), map_size=cfg.node.map_size,
+        pause=pause_for(reactor), map_size=cfg.node.map_size, state_history=cfg.node.state_history,
     )
     p2p = None
     if cfg.p2p.listen:

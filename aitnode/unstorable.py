@@ -68,12 +68,12 @@ def _find_unstorable_steps(chain, txs, key, timestamp, attestations):
     def stores(n):
         block, records, view, failed = yield from chain.build_steps(
             txs[:n], key, timestamp, max_txs=n, attestations=attestations)
-        acc, changes = view.finish()
+        tree, changes = view.finish()
         view.release()
         if failed or chain.head() != head:
             raise _Inconclusive()  # not the same block any more
         try:
-            chain.store.try_commit(block, records, changes, acc)
+            chain.store.try_commit(block, records, changes, tree)
         except RESOURCE_ERRORS:
             raise
         except Exception:

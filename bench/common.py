@@ -153,10 +153,10 @@ def presign(keys, per_sender, recipients, first_nonce=1, procs=2, as_tx=False):
 
 # -- the node in process ---------------------------------------------------------
 
-def inprocess_node(doc, authority, data_dir, verifier=None):
+def inprocess_node(doc, authority, data_dir, verifier=None, genesis=None):
     """A node in this process on ``data_dir``, built by aitnode.node.compose
-    as twistd builds it; (node, store)."""
-    node = compose(data_dir, Genesis(doc), Clock(), key=authority, verifier=verifier,
+    as twistd builds it (from genesis, a Genesis, if given); (node, store)."""
+    node = compose(data_dir, genesis or Genesis(doc), Clock(), key=authority, verifier=verifier,
                    mempool=Mempool(max_size=1_000_000, max_per_sender=1024))
     return node, node.store
 

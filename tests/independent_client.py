@@ -290,9 +290,6 @@ def block_within_limits(params, wires, chain_id, attestations=None):
 # --------------------------------------------------------------------------
 # State root (section 11) and genesis (section 9)
 
-ACC_BYTES = 256
-ACC_MOD = 2**2048
-
 PARAM_DEFAULTS = {
     "base_fee": 10,
     "fee_per_byte": 1,
@@ -307,17 +304,84 @@ PARAM_DEFAULTS = {
 }
 
 
-def leaf(ns, key, value):
-    return int.from_bytes(hashlib.shake_256(cbor([ns, key, value])).digest(ACC_BYTES), "big")
+EMPTY = bytes(32)
 
 
-def accumulator(entries):
-    return sum(leaf(*e) for e in entries) % ACC_MOD
+def key_hash(ns, key):
+    return hashlib.sha256(cbor([ns, key])).digest()
+
+
+def value_hash(value):
+    return hashlib.sha256(cbor(value)).digest()
+
+
+def leaf(kh, vh):
+    return hashlib.sha256(b"\x00" + kh + vh).digest()
+
+
+def inner(left, right):
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+def key_bit(kh, i):
+    return (kh[i // 8] >> (7 - i % 8)) & 1
+
+
+def tree_root(leaves, depth=0):
+    """leaves: {key_hash: value_hash}; section 11.2's root(S, d)."""
+    if not leaves:
+        return EMPTY
+    if len(leaves) == 1:
+        return leaf(*next(iter(leaves.items())))
+    zero = {k: v for k, v in leaves.items() if key_bit(k, depth) == 0}
+    one = {k: v for k, v in leaves.items() if key_bit(k, depth) == 1}
+    return inner(tree_root(zero, depth + 1), tree_root(one, depth + 1))
 
 
 def state_root(entries):
     """entries: iterable of (namespace, key, value)."""
-    return hashlib.sha256(accumulator(entries).to_bytes(ACC_BYTES, "big")).hexdigest()
+    return tree_root({key_hash(ns, k): value_hash(v) for ns, k, v in entries}).hex()
+
+
+def check_state_proof(root_hex, ns, key, value_cbor_hex, proof_hex):
+    """Section 11.3: True when the proof shows (ns, key) holding the value
+    whose canonical bytes are value_cbor_hex (None: the key is absent)."""
+    k = key_hash(ns, key)
+    p = bytes.fromhex(proof_hex)
+    if not p or p[0] not in (0, 1):
+        return False
+    pos, lf = 1, None
+    if p[0] == 1:
+        lf = (p[1:33], p[33:65])
+        pos = 65
+    if len(p) < pos + 2:
+        return False
+    n = int.from_bytes(p[pos:pos + 2], "big")
+    pos += 2
+    nbytes = (n + 7) // 8
+    bitmap = p[pos:pos + nbytes]
+    if n > 256 or len(bitmap) != nbytes or (n % 8 and bitmap[-1] & (0xff >> (n % 8))):
+        return False
+    pos += nbytes
+    sibs = []
+    for i in range(n):
+        if bitmap[i // 8] >> (7 - i % 8) & 1:
+            sibs.append(p[pos:pos + 32])
+            pos += 32
+        else:
+            sibs.append(EMPTY)
+    if pos != len(p) or any(len(s) != 32 for s in sibs) or (lf is not None and len(lf[1]) != 32):
+        return False
+    if value_cbor_hex is not None:
+        if lf is None or lf != (k, hashlib.sha256(bytes.fromhex(value_cbor_hex)).digest()):
+            return False
+    elif lf is not None:
+        if lf[0] == k or any(key_bit(lf[0], i) != key_bit(k, i) for i in range(n)):
+            return False
+    h = EMPTY if lf is None else leaf(*lf)
+    for i in reversed(range(n)):
+        h = inner(sibs[i], h) if key_bit(k, i) else inner(h, sibs[i])
+    return h.hex() == root_hex
 
 
 def genesis_params(doc):

@@ -106,7 +106,7 @@ class VerifyBlockTests(SynchronousTestCase):
         self.assertEqual(checked["hash"], block["hash"])
         self.assertEqual(self.b.queries.get_head(), self.a.queries.get_head())
         self.assertEqual(self.b.chain.head_header()["state_root"], self.a.chain.head_header()["state_root"])
-        self.assertEqual(self.b.store.accumulator(), self.a.store.accumulator())
+        self.assertEqual(self.b.store.state_root(), self.a.store.state_root())
         self.assertEqual(dict(self.b.store.entries("acct")), dict(self.a.store.entries("acct")))
         self.assertEqual(self.b.queries.get_tx(txs[1].hash)["block"]["hash"], block["hash"])
         # And the next one on top of it.

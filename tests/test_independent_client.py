@@ -156,6 +156,26 @@ class VectorTests(SynchronousTestCase):
         self.assertEqual(ids, ev["block_ids"])
         self.assertEqual(ic.merkle_root(ids), ev["evidence_root"])
 
+    def test_state_tree(self):
+        st = self.v["state_tree"]
+        state = {}
+        for step in st["steps"]:
+            for ns, k, v in step["set"]:
+                if v is None:
+                    state.pop((ns, k), None)
+                else:
+                    state[(ns, k)] = v
+            self.assertEqual(ic.state_root((ns, k, v) for (ns, k), v in state.items()), step["root"])
+        root = st["steps"][-1]["root"]
+        for p in st["proofs"]:
+            value = state.get((p["namespace"], p["key"]))
+            self.assertEqual(p["value_cbor"], None if value is None else ic.cbor(value).hex())
+            self.assertTrue(ic.check_state_proof(root, p["namespace"], p["key"], p["value_cbor"], p["proof"]))
+            # The same proof says nothing of another key, value or root.
+            self.assertFalse(ic.check_state_proof(root, p["namespace"], p["key"] + "x", p["value_cbor"], p["proof"]))
+            self.assertFalse(ic.check_state_proof(root, p["namespace"], p["key"], ic.cbor(12345).hex(), p["proof"]))
+            self.assertFalse(ic.check_state_proof("11" * 32, p["namespace"], p["key"], p["value_cbor"], p["proof"]))
+
     def test_genesis(self):
         gv = self.v["genesis"]
         doc = gv["genesis_json"]
@@ -164,8 +184,11 @@ class VectorTests(SynchronousTestCase):
         self.assertEqual(sorted(entries, key=key), sorted(gv["entries"], key=key))
         first = gv["entries"][0]
         self.assertEqual(ic.cbor(first).hex(), gv["first_entry_cbor"])
-        self.assertEqual(ic.leaf(*first).to_bytes(ic.ACC_BYTES, "big").hex(), gv["first_entry_leaf"])
-        self.assertEqual(ic.accumulator(entries).to_bytes(ic.ACC_BYTES, "big").hex(), gv["accumulator"])
+        kh, vh = ic.key_hash(first[0], first[1]), ic.value_hash(first[2])
+        self.assertEqual(kh.hex(), gv["first_entry_key_hash"])
+        self.assertEqual(vh.hex(), gv["first_entry_value_hash"])
+        self.assertEqual(ic.leaf(kh, vh).hex(), gv["first_entry_leaf"])
+        self.assertEqual(ic.state_root(entries), gv["header"]["state_root"])
         self.assertEqual(ic.cbor(ic.genesis_set(doc)).hex(), gv["authorities_cbor"])
         header = ic.genesis_header(doc)
         self.assertEqual(header, gv["header"])

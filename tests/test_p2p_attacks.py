@@ -417,8 +417,8 @@ class AtomicSwitchTests(SynchronousTestCase):
             b.pipeline.propose()
         self.branch = [(e["block"], [b.admission.parse(w) for w in e["txs"]])
                        for e in (b.chain.block_entry(h) for h in range(3, 9))]
-        self.old = (hashes_of(a), state_dump(a.store), a.store.accumulator())
-        self.new = (hashes_of(b), state_dump(b.store), b.store.accumulator())
+        self.old = (hashes_of(a), state_dump(a.store), a.store.state_root())
+        self.new = (hashes_of(b), state_dump(b.store), b.store.state_root())
         self.path = a.store.path
         a.store.close()
 
@@ -453,7 +453,7 @@ class AtomicSwitchTests(SynchronousTestCase):
         try:
             Chain(store, self.genesis)  # the genesis check passes on what is there
             height = store.head()[0]
-            return [store.hash_at(h) for h in range(height + 1)], state_dump(store), store.accumulator()
+            return [store.hash_at(h) for h in range(height + 1)], state_dump(store), store.state_root()
         finally:
             store.close()
 

@@ -23,7 +23,7 @@ class RollbackTests(SynchronousTestCase):
         node.admission.submit(transfer(ALICE, 1, BOB, 10).to_wire())
         node.pipeline.propose()
         node.pipeline.propose()
-        snap = (state_dump(store), store.accumulator(), store.head(), node.chain.view().root())
+        snap = (state_dump(store), store.state_root(), store.head(), node.chain.view().root())
         self.assertEqual(snap[3], store.block_at(2)["header"]["state_root"])
         later = [transfer(ALICE, 2, CAROL, 20), transfer(BOB, 1, CAROL, 30), transfer(ALICE, 3, CAROL, 40)]
         node.admission.submit(later[0].to_wire())
@@ -36,7 +36,7 @@ class RollbackTests(SynchronousTestCase):
         dropped = store.rollback_to(2)
         self.assertEqual([w for w in dropped if w["type"] == "TRANSFER"], [t.to_wire() for t in later])
         self.assertEqual(len(dropped), 4)
-        self.assertEqual((state_dump(store), store.accumulator(), store.head(), node.chain.view().root()), snap)
+        self.assertEqual((state_dump(store), store.state_root(), store.head(), node.chain.view().root()), snap)
         for t in later:
             self.assertIsNone(store.tx_record(t.hash))
             self.assertFalse(store.has_tx(t.hash))
@@ -66,13 +66,13 @@ class RollbackTests(SynchronousTestCase):
 
     def test_rollback_to_genesis_and_noop(self):
         node = make_node(self)
-        genesis = (state_dump(node.store), node.store.accumulator(), node.store.head())
+        genesis = (state_dump(node.store), node.store.state_root(), node.store.head())
         self.assertEqual(node.store.rollback_to(0), [])
         node.pipeline.propose()
         self.assertEqual(node.store.rollback_to(1), [])
         self.assertEqual(node.store.head()[0], 1)
         self.assertEqual(node.store.rollback_to(0), [])
-        self.assertEqual((state_dump(node.store), node.store.accumulator(), node.store.head()), genesis)
+        self.assertEqual((state_dump(node.store), node.store.state_root(), node.store.head()), genesis)
 
     def test_rollback_deeper_than_undo_refused(self):
         node = make_node(self)

@@ -134,7 +134,7 @@ class Run:
             self.t.assertGreaterEqual(nonce, self.nonces[k.address], "a nonce went down")
             self.nonces[k.address] = nonce
         self.t.assertEqual(self.follower.queries.get_head(), self.node.queries.get_head())
-        self.t.assertEqual(self.follower.store.accumulator(), self.node.store.accumulator())
+        self.t.assertEqual(self.follower.store.state_root(), self.node.store.state_root())
 
     def finish(self):
         # Empty the mempool: every pending transaction is either included

@@ -25,7 +25,8 @@ from aitnode.p2p.sync import locator
 from aitnode.chain import Chain
 from aitnode.genesis import Genesis
 from aitnode.crypto import KeyPair
-from aitnode.state import ACC_BYTES, ACC_MOD, leaf_hash, root_of
+from aitnode import jmt
+from tests.test_state import reference_root
 from aitnode.steps import run_steps
 from aitnode.store import Store
 from aitnode.tx import parse_tx, sign_tx
@@ -36,7 +37,7 @@ PACKAGE = os.path.join(ROOT, "aitnode")
 
 _VECTOR = re.compile(r"^```json vector:([a-z0-9_]+)\n(.*?)\n```$", re.M | re.S)
 EXPECTED_VECTORS = {"cbor", "keys", "transfer", "min_fee", "merkle", "genesis", "block1", "claim", "peer_auth",
-                    "finality_vote", "evidence", "authority_set"}
+                    "finality_vote", "evidence", "authority_set", "state_tree"}
 
 
 def doc_text():
@@ -337,20 +338,53 @@ class VectorTests(SynchronousTestCase):
             self.assertEqual(blocks.tx_root(m["hashes"][: int(n)]), root)
         self.assertEqual(m["roots"]["0"], "0" * 64)
 
+    def test_state_tree(self):
+        """Roots after each step, by the documented definition and by the
+        tree; each proof verifies, and a proof with any bit flipped does not."""
+        st = self.v["state_tree"]
+        self.assertEqual(st["empty_root"], "00" * 32)
+        state = {}
+        nodes, root = {}, None
+        for version, step in enumerate(st["steps"]):
+            for ns, k, v in step["set"]:
+                if v is None:
+                    state.pop((ns, k), None)
+                else:
+                    state[(ns, k)] = v
+            self.assertEqual(reference_root([(ns, k, v) for (ns, k), v in state.items()]), step["root"])
+            up = jmt.TreeUpdate(nodes.get, version)
+            up.run(root, sorted((jmt.key_hash(ns, k), None if v is None else jmt.value_hash(v) + encoding.canonical(v))
+                                for ns, k, v in step["set"]))
+            nodes.update(up.nodes)
+            root = up.root
+            self.assertEqual(up.root_hash().hex(), step["root"])
+        top = bytes.fromhex(st["steps"][-1]["root"])
+        self.assertEqual(len(st["proofs"]), 4)
+        for p in st["proofs"]:
+            kh = bytes.fromhex(p["key_hash"])
+            self.assertEqual(kh, hashlib.sha256(encoding.canonical([p["namespace"], p["key"]])).digest())
+            value = state.get((p["namespace"], p["key"]))
+            self.assertEqual(p["value_cbor"], None if value is None else encoding.canonical(value).hex())
+            vh = None if value is None else jmt.value_hash(value)
+            proof = bytes.fromhex(p["proof"])
+            jmt.verify_proof(top, kh, vh, proof)
+            for i in range(len(proof) * 8):
+                bad = bytearray(proof)
+                bad[i // 8] ^= 0x80 >> (i % 8)
+                self.assertRaises(jmt.ProofError, jmt.verify_proof, top, kh, vh, bytes(bad))
+
     def test_genesis(self):
         gv = self.v["genesis"]
         g = Genesis(gv["genesis_json"])
         self.assertEqual([[ns, k, v] for ns, k, v in g.entries], gv["entries"])
         first = gv["entries"][0]
         self.assertEqual(encoding.canonical(first).hex(), gv["first_entry_cbor"])
-        self.assertEqual(leaf_hash(*first).to_bytes(ACC_BYTES, "big").hex(), gv["first_entry_leaf"])
-        self.assertEqual(
-            hashlib.shake_256(bytes.fromhex(gv["first_entry_cbor"])).hexdigest(ACC_BYTES), gv["first_entry_leaf"]
-        )
-        acc = sum(leaf_hash(*e) for e in gv["entries"]) % ACC_MOD
-        self.assertEqual(acc.to_bytes(ACC_BYTES, "big").hex(), gv["accumulator"])
-        self.assertEqual(g.acc, acc)
-        self.assertEqual(root_of(acc), gv["header"]["state_root"])
+        kh = hashlib.sha256(encoding.canonical(first[:2])).digest()
+        vh = hashlib.sha256(encoding.canonical(first[2])).digest()
+        self.assertEqual(kh.hex(), gv["first_entry_key_hash"])
+        self.assertEqual(vh.hex(), gv["first_entry_value_hash"])
+        self.assertEqual(hashlib.sha256(b"\x00" + kh + vh).hexdigest(), gv["first_entry_leaf"])
+        self.assertEqual(reference_root(gv["entries"]), gv["header"]["state_root"])
         # The set, in its state entry and hashed into the header.
         members = {(e[0], e[1]): e[2] for e in gv["entries"]}[("chain", "authorities")]
         self.assertEqual(members, [dict(a, jailed=False) for a in gv["genesis_json"]["authorities"]])
@@ -410,8 +444,7 @@ class VectorTests(SynchronousTestCase):
         self.assertTrue(crypto.verify(proposer.public_key, bytes.fromhex(b["sig"]), bytes.fromhex(b["hash"])))
         chain.commit(block, records, view)
         self.assertEqual(self._state(store), sorted(b["entries_after"], key=lambda e: (e[0], e[1])))
-        acc = sum(leaf_hash(*e) for e in b["entries_after"]) % ACC_MOD
-        self.assertEqual(root_of(acc), b["header"]["state_root"])
+        self.assertEqual(reference_root(b["entries_after"]), b["header"]["state_root"])
 
         # Another node imports the block as given in the document.
         store2 = Store(self.mktemp())
@@ -544,8 +577,7 @@ class VectorTests(SynchronousTestCase):
         chain.commit(block, records, view)
         after = self._state(store, ("acct", "authkey", "chain", "param", "pay", "rcpt"))
         self.assertEqual(after, sorted(c["entries_after"], key=lambda e: (e[0], e[1])))
-        acc = sum(leaf_hash(*e) for e in c["entries_after"]) % ACC_MOD
-        self.assertEqual(root_of(acc), b2["header"]["state_root"])
+        self.assertEqual(reference_root(c["entries_after"]), b2["header"]["state_root"])
         entries = {(e[0], e[1]): e[2] for e in c["entries_after"]}
         supply = entries[("chain", "supply")]
         balances = sum(v[0] for (ns, _), v in entries.items() if ns == "acct")

@@ -694,7 +694,7 @@ class ImportTests(ReceiptCase):
         self.import_up_to(self.node.queries.get_head()["height"])
         self.assertEqual(self.node2.queries.get_head(), self.node.queries.get_head())
         self.assertEqual(self.snapshot(self.node2), self.snapshot(self.node))
-        self.assertEqual(self.node2.store.accumulator(), self.node.store.accumulator())
+        self.assertEqual(self.node2.store.state_root(), self.node.store.state_root())
         self.assertEqual(self.node2.queries.get_receipt("r1"), self.node.queries.get_receipt("r1"))
         self.assertEqual(self.node2.queries.get_tx(self.tx.hash), self.node.queries.get_tx(self.tx.hash))
 

@@ -9,21 +9,37 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from aitnode.chain import Chain
 from aitnode.genesis import Genesis
-from aitnode.state import ACC_BYTES, ACC_MOD, leaf_hash, root_of
 from aitnode.local import LocalStore
 from aitnode.store import Store
 
 from tests.common import ALICE, AUTHORITY, BOB, CAROL, GENESIS_BALANCE, genesis_doc, key, transfer
 
 
-def _leaf(ns, k, value):
-    """The accumulator term of an entry, computed from the documented formula."""
-    data = cbor2.dumps([ns, k, value], canonical=True)
-    return int.from_bytes(hashlib.shake_256(data).digest(256), "big")
+def _h(data):
+    return hashlib.sha256(data).digest()
 
 
-def _root(acc):
-    return hashlib.sha256((acc % 2**2048).to_bytes(256, "big")).hexdigest()
+def _bit(kh, i):
+    return (kh[i // 8] >> (7 - i % 8)) & 1
+
+
+def _root_of(pairs, depth=0):
+    """docs/protocol.md 11.2, as written: a binary tree over the key
+    hashes' bits in which a lone leaf stands for its subtree."""
+    if not pairs:
+        return bytes(32)
+    if len(pairs) == 1:
+        ((kh, vh),) = pairs.items()
+        return _h(b"\x00" + kh + vh)
+    left = {k: v for k, v in pairs.items() if not _bit(k, depth)}
+    right = {k: v for k, v in pairs.items() if _bit(k, depth)}
+    return _h(b"\x01" + _root_of(left, depth + 1) + _root_of(right, depth + 1))
+
+
+def reference_root(entries):
+    """The state root of entries [(ns, key, value)], from the documented formula."""
+    dump = lambda v: cbor2.dumps(v, canonical=True)  # noqa: E731
+    return _root_of({_h(dump([ns, k])): _h(dump(v)) for ns, k, v in entries}).hex()
 
 
 class StoreTestBase(SynchronousTestCase):
@@ -79,7 +95,7 @@ class StateViewTests(StoreTestBase):
     def test_changes_lists_old_and_new_raw(self):
         view = self.chain.view()
         view.set_account(ALICE.address, 7, 1)
-        acc, changes = view.finish()
+        tree, changes = view.finish()
         old, new = changes[("acct", ALICE.address)]
         self.assertEqual(old, cbor2.dumps([GENESIS_BALANCE, 0], canonical=True))
         self.assertEqual(new, cbor2.dumps([7, 1], canonical=True))
@@ -102,10 +118,10 @@ class StateViewTests(StoreTestBase):
         # (0, 1) is not empty: the nonce is kept.
         view.set_account(CAROL.address, 0, 1)
         self.assertEqual(view.get("acct", CAROL.address), [0, 1])
-        acc, changes = view.finish()
+        tree, changes = view.finish()
         view.release()
         block = {"header": dict(self.genesis.header, height=1), "hash": "11" * 32, "sig": "", "txs": []}
-        self.store.commit_block(block, [], changes, acc)
+        self.store.commit_block(block, [], changes, tree)
         self.assertIsNone(self.store.entry("acct", BOB.address))
         self.assertEqual(self.store.entry("acct", CAROL.address), [0, 1])
         self.assertNotIn(BOB.address, dict(self.store.entries("acct")))
@@ -127,7 +143,7 @@ class StateViewTests(StoreTestBase):
         v2.put("param", "base_fee", 99)
         v2.set_account(b, 200, 0)
         self.assertEqual(v1.root(), v2.root())
-        self.assertEqual(v1.acc, v2.acc)
+        self.assertEqual(v1.tree.root, v2.tree.root)
         self.assertNotEqual(v1.root(), self.genesis.header["state_root"])
         # Writing back the original values gives the head's root again.
         v2.set_account(a, GENESIS_BALANCE, 0)
@@ -152,7 +168,7 @@ class StateViewTests(StoreTestBase):
             block, records, view, failed = other.build_block(batch, AUTHORITY, 1_700_000_100)
             self.assertEqual(failed, {})
             other.commit(block, records, view)
-        self.assertEqual(self.store.accumulator(), other_store.accumulator())
+        self.assertEqual(self.store.state_root(), other_store.state_root())
         self.assertEqual(dict(self.store.entries("acct")), dict(other_store.entries("acct")))
         self.assertEqual(
             self.chain.head_header()["state_root"], other.head_header()["state_root"]
@@ -176,19 +192,12 @@ class StateViewTests(StoreTestBase):
             self.assertEqual(view.root(), base)
             view.release()
 
-    def test_leaf_hash_formula(self):
-        self.assertEqual(leaf_hash("acct", ALICE.address, [1, 2]), _leaf("acct", ALICE.address, [1, 2]))
-        self.assertEqual(root_of(12345), _root(12345))
-        self.assertEqual(ACC_BYTES, 256)
-        self.assertEqual(ACC_MOD, 2**2048)
-
-    def test_genesis_root_is_sum_of_leaves(self):
+    def test_genesis_root_follows_the_documented_formula(self):
         g = self.genesis
-        acc = sum(_leaf(ns, k, v) for ns, k, v in g.entries) % ACC_MOD
-        self.assertEqual(acc, g.acc)
-        self.assertEqual(_root(acc), g.header["state_root"])
-        self.assertEqual(self.store.accumulator(), acc)
-        self.assertEqual(self.chain.head_header()["state_root"], _root(acc))
+        root = reference_root(g.entries)
+        self.assertEqual(root, g.header["state_root"])
+        self.assertEqual(self.store.state_root(), root)
+        self.assertEqual(self.chain.head_header()["state_root"], root)
         # The entries are what the store holds.
         self.assertEqual(len(g.entries), self.store.count_entries())
         for ns, k, v in g.entries:
@@ -197,11 +206,8 @@ class StateViewTests(StoreTestBase):
         self.assertEqual(self.store.entry("chain", "supply")["genesis"], GENESIS_BALANCE + 10**6)
 
     def test_genesis_root_over_current_state(self):
-        """After blocks, the stored accumulator equals the sum over all entries."""
+        """After blocks, the stored root is the documented root over all entries."""
         self.commit_transfers([transfer(ALICE, 1, BOB, 10), transfer(BOB, 1, CAROL, 7)])
-        acc = 0
-        for ns in ("acct", "param", "chain", "authkey"):
-            for k, v in self.store.entries(ns):
-                acc += _leaf(ns, k, v)
-        self.assertEqual(acc % ACC_MOD, self.store.accumulator())
-        self.assertEqual(_root(acc), self.chain.head_header()["state_root"])
+        entries = [(ns, k, v) for ns in ("acct", "param", "chain", "authkey") for k, v in self.store.entries(ns)]
+        self.assertEqual(reference_root(entries), self.store.state_root())
+        self.assertEqual(reference_root(entries), self.chain.head_header()["state_root"])

@@ -12,11 +12,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from aitnode.chain import Chain
 from aitnode.genesis import Genesis
 from aitnode.errors import ConfigError
-from aitnode.state import StateView, root_of
+from aitnode.state import StateView, TreeBase
 from aitnode.node import compose
 from aitnode.store import FORMAT_VERSION, Store, _ekey
 
-from tests.test_state import StoreTestBase, _leaf
+from tests.test_state import StoreTestBase, reference_root
 from tests.common import ALICE, AUTHORITY, BOB, CAROL, CHAIN_ID, GENESIS_BALANCE, genesis_doc, transfer
 
 
@@ -41,7 +41,7 @@ class CommitTests(StoreTestBase):
         self.assertEqual(self.store.entry("acct", BOB.address), [10**6 + 1234 - 99 - 400, 1])
         self.assertEqual(self.store.entry("acct", CAROL.address), [99, 0])
         self.assertEqual(self.store.entry("acct", AUTHORITY.address), [900, 0])
-        self.assertEqual(root_of(self.store.accumulator()), block["header"]["state_root"])
+        self.assertEqual(self.store.state_root(), block["header"]["state_root"])
 
     def test_uncommitted_view_never_visible(self):
         view = self.chain.view()
@@ -53,7 +53,7 @@ class CommitTests(StoreTestBase):
         self.assertEqual(self.store.entry("acct", ALICE.address), [GENESIS_BALANCE, 0])
         self.assertEqual(self.store.entry("param", "base_fee"), self.genesis.params["base_fee"])
         self.assertEqual(self.store.head(), (0, self.genesis.hash))
-        self.assertEqual(self.store.accumulator(), self.genesis.acc)
+        self.assertEqual(self.store.state_root(), self.genesis.header["state_root"])
         self.reopen()
         self.assertEqual(self.store.entry("acct", ALICE.address), [GENESIS_BALANCE, 0])
 
@@ -62,17 +62,19 @@ class CommitTests(StoreTestBase):
         block, records, view, failed = self.chain.build_block(
             [transfer(ALICE, 1, BOB, 10)], AUTHORITY, 1_700_000_100
         )
-        acc, changes = view.finish()
+        tree, changes = view.finish()
         view.release()
         records = records + [("ab" * 32, {"unencodable": object()})]
         before = dict(self.store.entries("acct"))
-        self.assertRaises(Exception, self.store.commit_block, block, records, changes, acc)
+        counts = self.store.tree_counts()
+        self.assertRaises(Exception, self.store.commit_block, block, records, changes, tree)
+        self.assertEqual(self.store.tree_counts(), counts)
         self.assertEqual(dict(self.store.entries("acct")), before)
         self.assertEqual(self.store.head(), (0, self.genesis.hash))
         self.assertIsNone(self.store.block_by_hash(block["hash"]))
         self.assertIsNone(self.store.hash_at(1))
         self.assertFalse(self.store.has_tx(records[0][0]))
-        self.assertEqual(self.store.accumulator(), self.genesis.acc)
+        self.assertEqual(self.store.state_root(), self.genesis.header["state_root"])
 
     def test_undo_data_recorded(self):
         t1 = transfer(ALICE, 1, CAROL, 10, fee=300)
@@ -114,7 +116,7 @@ class CommitTests(StoreTestBase):
         b2 = self.commit_transfers([t2], timestamp=1_700_000_200)
         self.local.record_failed({"cd" * 32: {"tx": {"x": 1}, "error": {"code": "c", "message": "m"}}})
         accounts = dict(self.store.entries("acct"))
-        acc = self.store.accumulator()
+        root = self.store.state_root()
         self.reopen()
         self.assertEqual(self.store.head(), (2, b2["hash"]))
         self.assertEqual(self.store.block_at(1), b1)
@@ -123,7 +125,7 @@ class CommitTests(StoreTestBase):
         self.assertEqual(self.store.tx_record(t1.hash)["height"], 1)
         self.assertEqual(self.store.tx_record(t2.hash)["height"], 2)
         self.assertEqual(dict(self.store.entries("acct")), accounts)
-        self.assertEqual(self.store.accumulator(), acc)
+        self.assertEqual(self.store.state_root(), root)
         self.assertEqual(self.store.meta("genesis_hash"), self.genesis.hash)
         self.assertEqual(self.store.meta("chain_id"), CHAIN_ID)
         self.assertEqual(self.store.meta("format_version"), FORMAT_VERSION)
@@ -156,22 +158,22 @@ class StateKeyTests(StoreTestBase):
             return list(t.cursor())
 
     def commit_view(self, view):
-        acc, changes = view.finish()
+        tree, changes = view.finish()
         view.release()
         head = self.store.head()
         block = {"header": {"height": head[0] + 1}, "hash": "%064x" % (head[0] + 1), "sig": "", "txs": []}
-        self.store.commit_block(block, [], changes, acc)
-        return acc
+        self.store.commit_block(block, [], changes, tree)
+        return tree.root_hash().hex()
 
     def test_a_key_of_any_length_is_stored_and_read_back(self):
         long_key = "\U0001F600" * 600  # 2400 bytes: LMDB keys stop at 511
         view = self.chain.view()
         view.put("rcpt", long_key, {"n": 1})
         view.put("rcpt", "a", {"n": 2})
-        acc = self.commit_view(view)
+        root = self.commit_view(view)
         self.assertEqual(self.store.entry("rcpt", long_key), {"n": 1})
         self.assertEqual(self.store.entries("rcpt"), [("a", {"n": 2}), (long_key, {"n": 1})])
-        self.assertEqual(self.store.accumulator(), acc)
+        self.assertEqual(self.store.state_root(), root)
         self.assertEqual(self.chain.view().get("rcpt", long_key), {"n": 1})
         self.assertIsNone(self.store.entry("rcpt", long_key[:-1]))
         for k, _ in self.raw_state():
@@ -179,13 +181,13 @@ class StateKeyTests(StoreTestBase):
             self.assertNotIn("\U0001F600".encode(), k)
         # The root is the same as if the entries were stored any other way.
         view = self.chain.view()
-        self.assertEqual(view.root(), root_of((self.genesis.acc + _leaf("rcpt", long_key, {"n": 1})
-                                               + _leaf("rcpt", "a", {"n": 2})) % 2**2048))
+        entries = self.genesis.entries + [("rcpt", long_key, {"n": 1}), ("rcpt", "a", {"n": 2})]
+        self.assertEqual(view.root(), reference_root(entries))
         view.release()
         # Undo puts back exactly what was there.
         self.store.rollback_to(0)
         self.assertEqual(self.store.entries("rcpt"), [])
-        self.assertEqual(self.store.accumulator(), self.genesis.acc)
+        self.assertEqual(self.store.state_root(), self.genesis.header["state_root"])
 
     def test_records_hold_their_key_and_value(self):
         for k, v in self.raw_state():
@@ -238,9 +240,8 @@ class StoreEmptyTests(SynchronousTestCase):
         self.addCleanup(store.close)
         self.assertTrue(store.is_empty())
         self.assertIsNone(store.head())
-        self.assertEqual(store.accumulator(), 0)
-        view = StateView(store, acc=0)
-        self.assertEqual(view.root(), root_of(0))
+        view = StateView(store, base=TreeBase.empty())
+        self.assertEqual(view.root(), "00" * 32)
         view.release()
         Chain(store, Genesis(genesis_doc()))
         self.assertFalse(store.is_empty())

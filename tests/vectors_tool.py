@@ -30,7 +30,7 @@ from aitnode.encoding import canonical, sha256_hex
 from aitnode.genesis import Genesis
 from aitnode.node import compose
 from aitnode.p2p import P2P, auth_bytes, encode
-from aitnode.state import ACC_BYTES, leaf_hash
+from aitnode import jmt
 from aitnode.steps import run_steps
 from aitnode.store import Store
 from aitnode.tx import sign_tx
@@ -150,12 +150,40 @@ def genesis_vector():
         "genesis_json": doc,
         "entries": entries,
         "first_entry_cbor": canonical(first).hex(),
-        "first_entry_leaf": leaf_hash(*first).to_bytes(ACC_BYTES, "big").hex(),
-        "accumulator": g.acc.to_bytes(ACC_BYTES, "big").hex(),
+        "first_entry_key_hash": jmt.key_hash(first[0], first[1]).hex(),
+        "first_entry_value_hash": jmt.value_hash(first[2]).hex(),
+        "first_entry_leaf": jmt.leaf_hash(jmt.key_hash(first[0], first[1]), jmt.value_hash(first[2])).hex(),
         "authorities_cbor": canonical(g.members).hex(),
         "header": g.header,
         "header_cbor": canonical(g.header).hex(),
         "hash": g.hash,
+    }
+
+
+def state_tree_vector():
+    """A small tree: its root after each step, and proofs of membership
+    and absence (docs/protocol.md 11.2 and 11.3)."""
+    entries = [["acct", f"key {i}", [i * 100, i]] for i in range(6)] + [["param", "base_fee", 10]]
+    nodes = {}
+    steps = []
+    root = None
+    for version, batch in enumerate((entries[:1], entries[1:], [["acct", "key 3", None]])):
+        up = jmt.TreeUpdate(nodes.get, version)
+        ups = sorted((jmt.key_hash(ns, k), None if v is None else jmt.value_hash(v) + canonical(v)) for ns, k, v in batch)
+        up.run(root, ups)
+        nodes.update(up.nodes)
+        root = up.root
+        steps.append({"set": batch, "root": up.root_hash().hex()})
+
+    def proof(ns, key):
+        leaf, siblings, value = jmt.prove(nodes.get, root, jmt.key_hash(ns, key))
+        return {"namespace": ns, "key": key, "key_hash": jmt.key_hash(ns, key).hex(),
+                "value_cbor": None if value is None else value.hex(),
+                "proof": jmt.encode_proof(leaf, siblings).hex()}
+    return {
+        "empty_root": jmt.EMPTY.hex(),
+        "steps": steps,
+        "proofs": [proof("acct", "key 1"), proof("param", "base_fee"), proof("acct", "key 3"), proof("acct", "nobody")],
     }
 
 
@@ -484,6 +512,7 @@ def rebuild(text):
         new = {
             "min_fee": min_fee_vector(),
             "genesis": genesis_vector(),
+            "state_tree": state_tree_vector(),
             "block1": block1_vector(scratch),
             "claim": claim_vector(scratch, old.get("claim")),
             "peer_auth": peer_auth_vector(old["peer_auth"]),

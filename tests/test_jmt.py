@@ -1,0 +1,261 @@
+"""Tests for aitnode.jmt, aitnode.proof and the tree's LMDB tables.
+
+The reference below is docs/protocol.md 11.2 written as plainly as
+possible (a binary tree over the bits of the key hashes, a lone leaf
+standing for its subtree); the 16-ary tree must give the same root after
+any sequence of versions, its proofs must verify, and any change to a
+proof, key, value or root must not.
+"""
+
+import hashlib
+import os
+
+from hypothesis import HealthCheck, given, settings, strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from aitnode import jmt, proof as P, treestore
+from aitnode.chain import Chain
+from aitnode.genesis import Genesis
+from aitnode.store import Store
+
+from tests.common import ALICE, AUTHORITY, BOB, CAROL, genesis_doc, key, transfer
+from tests.test_state import StoreTestBase, reference_root
+
+
+def _h(b):
+    return hashlib.sha256(b).digest()
+
+
+def ref_root(pairs, depth=0):
+    """The documented root of {key_hash: value_hash}."""
+    if not pairs:
+        return bytes(32)
+    if len(pairs) == 1:
+        ((k, v),) = pairs.items()
+        return _h(b"\x00" + k + v)
+    zero = {k: v for k, v in pairs.items() if not (k[depth // 8] >> (7 - depth % 8)) & 1}
+    one = {k: v for k, v in pairs.items() if (k[depth // 8] >> (7 - depth % 8)) & 1}
+    return _h(b"\x01" + ref_root(zero, depth + 1) + ref_root(one, depth + 1))
+
+
+class Tree:
+    """A tree over an in-memory node table, one version per apply()."""
+
+    def __init__(self):
+        self.nodes = {}
+        self.roots = {}
+        self.root = None
+        self.version = -1
+        self.state = {}
+
+    def apply(self, changes):
+        """changes: {key_hash: value bytes or None}."""
+        self.version += 1
+        up = jmt.TreeUpdate(self.nodes.get, self.version)
+        up.run(self.root, sorted((k, None if v is None else _h(v) + v) for k, v in changes.items()))
+        self.nodes.update(up.nodes)
+        self.root = up.root
+        self.roots[self.version] = up.root
+        for k, v in changes.items():
+            if v is None:
+                self.state.pop(k, None)
+            else:
+                self.state[k] = v
+        return up
+
+    def root_hash(self):
+        return jmt.EMPTY if self.root is None else self.root[2]
+
+    def proof(self, kh, version=None):
+        root = self.root if version is None else self.roots[version]
+        leaf, siblings, value = jmt.prove(self.nodes.get, root, kh)
+        return jmt.encode_proof(leaf, siblings), value
+
+
+# Key hashes: random ones, plus clusters sharing long prefixes (deep paths).
+key_hashes = st.one_of(
+    st.binary(min_size=32, max_size=32),
+    st.builds(lambda p, tail: bytes(p) + tail, st.lists(st.sampled_from([0, 255]), min_size=2, max_size=6),
+              st.binary(min_size=26, max_size=30)).map(lambda b: b[:32].ljust(32, b"\x00")),
+)
+values = st.binary(min_size=0, max_size=12)
+versions = st.lists(st.dictionaries(key_hashes, st.one_of(st.none(), values), max_size=12), min_size=1, max_size=8)
+
+
+class TreeProperties(SynchronousTestCase):
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(versions, st.data())
+    def test_root_matches_reference_and_proofs_hold(self, steps, data):
+        tree = Tree()
+        for changes in steps:
+            # deletes of keys that exist, sometimes
+            if tree.state and data.draw(st.booleans()):
+                changes = dict(changes)
+                changes[data.draw(st.sampled_from(sorted(tree.state)))] = None
+            tree.apply(changes)
+            self.assertEqual(tree.root_hash(), ref_root({k: _h(v) for k, v in tree.state.items()}))
+        root = tree.root_hash()
+        for k, v in tree.state.items():
+            proof, value = tree.proof(k)
+            self.assertEqual(value, v)
+            jmt.verify_proof(root, k, _h(v), proof)
+            # It proves that value only, for that key only.
+            self.assertRaises(jmt.ProofError, jmt.verify_proof, root, k, _h(v + b"x"), proof)
+            self.assertRaises(jmt.ProofError, jmt.verify_proof, root, k, None, proof)
+        absent = data.draw(key_hashes)
+        if absent not in tree.state:
+            proof, value = tree.proof(absent)
+            self.assertIsNone(value)
+            jmt.verify_proof(root, absent, None, proof)
+            self.assertRaises(jmt.ProofError, jmt.verify_proof, root, absent, _h(b"anything"), proof)
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.dictionaries(key_hashes, values, min_size=1, max_size=30), st.data())
+    def test_any_flipped_bit_fails(self, state, data):
+        tree = Tree()
+        tree.apply(state)
+        root = tree.root_hash()
+        k = data.draw(st.sampled_from(sorted(state)))
+        present = data.draw(st.booleans())
+        if not present:
+            k = data.draw(key_hashes.filter(lambda x: x not in state))
+        vh = _h(state[k]) if present else None
+        proof, _ = tree.proof(k)
+        jmt.verify_proof(root, k, vh, proof)
+
+        def flip(b, i):
+            b = bytearray(b)
+            b[i // 8] ^= 0x80 >> (i % 8)
+            return bytes(b)
+        for i in range(len(proof) * 8):
+            self.assertRaises(jmt.ProofError, jmt.verify_proof, root, k, vh, flip(proof, i))
+        for i in data.draw(st.lists(st.integers(0, 255), min_size=1, max_size=16)):
+            self.assertRaises(jmt.ProofError, jmt.verify_proof, flip(root, i), k, vh, proof)
+            if vh is not None:
+                self.assertRaises(jmt.ProofError, jmt.verify_proof, root, k, flip(vh, i), proof)
+                self.assertRaises(jmt.ProofError, jmt.verify_proof, root, flip(k, i), vh, proof)
+        # Truncated or extended, it is not a proof.
+        self.assertRaises(jmt.ProofError, jmt.verify_proof, root, k, vh, proof[:-1])
+        self.assertRaises(jmt.ProofError, jmt.verify_proof, root, k, vh, proof + b"\x00")
+
+    @settings(max_examples=60, deadline=None)
+    @given(versions)
+    def test_old_versions_stay_provable(self, steps):
+        tree = Tree()
+        history = []
+        for changes in steps:
+            tree.apply(changes)
+            history.append((tree.version, tree.root_hash(), dict(tree.state)))
+        for version, root, state in history:
+            for k, v in list(state.items())[:5]:
+                proof, value = tree.proof(k, version)
+                self.assertEqual(value, v)
+                jmt.verify_proof(root, k, _h(v), proof)
+
+    def test_empty_tree_and_single_leaf(self):
+        tree = Tree()
+        tree.apply({})
+        self.assertEqual(tree.root_hash(), bytes(32))
+        proof, _ = tree.proof(b"\x01" * 32)
+        self.assertEqual(proof, b"\x00\x00\x00")
+        jmt.verify_proof(bytes(32), b"\x01" * 32, None, proof)
+        tree.apply({b"\x02" * 32: b"v"})
+        self.assertEqual(tree.root_hash(), _h(b"\x00" + b"\x02" * 32 + _h(b"v")))
+        proof, _ = tree.proof(b"\x02" * 32)
+        jmt.verify_proof(tree.root_hash(), b"\x02" * 32, _h(b"v"), proof)
+        # Deleting the last entry empties the tree again.
+        tree.apply({b"\x02" * 32: None})
+        self.assertEqual(tree.root_hash(), bytes(32))
+
+    def test_malformed_proofs_are_refused(self):
+        root = bytes(32)
+        kh = b"\x05" * 32
+        for bad in (b"", b"\x02\x00\x00", b"\x00\x01\x01\x00", b"\x00\x00\x09\x00", b"\x00\x01\x01\x80",
+                    b"\x00\x00\x01\x40", b"\x01" + b"\x00" * 10, b"\x00\x00\x00\x00"):
+            self.assertRaises(P.ProofError, P.verify_proof, root, kh, None, bad)
+        self.assertRaises(P.ProofError, P.decode_proof, "not bytes")
+
+    def test_deep_paths_between_two_close_keys(self):
+        """Two keys sharing 250 bits: a chain of internal nodes, one proof of 251 siblings."""
+        a = bytes(31) + b"\x00"
+        b = bytes(31) + b"\x04"
+        tree = Tree()
+        tree.apply({a: b"1", b: b"2"})
+        self.assertEqual(tree.root_hash(), ref_root({a: _h(b"1"), b: _h(b"2")}))
+        proof, _ = tree.proof(a)
+        self.assertEqual(len(P.decode_proof(proof)[1]), 254)
+        jmt.verify_proof(tree.root_hash(), a, _h(b"1"), proof)
+
+
+class StoredTreeTests(StoreTestBase):
+    """The tree in LMDB: proofs at past heights, undo restores roots and
+    node tables exactly, pruning keeps what kept heights need."""
+
+    def test_store_proofs_for_every_namespace(self):
+        self.commit_transfers([transfer(ALICE, 1, BOB, 10)])
+        root = bytes.fromhex(self.store.state_root())
+        for ns in ("acct", "param", "chain", "authkey"):
+            for k, v in self.store.entries(ns):
+                raw, proof = self.store.proof(ns, k, 1)
+                self.assertEqual(raw, __import__("cbor2").dumps(v, canonical=True))
+                jmt.verify_proof(root, jmt.key_hash(ns, k), jmt.value_hash(v), proof)
+        raw, proof = self.store.proof("acct", key(99).address, 1)
+        self.assertIsNone(raw)
+        jmt.verify_proof(root, jmt.key_hash("acct", key(99).address), None, proof)
+        self.assertRaises(KeyError, self.store.proof, "acct", ALICE.address, 2)
+
+    def test_a_past_height_proves_its_own_state(self):
+        self.commit_transfers([transfer(ALICE, 1, BOB, 10)])
+        self.commit_transfers([transfer(ALICE, 2, BOB, 20)], timestamp=1_700_000_200)
+        for height in (0, 1, 2):
+            header = self.store.block_at(height)["header"]
+            raw, proof = self.store.proof("acct", BOB.address, height)
+            value = __import__("cbor2").loads(raw)
+            self.assertEqual(value[0], 10**6 + (0, 10, 30)[height])
+            jmt.verify_proof(bytes.fromhex(header["state_root"]), jmt.key_hash("acct", BOB.address),
+                             jmt.value_hash(value), proof)
+
+    def tables(self):
+        with self.store.env.begin() as t:
+            return {name: list(t.cursor(db=self.store._db[name])) for name in treestore.TREE_DBS}
+
+    def test_rollback_restores_roots_and_tables_exactly(self):
+        self.commit_transfers([transfer(ALICE, 1, BOB, 10)])
+        before = (self.tables(), self.store.state_root())
+        self.commit_transfers([transfer(ALICE, 2, CAROL, 20), transfer(BOB, 1, CAROL, 5)], timestamp=1_700_000_200)
+        self.commit_transfers([transfer(BOB, 2, key(50), 1)], timestamp=1_700_000_300)
+        self.assertNotEqual(self.store.state_root(), before[1])
+        self.store.rollback_to(1)
+        self.assertEqual((self.tables(), self.store.state_root()), before)
+        # And the chain goes on from there, to the same root as before.
+        again = self.commit_transfers([transfer(ALICE, 2, CAROL, 20), transfer(BOB, 1, CAROL, 5)],
+                                      timestamp=1_700_000_200)
+        self.assertEqual(self.store.state_root(), again["header"]["state_root"])
+        entries = [(ns, k, v) for ns in ("acct", "param", "chain", "authkey") for k, v in self.store.entries(ns)]
+        self.assertEqual(reference_root(entries), again["header"]["state_root"])
+
+    def test_pruning_keeps_every_kept_height_whole(self):
+        path = os.path.abspath(self.mktemp())
+        store = Store(path)
+        self.addCleanup(store.close)
+        chain = Chain(store, Genesis(genesis_doc()))
+        accounts = [key(200 + i) for i in range(6)]
+        for n in range(1, 9):
+            block, records, view, failed = chain.build_block(
+                [transfer(ALICE, n, accounts[n % 6], n)], AUTHORITY, 1_700_000_000 + n * 100)
+            tree, changes = view.finish()
+            view.release()
+            store.commit_block(block, records, changes, tree, kept_from=max(0, n - 3))
+        self.assertEqual(store.tree_kept_from(), 5)
+        for height in range(5, 9):
+            root = bytes.fromhex(store.block_at(height)["header"]["state_root"])
+            for a in accounts + [ALICE]:
+                raw, proof = store.proof("acct", a.address, height)
+                vh = None if raw is None else jmt.value_hash_raw(raw)
+                jmt.verify_proof(root, jmt.key_hash("acct", a.address), vh, proof)
+        self.assertRaises(treestore.Pruned, store.proof, "acct", ALICE.address, 4)
+        # Nothing stale at or below the kept height is left, and the
+        # tables hold less than without pruning.
+        with store.env.begin() as t:
+            stale = [k for k, _ in t.cursor(db=store._db["stale"])]
+        self.assertTrue(all(int.from_bytes(k[:8], "big") > 5 for k in stale))
