@@ -122,6 +122,58 @@ def merkle_root(hashes_hex):
     return level[0].hex()
 
 
+def merkle_levels(hashes_hex):
+    """Every level of merkle_root's tree, leaves first, root last (raw
+    bytes); [] for no leaves.  merkle_branch reads a branch off them."""
+    if not hashes_hex:
+        return []
+    level = [sha256(b"\x00" + bytes.fromhex(h)) for h in hashes_hex]
+    levels = [level]
+    while len(level) > 1:
+        nxt = [sha256(b"\x01" + level[i] + level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level = nxt
+        levels.append(level)
+    return levels
+
+
+def merkle_branch(levels, index):
+    """The siblings (hex) on the way from leaf index to the root of
+    merkle_levels' tree: one per level where the node is not the odd last
+    one carried up unchanged (docs/protocol.md 12, getTxProof)."""
+    if not 0 <= index < len(levels[0]):
+        raise IndexError(f"leaf {index} of {len(levels[0])}")
+    out = []
+    for level in levels[:-1]:
+        sibling = index ^ 1
+        if sibling < len(level):
+            out.append(level[sibling].hex())
+        index //= 2
+    return out
+
+
+def verify_merkle_branch(leaf_hex, index, count, branch, root_hex):
+    """True when branch (hex siblings, as merkle_branch gives them) leads
+    from leaf input leaf_hex at index of count leaves to root_hex."""
+    if type(index) is not int or type(count) is not int or not 0 <= index < count or type(branch) is not list:
+        return False
+    if not is_hex(leaf_hex, 32) or not is_hex(root_hex, 32) or not all(is_hex(s, 32) for s in branch):
+        return False
+    h = sha256(b"\x00" + bytes.fromhex(leaf_hex))
+    used = 0
+    while count > 1:
+        if not (index == count - 1 and count % 2):  # the odd last node is carried up unchanged
+            if used == len(branch):
+                return False
+            s = bytes.fromhex(branch[used])
+            used += 1
+            h = sha256(b"\x01" + h + s) if index % 2 == 0 else sha256(b"\x01" + s + h)
+        index //= 2
+        count = (count + 1) // 2
+    return used == len(branch) and h.hex() == root_hex
+
+
 # -- validators of decoded JSON values ------------------------------------
 
 MAX_TEXT = 256  # bytes of UTF-8

@@ -4,7 +4,7 @@ Queries read the chain (through its Store API), the node-local tables and
 the mempool; they never change anything.
 """
 
-from aitnode import consensus as C
+from aitnode import consensus as C, proofs
 from aitnode.params import min_fee
 from aitnode.state import StateView
 from aitnode.tx import parse_tx
@@ -16,11 +16,22 @@ class Queries:
         self.store = chain.store
         self.mempool = mempool
         self.local = local
+        self.trees = proofs.TreeCache()
 
     def get_head(self):
         height, h = self.chain.head()
         fin = self.chain.finality()
         return {"height": height, "hash": h, "justified": fin.justified.to_json(), "finalized": fin.finalized.to_json()}
+
+    # -- for clients that check what they are told (aitnode/proofs.py) -----
+    def get_headers(self, start, limit=proofs.DEFAULT_HEADERS):
+        return proofs.headers(self.chain, start, limit)
+
+    def get_tx_proof(self, tx_hash):
+        return proofs.tx_proof(self.chain, tx_hash, self.trees)
+
+    def get_proof(self, ns, key, height=None):
+        return proofs.state_proof(self.chain, ns, key, height)
 
     def get_authorities(self, height=None):
         """The authority set in effect for block height (the next block's by

@@ -11,16 +11,28 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from aitnode import crypto
-from aitnode.encoding import is_hex, require_fields, require_int
+from aitnode.encoding import U64, is_hex, require_fields, require_int, require_text
 from aitnode.errors import AitError
 from aitnode.metrics import CONTENT_TYPE, RouteTemplates
 from aitnode.httpjson import FastRoute, add_json_error_handlers, json_response, loads_json
+from aitnode.proofs import DEFAULT_HEADERS, MAX_HEADERS
 
 def found(request, out, missing):
     """out as the JSON answer, or 404 not_found saying what is missing."""
     if out is None:
         raise AitError("not_found", missing, status=404)
     return json_response(request, out)
+
+
+def query_int(request, name, code, low, high, what, default=None, required=False):
+    """Query argument name as an integer from low to high (ASCII decimal),
+    default when absent and not required, else 400 code."""
+    raw = request.args.get(name.encode(), [None])[0]
+    if raw is None and not required:
+        return default
+    if raw is None or not raw.isdigit() or len(raw) > 20 or not low <= int(raw) <= high:
+        raise AitError(code, f"{name} must be {what}")
+    return int(raw)
 
 
 class RPC:
@@ -194,6 +206,28 @@ class RPC:
                 raise AitError("bad_height", "height must be a block height (an integer from 1)")
             height = int(raw)
         return found(request, self.queries.get_authorities(height), f"no authority set known for height {height}")
+
+    @app.route("/rpc/getHeaders", methods=["GET"])
+    def get_headers(self, request):
+        start = query_int(request, "from", "bad_height", 0, U64 - 1, "a block height (decimal, from 0)", required=True)
+        limit = query_int(request, "limit", "bad_limit", 1, MAX_HEADERS, f"an integer from 1 to {MAX_HEADERS}",
+                          default=DEFAULT_HEADERS)
+        return json_response(request, self.queries.get_headers(start, limit))
+
+    @app.route("/rpc/getTxProof/<tx_hash>", methods=["GET"])
+    def get_tx_proof(self, request, tx_hash):
+        if not is_hex(tx_hash, 32):
+            raise AitError("bad_hex", "txHash must be 64 lowercase hex characters")
+        out = self.queries.get_tx_proof(tx_hash)
+        if out is None:
+            raise AitError("unknown_tx", f"transaction {tx_hash} is in no block of this node's chain", status=404)
+        return json_response(request, out)
+
+    @app.route("/rpc/getProof/<ns>/<path:key>", methods=["GET"])
+    def get_proof(self, request, ns, key):
+        require_text(key, "key")
+        height = query_int(request, "height", "bad_height", 0, U64 - 1, "a block height (decimal, from 0)")
+        return json_response(request, self.queries.get_proof(ns, key, height))
 
     @app.route("/rpc/getParams", methods=["GET"])
     def get_params(self, request):

@@ -38,6 +38,7 @@ from tests.common import (
     ADMIN_TOKEN, ALICE, AUTHORITY, BOB, CAROL, CHAIN_ID, COORDINATOR, ESCROW, GENESIS_BALANCE, MINER,
     genesis_doc, make_node, make_rpc, transfer, wire,
 )
+from tests.test_rpc_proofs import install_fake_proofs
 
 OPENAPI = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "openapi.yaml")
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
@@ -297,6 +298,7 @@ class FuzzRPCTests(SynchronousTestCase):
         self.node.attestor = FakeAttestor(mock)
         self.rpc, self.http = make_rpc(self.node, mock_coordinator=mock)
         self.rpc.p2p = P2P(self.node, KeyPair(bytes(range(32))), MemoryReactorClock())
+        install_fake_proofs(self, self.node)  # getProof, until issue 11's state tree is merged
         self.accepted = set()
         # ALICE pays the escrow for job_1; the claims below settle it.
         payment = transfer(ALICE, 1, ESCROW, 5000)
@@ -437,7 +439,9 @@ class FuzzRPCTests(SynchronousTestCase):
                 st.builds(lambda t, b: t.encode() + quote_from_bytes(b).encode(),
                           st.sampled_from(["/rpc/", "/rpc/getTx/", "/rpc/getBlock/", "/rpc/getReceipt/", "/admin/",
                                            "/rpc/getBalance/", "/rpc/getHistory/" + ALICE.address + "?limit=", "/p2p/",
-                                           "/rpc/getBlock/1?full=", "/rpc/sendTx", "//rpc/getHead", "/rpc/getHead/"]),
+                                           "/rpc/getBlock/1?full=", "/rpc/sendTx", "//rpc/getHead", "/rpc/getHead/",
+                                           "/rpc/getTxProof/", "/rpc/getProof/", "/rpc/getProof/rcpt/", "/rpc/getHeaders?from=",
+                                           "/rpc/getHeaders?from=0&limit=", "/rpc/getProof/acct/x?height="]),
                           st.binary(max_size=30)),
                 st.sampled_from([b"/", b"//", b"/rpc", b"/rpc/getHead?", b"/rpc/../admin/paramSet", b"/rpc/getTx/" + b"a" * 5000,
                                  b"/rpc/getBlock/99999999999999999999", b"/rpc/getBlock/-1", b"/rpc/getBlock/%C2%B2",
@@ -458,6 +462,8 @@ class FuzzRPCTests(SynchronousTestCase):
                     "ref": st.integers(min_value=0, max_value=3).map(str) | st.sampled_from([self.node.queries.get_head()["hash"]]),
                     "address": st.sampled_from(ADDRESSES),
                     "receipt_id": st.sampled_from(["r1", "r2", "r3", "nope"]),
+                    "ns": st.sampled_from(["acct", "param", "chain", "authkey", "authupd", "evid", "pay", "rcpt"]),
+                    "key": st.sampled_from(ADDRESSES + ["supply", "authorities", "finality", "base_fee", "r1", "a/b"]),
                 }[name])
                 return quote(value, safe="")
             if kind == "text":
@@ -467,7 +473,9 @@ class FuzzRPCTests(SynchronousTestCase):
         path = re.sub(r"{([^}]+)}", param, template)
         if data.draw(st.booleans()):
             path += data.draw(st.sampled_from(["?full=true", "?full=1", "?limit=1", "?limit=500", "?limit=0", "?limit=x",
-                                               "?limit=501", "?full=%ff", "?limit=99999999999999999999999", "?a=%00&b"]))
+                                               "?limit=501", "?full=%ff", "?limit=99999999999999999999999", "?a=%00&b",
+                                               "?from=0", "?from=1&limit=256", "?from=x", "?from=0&limit=257",
+                                               "?height=0", "?height=1", "?height=99999999999999999999", "?height=-1"]))
         return path.encode()
 
     def tearDown(self):

@@ -448,6 +448,8 @@ def rpc_examples(scratch):
     out["getBlock"] = q.get_block(1)
     out["getHead"] = q.get_head()
     out["getParams"] = q.get_params()
+    out["getHeaders"] = q.get_headers(0, 2)
+    out["getTxProof"] = q.get_tx_proof(txs[1].hash)
     g, payment, claim, att = claim_parts()
     node = scratch.node(g, AUTHORITY, 0)
     b1, b2, _ = claim_chain(node.chain, payment, claim, att)
