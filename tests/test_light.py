@@ -579,3 +579,61 @@ class CliTests(LightTestBase):
             return a
         code, _, err = self.run_cli(Lying(self.s, on("/rpc/getHeaders", stale)), "balance", ALICE.address)
         self.assertEqual((code, err), (1, "ait: error: node reports finalized 2 below verified 6\n"))
+
+
+def update(sender, action, who):
+    return sign_tx(sender, CHAIN_ID, "AUTHORITY_UPDATE", 1, 0,
+                   {"action": action, "address": who.address, "public_key": who.public_key.hex()})
+
+
+class SetChangeTests(LightTestBase):
+    """X is added by all three at block 9; the epoch ends at 12, so block
+    13 carries the new set of four."""
+
+    def change(self, voters_at_13=KEYS):
+        self.s.block([update(k, "add", X) for k in KEYS])
+        for _ in range(3):
+            self.s.block()
+        self.assertEqual(self.s.chain.head()[0], 12)
+        self.assertIn("authorities", self.s.block(voters=voters_at_13))
+        for _ in range(4):
+            self.s.block()
+
+    def test_the_new_set_proven_and_followed(self):
+        self.client().sync()  # to 6, under the old set
+        self.change()
+        spy = Lying(self.s, lambda path, answer: answer)
+        point = self.client(spy).sync()
+        self.assertEqual(point.height, self.s.finalized()["height"])
+        self.assertGreater(point.height, 13)
+        self.assertEqual(len(point.set), 4)
+        self.assertIn("/rpc/getProof/chain/authorities?height=12", spy.paths)
+
+    def test_a_set_the_parent_state_does_not_hold(self):
+        self.change()
+        fake = [{"address": X.address, "public_key": X.public_key.hex(), "jailed": False}]
+
+        def tamper(path, a):
+            for i, e in enumerate(a["headers"]):
+                if e["header"]["height"] == 13:
+                    a["headers"][i] = dict(reheader(e, X, proposer=X.address,
+                                                    authorities_hash=light.C.authorities_hash(fake)),
+                                           authorities=fake)
+            return a
+        self.refused(Lying(self.s, on("/rpc/getHeaders", tamper)),
+                     "header 13: the set it carries is not the one block 12's state commits to")
+
+    def test_a_change_the_previous_set_did_not_justify(self):
+        self.change(voters_at_13=KEYS[:2])
+        self.refused(self.s, "block 13: authority set change not justified by the previous set "
+                             "(votes for block 12: 2 of 3)")
+
+
+class LayoutTests(SynchronousTestCase):
+    def test_the_light_client_needs_no_twisted_and_no_storage(self):
+        from tests.test_architecture import FRAMEWORKS, PKG, imports
+
+        for name in ("light", "light_proofs"):
+            for imp in imports(os.path.join(PKG, f"{name}.py")):
+                self.assertNotIn(imp.split(".")[0], FRAMEWORKS | {"lmdb"}, (name, imp))
+                self.assertNotIn(imp, ("aitnode.store", "aitnode.local", "aitnode.state", "aitnode.chain"), (name, imp))
