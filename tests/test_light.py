@@ -558,6 +558,10 @@ class CliTests(LightTestBase):
         code, out, _ = self.run_cli(self.s, "receipt", "rcpt-1")
         self.assertEqual(code, 0)
         self.assertIn("checked: miner_sig is", out)
+        self.s.block()
+        code, out, err = self.run_cli(self.s, "balance", BOB.address, start=[])  # the cache alone
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("verified at finalized block 7", out)
 
     def test_each_lie_its_own_line(self):
         def balance(path, a):
