@@ -6,6 +6,7 @@
     ait transfer --key FILE --to ADDR --amount N [--fee N] [--wait] [--node URL] [--json]
     ait sign --key FILE --to ADDR --amount N [--nonce N] [--fee N]   (prints the signed JSON)
     ait miner --key MINER_KEY --client-key CLIENT_KEY [--jobs N] [--node URL]
+    ait verify balance ADDR | tx HASH | receipt ID   --genesis FILE | --trust HEIGHT:HASH [--cache PATH] [--node URL] [--json]
 
 Every error prints one line on stderr and exits non-zero.
 """
@@ -18,9 +19,11 @@ import time
 import urllib.error
 import urllib.request
 
+from aitnode import cli_verify
 from aitnode.genesis import Genesis, make_genesis
 from aitnode.crypto import KeyPair, check_address
 from aitnode.errors import AitError, ConfigError
+from aitnode.light import LightError
 from aitnode.tx import sign_tx
 
 DEFAULT_NODE = os.environ.get("AIT_NODE", "http://127.0.0.1:8080")
@@ -252,6 +255,7 @@ def parser():
     s.add_argument("--units", type=int, default=10)
     s.add_argument("--interval", type=float, default=0.0, help="seconds between jobs")
     s.set_defaults(func=cmd_miner)
+    cli_verify.add_commands(sub, with_node)
     return p
 
 
@@ -269,7 +273,7 @@ def main(argv=None):
     args = parser().parse_args(argv)
     try:
         show(args.func(args), getattr(args, "json", False))
-    except (CliError, ConfigError) as e:
+    except (CliError, ConfigError, LightError) as e:
         print(f"ait: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
