@@ -9,34 +9,10 @@ import urllib.parse
 
 from aitnode import crypto, receipts as R
 from aitnode.blocks import block_hash, tx_leaf
-from aitnode.encoding import is_hex, sha256
+from aitnode.encoding import is_hex, verify_merkle_branch
 from aitnode.errors import AitError
 from aitnode.light import PAGE, LightError, guard
 from aitnode.tx import parse_tx
-
-
-def branch_root(leaf_hex, index, count, branch):
-    """The tx_root a Merkle branch leads to (docs/protocol.md 12,
-    getTxProof), or None when the branch is malformed."""
-    if type(index) is not int or type(count) is not int or not 0 <= index < count or type(branch) is not list:
-        return None
-    if not is_hex(leaf_hex, 32) or not all(is_hex(s, 32) for s in branch):
-        return None
-    h = sha256(b"\x00" + bytes.fromhex(leaf_hex))
-    items = iter(branch)
-    idx, size = index, count
-    while size > 1:
-        if not (idx == size - 1 and size % 2):
-            s = next(items, None)
-            if s is None:
-                return None
-            s = bytes.fromhex(s)
-            h = sha256(b"\x01" + h + s) if idx % 2 == 0 else sha256(b"\x01" + s + h)
-        idx //= 2
-        size = (size + 1) // 2
-    if next(items, None) is not None:
-        return None
-    return h.hex()
 
 
 def header_at(client, height):
@@ -111,7 +87,7 @@ def _check_tx(client, tx_hash, answer):
     leaf = tx_leaf(tx_hash, attestation)
     if answer["leaf"] != leaf:
         raise LightError(f"tx proof: its leaf is not the transaction's{' (with its attestation)' if attestation else ''}")
-    if branch_root(leaf, answer["index"], answer["count"], answer["branch"]) != header["tx_root"]:
+    if not verify_merkle_branch(leaf, answer["index"], answer["count"], answer["branch"], header["tx_root"]):
         raise LightError(f"tx proof does not match tx_root of block {height}")
     return {"tx_hash": tx_hash, "type": tx.type, "sender": tx.sender, "payload": tx.payload,
             "block": {"height": height, "hash": block_hash(header), "index": answer["index"]},

@@ -141,7 +141,7 @@ def state_proof(chain, ns, key, height=None):
     except LookupError:  # store.Pruned
         raise AitError("state_pruned", f"this node no longer keeps the state tree of height {height}", status=410)
     return {
-        "height": height, "block_hash": block_hash, "state_root": store.root_at(height),
+        "height": height, "block_hash": block_hash, "state_root": store.state_root(height),
         "namespace": ns, "key": key,
         "value": None if raw is None else cbor2.loads(raw),
         "value_cbor": None if raw is None else raw.hex(),

@@ -28,10 +28,10 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from aitnode import cli, finality as F, light, receipts as R
 from aitnode.blocks import block_hash, tx_leaf
-from aitnode.encoding import canonical, merkle_root
+from aitnode.encoding import canonical
 from aitnode.genesis import Genesis
 from aitnode.light import LightClient, LightError
-from aitnode.light_proofs import branch_root, verify_balance, verify_receipt, verify_tx
+from aitnode.light_proofs import verify_balance, verify_receipt, verify_tx
 from aitnode.steps import run_steps
 from aitnode.tx import sign_tx
 
@@ -291,26 +291,6 @@ class Lying:
 
 
 # -- the tests ---------------------------------------------------------------------------
-
-class BranchTests(SynchronousTestCase):
-    def test_every_branch_leads_to_merkle_root_and_nothing_else_does(self):
-        for count in range(1, 12):
-            leaves = [hashlib.sha256(bytes([count, i])).hexdigest() for i in range(count)]
-            root = merkle_root(leaves)
-            for i in range(count):
-                branch = ref_branch(leaves, i)
-                self.assertEqual(branch_root(leaves[i], i, count, branch), root, (count, i))
-                other = (i + 1) % count
-                if other != i:
-                    self.assertNotEqual(branch_root(leaves[other], i, count, branch), root)
-                self.assertIsNone(branch_root(leaves[i], i, count, branch + [leaves[0]]))
-                if branch:
-                    self.assertIsNone(branch_root(leaves[i], i, count, branch[:-1]))
-                    flipped = branch[:-1] + [("0" if branch[-1][0] != "0" else "1") + branch[-1][1:]]
-                    self.assertNotEqual(branch_root(leaves[i], i, count, flipped), root)
-            for bad in ((0, 0), (count, count), (-1, count), (True, count)):
-                self.assertIsNone(branch_root(leaves[0], bad[0], bad[1], []))
-
 
 class ReferenceTreeTests(SynchronousTestCase):
     def test_proofs_of_presence_and_absence_verify_and_flips_fail(self):

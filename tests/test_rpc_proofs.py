@@ -306,7 +306,7 @@ class ClaimProofTests(SynchronousTestCase):
 
 
 class FakeProofs:
-    """store.proof and store.root_at as the state tree will give them
+    """store.proof and store.state_root as the state tree gives them
     (issue 11), for the route's plumbing: the value is the head's, the
     proof a fixed marker; heights below pruned_below raise a LookupError
     other than KeyError, as store.Pruned does."""
@@ -319,7 +319,7 @@ class FakeProofs:
         self.calls = []
 
     def install(self, testcase):
-        for name in ("proof", "root_at"):
+        for name in ("proof", "state_root"):
             if hasattr(self.store, name):
                 testcase.patch(self.store, name, getattr(self, name))
             else:  # before issue 11's store lands
@@ -335,8 +335,8 @@ class FakeProofs:
         value = self.store.entry(ns, key)
         return (None if value is None else canonical(value)), b"\x01proof" + height.to_bytes(8, "big")
 
-    def root_at(self, height):
-        return self.store.block_at(height)["header"]["state_root"]
+    def state_root(self, height=None):
+        return self.store.block_at(self.store.head()[0] if height is None else height)["header"]["state_root"]
 
 
 def install_fake_proofs(testcase, node, **kw):
