@@ -24,6 +24,7 @@ nothing but a root, a key hash, a value hash and the proof bytes.  No I/O
 here: store.Store reads and writes the nodes.
 """
 
+import functools
 import hashlib
 import struct
 
@@ -60,72 +61,109 @@ def nibble(kh, d):
 
 def node_key(version, path):
     """The LMDB key of the node at nibble path (bytes, one nibble each)
-    written by version: 8 big-endian bytes, then the path."""
-    return _ver.pack(version) + path
+    written by version (8 big-endian bytes): the two concatenated."""
+    return version + path
 
 
 # -- nodes ---------------------------------------------------------------
-# A child reference is (version, is_leaf, hash).  Stored forms:
+# A child reference is (version, is_leaf, hash), version as 8 big-endian
+# bytes (as in node keys).  Stored forms:
 #   leaf:  0x00 || key_hash || value_hash || the value's canonical bytes
 #          (so a proof at any kept version reads the value from its leaf)
-#   inner: 0x01 || present bitmap (2) || leaf bitmap (2) || per present
-#          child in nibble order: version (8) || hash (32)
+#   inner: 0x01 || present bitmap (2) || leaf bitmap (2)
+#          || 30 hashes: its binary tree below its own hash in heap order
+#             (2, 3 | 4..7 | 8..15 | its 16 slots), EMPTY for an empty part
+#          || the version of each present child, in slot order (8 each)
+# Keeping the binary tree's inner hashes lets a block that changes one
+# child of a node hash 4 times for it, not up to 15, and decoding a node
+# is slicing at fixed offsets.
+#
+# In memory an inner node is (present, leaves, heap, versions): heap a
+# list of 32 hashes in heap order (1 the node's own, 16 + i slot i's) and
+# versions the stored version bytes of the present children.
 
-def encode_leaf(kh, vh):
-    return b"\x00" + kh + vh
+_HEAP_END = 5 + 30 * 32
+_HEAP_OFFSETS = range(5, _HEAP_END, 32)
 
 
-def encode_inner(children):
-    present = leaves = 0
-    parts = []
-    for i, c in enumerate(children):
-        if c is not None:
-            present |= 0x8000 >> i
-            if c[1]:
-                leaves |= 0x8000 >> i
-            parts.append(_ver.pack(c[0]) + c[2])
-    return b"\x01" + present.to_bytes(2, "big") + leaves.to_bytes(2, "big") + b"".join(parts)
+def _range_masks():
+    out = [0] * 32
+    for n in range(1, 32):
+        level = n.bit_length() - 1
+        width = 16 >> level
+        start = (n - (1 << level)) * width
+        out[n] = ((1 << width) - 1) << (16 - start - width)
+    return tuple(out)
+
+
+RANGE = _range_masks()  # heap index -> the slots below it, as a bitmap
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def slots(mask):
+    return tuple(i for i in range(16) if mask & (0x8000 >> i))
 
 
 def decode_inner(raw):
-    present = int.from_bytes(raw[1:3], "big")
-    leaves = int.from_bytes(raw[3:5], "big")
-    out = [None] * 16
-    pos = 5
-    for i in range(16):
-        m = 0x8000 >> i
-        if present & m:
-            out[i] = (_ver.unpack_from(raw, pos)[0], bool(leaves & m), raw[pos + 8:pos + 40])
-            pos += 40
-    return out
+    """(present, leaves, heap, versions): heap a bytearray of the node's
+    31 hashes in heap order (1 = its own, 16 + i = slot i's; heap index n
+    at offset 32 * (n - 1)), its own left zero (the parent holds it)."""
+    return (raw[1] << 8) | raw[2], (raw[3] << 8) | raw[4], bytearray(EMPTY + raw[5:_HEAP_END]), raw[_HEAP_END:]
 
 
-def inner_node_hash(children, counter=None):
-    """The hash of an internal node: the 4-level binary tree over its 16
-    slots, a lone leaf standing for its subtree.  counter: a one-item
-    list to which the number of hashes computed is added."""
-    level = [None if c is None else (c[1], c[2]) for c in children]
-    n = 0
-    while len(level) > 1:
-        nxt = []
-        for i in range(0, len(level), 2):
-            a, b = level[i], level[i + 1]
-            if a is None:
-                if b is None or b[0]:
-                    nxt.append(b)
-                    continue
-                a = (False, EMPTY)
-            elif b is None:
-                if a[0]:
-                    nxt.append(a)
-                    continue
-                b = (False, EMPTY)
-            nxt.append((False, _sha256(b"\x01" + a[1] + b[1]).digest()))
-            n += 1
-        level = nxt
-    if counter is not None:
-        counter[0] += n
-    return level[0][1]
+def slot_hash(heap, i):
+    o = 32 * (15 + i)
+    return bytes(heap[o:o + 32])
+
+
+def child_version(present, versions, i):
+    """The version bytes of present slot i, from a node's version list."""
+    r = 8 * (present >> (16 - i)).bit_count()
+    return versions[r:r + 8]
+
+
+def encode_inner(present, leaves, heap, versions):
+    return b"".join((b"\x01", present.to_bytes(2, "big"), leaves.to_bytes(2, "big"), heap[32:], versions))
+
+
+def fix_heap(heap, present, leaves, dirty):
+    """Recompute heap above the slots in dirty (an iterable of slot
+    numbers); returns how many hashes that took.  A part with no child is
+    EMPTY, a part whose only child is a leaf is that leaf's hash."""
+    n_hashes = 0
+    if len(dirty) == 1:
+        (i,) = dirty
+        n = (16 + i) >> 1
+        while n:
+            p = present & RANGE[n]
+            o = 32 * (n - 1)
+            if not p:
+                heap[o:o + 32] = EMPTY
+            elif not p & (p - 1) and leaves & p:
+                c = 64 * n - 32 if p & RANGE[2 * n] else 64 * n
+                heap[o:o + 32] = heap[c:c + 32]
+            else:
+                c = 64 * n - 32
+                heap[o:o + 32] = _sha256(b"\x01" + heap[c:c + 64]).digest()
+                n_hashes += 1
+            n >>= 1
+        return n_hashes
+    nodes = {(16 + i) >> 1 for i in dirty}
+    while nodes:
+        for n in nodes:
+            p = present & RANGE[n]
+            o = 32 * (n - 1)
+            if not p:
+                heap[o:o + 32] = EMPTY
+            elif not p & (p - 1) and leaves & p:
+                c = 64 * n - 32 if p & RANGE[2 * n] else 64 * n
+                heap[o:o + 32] = heap[c:c + 32]
+            else:
+                c = 64 * n - 32
+                heap[o:o + 32] = _sha256(b"\x01" + heap[c:c + 64]).digest()
+                n_hashes += 1
+        nodes = {n >> 1 for n in nodes if n > 1}
+    return n_hashes
 
 
 def _groups(items, depth):
@@ -142,19 +180,42 @@ def _groups(items, depth):
     return out
 
 
+class _Node:
+    """An inner node being changed: its slots as loaded, and what changed."""
+
+    __slots__ = ("ref", "path", "present", "leaves", "heap", "versions", "loaded", "changed")
+
+    def __init__(self, ref, path, raw):
+        self.ref, self.path = ref, path
+        self.present, self.leaves, self.heap, self.versions = decode_inner(raw)
+        self.loaded = self.present  # the slots self.versions lists
+        self.changed = {}  # slot -> new version bytes, or None when emptied
+
+    def version(self, nb):
+        v = self.changed.get(nb)
+        return v if v is not None else child_version(self.loaded, self.versions, nb)
+
+    def child(self, nb):
+        m = 0x8000 >> nb
+        if not self.present & m:
+            return None
+        return (self.version(nb), bool(self.leaves & m), slot_hash(self.heap, nb))
+
+
 class TreeUpdate:
     """One version's changes to the tree.
 
     read(node_key) -> the stored bytes of a node of an earlier version
-    (KeyError-free: None only for a damaged store).  After ``run``:
-    root (the new root reference or None), nodes ({node_key: bytes} to
-    write), stale ([node_key] no longer in the tree from this version on)
-    and hashes (how many SHA-256 computations it took).
+    (None only for a damaged or pruned store).  After ``run``: root (the
+    new root reference or None), nodes ({node_key: bytes} to write),
+    stale ([node_key] no longer in the tree from this version on) and
+    hashes (how many SHA-256 computations it took).
     """
 
     def __init__(self, read, version):
         self.read = read
         self.version = version
+        self._v = _ver.pack(version)
         self.nodes = {}
         self.stale = []
         self.hashes = 0
@@ -162,101 +223,139 @@ class TreeUpdate:
 
     def run_steps(self, base, updates):
         """Apply updates (sorted [(key_hash, payload or None)], one per key;
-        payload = value_hash || the value's canonical bytes) to the tree whose root reference is base; a generator that
-        yields between subtrees near the root, returning the new root
-        reference (also kept as self.root)."""
+        payload = value_hash || the value's canonical bytes) to the tree
+        whose root reference is base; a generator that yields between
+        subtrees near the root, returning the new root reference (also
+        kept as self.root)."""
         if not updates:
             self.root = base
             return base
-        self.root = yield from self._update(base, b"", 0, updates)
+        self.root = yield from self._update_steps(base, b"", 0, updates)
         return self.root
 
     def run(self, base, updates):
-        steps = self.run_steps(base, updates)
-        try:
-            while True:
-                next(steps)
-        except StopIteration as stop:
-            return stop.value
+        return _run_now(self.run_steps(base, updates))
 
     def root_hash(self):
         return EMPTY if self.root is None else self.root[2]
 
     def _load(self, version, path):
-        raw = self.read(node_key(version, path))
+        raw = self.read(version + path)
         if raw is None:
-            raise LookupError(f"state tree node {version}/{path.hex()} is missing (data_dir damaged or pruned)")
+            raise LookupError(f"state tree node {version.hex()}/{path.hex()} is missing (data_dir damaged or pruned)")
         return raw
 
     def _leaf(self, path, kh, payload):
         """payload: value_hash || the value's canonical bytes."""
-        key = node_key(self.version, path)
-        self.nodes[key] = b"\x00" + kh + payload
+        self.nodes[self._v + path] = b"\x00" + kh + payload
         self.hashes += 1
-        return (self.version, True, _sha256(b"\x00" + kh + payload[:32]).digest())
-
-    def _inner(self, path, children):
-        self.nodes[node_key(self.version, path)] = encode_inner(children)
-        c = [0]
-        h = inner_node_hash(children, c)
-        self.hashes += c[0]
-        return (self.version, False, h)
+        return (self._v, True, _sha256(b"\x00" + kh + payload[:32]).digest())
 
     def _build(self, path, depth, items):
         """A new subtree at path for items [(kh, payload)] sorted (no deletes)."""
-        if not items:
-            return None
         if len(items) == 1:
             kh, payload = items[0]
             return self._leaf(path, kh, payload)
-        children = [None] * 16
+        present = leaves = 0
+        heap = bytearray(31 * 32)
         for nb, group in _groups(items, depth):
-            children[nb] = self._build(path + bytes((nb,)), depth + 1, group)
-        return self._inner(path, children)
+            c = self._build(path + bytes((nb,)), depth + 1, group)
+            present |= 0x8000 >> nb
+            if c[1]:
+                leaves |= 0x8000 >> nb
+            heap[32 * (15 + nb):32 * (16 + nb)] = c[2]
+        self.hashes += fix_heap(heap, present, leaves, slots(present))
+        self.nodes[self._v + path] = encode_inner(present, leaves, heap, self._v * len(slots(present)))
+        return (self._v, False, bytes(heap[:32]))
+
+    def _update_leaf(self, ref, path, depth, updates):
+        raw = self._load(ref[0], path)
+        kh, payload = raw[1:33], raw[33:]
+        merged = {kh: payload}
+        for k, v in updates:
+            if v is None:
+                merged.pop(k, None)
+            else:
+                merged[k] = v
+        if merged == {kh: payload}:
+            return ref
+        self.stale.append(ref[0] + path)
+        return self._build(path, depth, sorted(merged.items())) if merged else None
 
     def _update(self, ref, path, depth, updates):
+        """The new reference of the subtree at path (plain recursion)."""
         if ref is None:
-            return self._build(path, depth, [u for u in updates if u[1] is not None])
+            items = [u for u in updates if u[1] is not None]
+            return self._build(path, depth, items) if items else None
         if ref[1]:
-            raw = self._load(ref[0], path)
-            kh, payload = raw[1:33], raw[33:]
-            merged = {kh: payload}
-            for k, v in updates:
-                if v is None:
-                    merged.pop(k, None)
-                else:
-                    merged[k] = v
-            if merged == {kh: payload}:
-                return ref
-            self.stale.append(node_key(ref[0], path))
-            return self._build(path, depth, sorted(merged.items()))
-        children = decode_inner(self._load(ref[0], path))
-        new = list(children)
-        shallow = depth < 2
+            return self._update_leaf(ref, path, depth, updates)
+        node = _Node(ref, path, self._load(ref[0], path))
         for nb, group in _groups(updates, depth):
-            if shallow:
-                new[nb] = yield from self._update(children[nb], path + bytes((nb,)), depth + 1, group)
-                yield
-            else:
-                new[nb] = _run_now(self._update(children[nb], path + bytes((nb,)), depth + 1, group))
-        if new == children:
-            return ref
-        self.stale.append(node_key(ref[0], path))
-        present = [(i, c) for i, c in enumerate(new) if c is not None]
+            self._set(node, nb, self._update(node.child(nb), path + bytes((nb,)), depth + 1, group))
+        return self._finish(node)
+
+    def _update_steps(self, ref, path, depth, updates):
+        """_update as a generator that yields after each subtree while
+        depth < 2 (at most 16 + 256 pauses per block)."""
+        if ref is None or ref[1] or depth >= 2:
+            return self._update(ref, path, depth, updates)
+        node = _Node(ref, path, self._load(ref[0], path))
+        for nb, group in _groups(updates, depth):
+            new = yield from self._update_steps(node.child(nb), path + bytes((nb,)), depth + 1, group)
+            self._set(node, nb, new)
+            yield
+        return self._finish(node)
+
+    @staticmethod
+    def _set(node, nb, new):
+        m = 0x8000 >> nb
+        old_present = node.present & m
+        if new is None:
+            if not old_present:
+                return
+            node.present &= ~m
+            node.leaves &= ~m
+            node.heap[32 * (15 + nb):32 * (16 + nb)] = EMPTY
+            node.changed[nb] = None
+            return
+        if old_present and slot_hash(node.heap, nb) == new[2] and bool(node.leaves & m) == new[1] \
+                and node.version(nb) == new[0]:
+            return
+        if not old_present:
+            node.present |= m
+        node.leaves = node.leaves | m if new[1] else node.leaves & ~m
+        node.heap[32 * (15 + nb):32 * (16 + nb)] = new[2]
+        node.changed[nb] = new[0]
+
+    def _finish(self, node):
+        if not node.changed:
+            return node.ref
+        path = node.path
+        self.stale.append(node.ref[0] + path)
+        present = node.present
         if not present:
             return None
-        if len(present) == 1 and present[0][1][1]:
+        if not present & (present - 1) and node.leaves & present:
             # A lone leaf below: it moves up to this path.
-            i, c = present[0]
+            (i,) = slots(present)
+            v = node.version(i)
             child_path = path + bytes((i,))
-            raw = self.nodes.pop(node_key(c[0], child_path), None) if c[0] == self.version else None
+            raw = self.nodes.pop(v + child_path, None) if v == self._v else None
             if raw is None:
-                raw = self._load(c[0], child_path)
-                self.stale.append(node_key(c[0], child_path))
-            key = node_key(self.version, path)
-            self.nodes[key] = raw
-            return (self.version, True, c[2])
-        return self._inner(path, new)
+                raw = self._load(v, child_path)
+                self.stale.append(v + child_path)
+            self.nodes[self._v + path] = raw
+            return (self._v, True, slot_hash(node.heap, i))
+        self.hashes += fix_heap(node.heap, present, node.leaves, node.changed)
+        if present == node.loaded:  # same children, some new: splice their versions in
+            versions = bytearray(node.versions)
+            for i, v in node.changed.items():
+                r = 8 * (present >> (16 - i)).bit_count()
+                versions[r:r + 8] = v
+        else:
+            versions = b"".join([node.version(i) for i in slots(present)])
+        self.nodes[self._v + path] = encode_inner(present, node.leaves, node.heap, versions)
+        return (self._v, False, bytes(node.heap[:32]))
 
 
 def _run_now(gen):
@@ -268,26 +367,6 @@ def _run_now(gen):
 
 
 # -- proofs ----------------------------------------------------------------
-
-def _span(children, lo, size):
-    """(is_leaf, hash, index of the lone leaf) of the binary subtree over
-    slots lo..lo+size, or None when empty."""
-    if size == 1:
-        c = children[lo]
-        return None if c is None else (c[1], c[2], lo)
-    half = size // 2
-    a = _span(children, lo, half)
-    b = _span(children, lo + half, half)
-    if a is None:
-        if b is None or b[0]:
-            return b
-        return (False, inner_hash(EMPTY, b[1]), None)
-    if b is None:
-        if a[0]:
-            return a
-        return (False, inner_hash(a[1], EMPTY), None)
-    return (False, inner_hash(a[1], b[1]), None)
-
 
 def prove(read, root, kh):
     """(leaf (kh, vh) or None, siblings [bytes], value bytes or None) for
@@ -308,29 +387,27 @@ def _prove(read, root, kh):
     while True:
         raw = read(node_key(ref[0], path))
         if raw is None:
-            raise LookupError(f"state tree node {ref[0]}/{path.hex()} is missing")
+            raise LookupError(f"state tree node {ref[0].hex()}/{path.hex()} is missing")
         if ref[1]:
             return (raw[1:33], raw[33:65]), siblings, raw
-        children = decode_inner(raw)
+        present, leaves, heap, versions = decode_inner(raw)
         nb = nibble(kh, depth)
-        lo, size = 0, 16
-        while size > 1:
-            half = size // 2
-            right = (nb - lo) >= half
-            mine_lo, other_lo = (lo + half, lo) if right else (lo, lo + half)
-            other = _span(children, other_lo, half)
-            mine = _span(children, mine_lo, half)
-            siblings.append(EMPTY if other is None else other[1])
-            if mine is None:
+        n = 1
+        for level in range(4):
+            b = (nb >> (3 - level)) & 1
+            mine, other = 2 * n + b, 2 * n + 1 - b
+            siblings.append(bytes(heap[32 * (other - 1):32 * other]))
+            p = present & RANGE[mine]
+            if not p:
                 return None, siblings, None
-            if mine[0]:
-                i = mine[2]
-                leaf_raw = read(node_key(children[i][0], path + bytes((i,))))
+            if not p & (p - 1) and leaves & p:
+                (i,) = slots(p)
+                leaf_raw = read(node_key(child_version(present, versions, i), path + bytes((i,))))
                 if leaf_raw is None:
                     raise LookupError("state tree leaf is missing")
                 return (leaf_raw[1:33], leaf_raw[33:65]), siblings, leaf_raw
-            lo, size = mine_lo, half
-        ref = children[nb]
+            n = mine
+        ref = (child_version(present, versions, nb), False, slot_hash(heap, nb))
         path += bytes((nb,))
         depth += 1
 

@@ -32,13 +32,13 @@ class Pruned(LookupError):
 def encode_ref(ref):
     if ref is None:
         return b""
-    return _ver.pack(ref[0]) + (b"\x01" if ref[1] else b"\x00") + ref[2]
+    return ref[0] + (b"\x01" if ref[1] else b"\x00") + ref[2]
 
 
 def decode_ref(raw):
     if not raw:
         return None
-    return (_ver.unpack_from(raw)[0], raw[8] == 1, raw[9:41])
+    return (raw[:8], raw[8] == 1, raw[9:41])
 
 
 def root_ref(t, dbs, height):
