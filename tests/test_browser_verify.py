@@ -728,6 +728,7 @@ class VerifyTests(TestCase):
                      "the miner's signature", "the coordinator's attestation"):
             self.assertIn(what, text)
         self.assertGreaterEqual(len(detail["checks"]), 9)
+        self.assertNotIn("[object", text)
         await deferToThread(b.d.save_screenshot, os.path.join(b.tmp, "verified.png"))
         self.assertEqual(await deferToThread(b.severe), [], "the page logged errors")
 

@@ -1098,7 +1098,10 @@ async function follow() {
   try {
     await chain.sync();
   } catch (e) {
-    if (!(e instanceof verify.VerifyError)) return; // the node is away: the next tick tries again
+    if (!(e instanceof verify.VerifyError)) {
+      if (!(e instanceof RpcError)) console.error("following headers:", e);
+      return; // the node is away: the next tick tries again
+    }
   } finally {
     following = false;
     renderTrust();

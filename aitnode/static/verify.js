@@ -373,7 +373,8 @@ export class HeaderChain {
         let again = false;
         for (let i = start; i < got.length; i++) {
           const e = got[i];
-          if (isObject(e) && isObject(e.header) && e.header.parent !== this.tip().hash && this.tip().height > this.final.height) {
+          const tip = this.tip();
+          if (tip && isObject(e) && isObject(e.header) && e.header.parent !== tip.hash && tip.height > this.final.height) {
             this.rewind();
             again = true;
             break;
@@ -510,12 +511,13 @@ class Checks {
     this.list.push({ name, ok: true, detail });
   }
 
-  // Run fn; its VerifyError becomes the failed check `name`.
-  async run(name, fn) {
+  // Run fn; its VerifyError becomes the failed check `name`.  The detail
+  // shown is describe(result), or the result when it is text.
+  async run(name, fn, describe) {
     try {
-      const detail = await fn();
-      this.pass(name, detail || "");
-      return detail;
+      const out = await fn();
+      this.pass(name, describe ? describe(out) : typeof out === "string" ? out : "");
+      return out;
     } catch (e) {
       const msg = e instanceof VerifyError ? e.message : `${e.code || e.name || "error"}: ${e.message}`;
       this.list.push({ name, ok: false, detail: msg });
@@ -619,7 +621,7 @@ export async function verifyReceipt(chain, shown, fetchJSON = rpc) {
       if (v === null) fail("the proof shows no such receipt");
       if (!isObject(v)) fail("the receipt entry is not a map");
       return v;
-    });
+    }, (v) => `claim ${String(v.tx).slice(0, 16)}\u2026 in block ${v.height}`);
     await c.run("the receipt shown is the one proven", () => {
       const diff = [];
       if (shown.miner !== undefined && r.miner !== shown.miner) diff.push(`miner ${r.miner}`);
@@ -643,7 +645,7 @@ export async function verifyReceipt(chain, shown, fetchJSON = rpc) {
       if (!isObject(v) || typeof v.address !== "string" || unhex(v.public_key, 32) === null) fail("no coordinator in state");
       if ((await addressOf(unhex(v.public_key, 32))) !== v.address) fail("the coordinator's key is not its address's");
       return v;
-    });
+    }, (v) => `${v.address}, key ${v.public_key.slice(0, 16)}\u2026`);
     let claim, t;
     await c.run(`the claim ${r.tx.slice(0, 16)}\u2026 is in block ${r.height}`, async () => {
       t = await fetchJSON(`rpc/getTxProof/${r.tx}`);
