@@ -27,7 +27,7 @@ TYPES = {
 }
 
 # The page's files: index.html is served at /, the others under /static/.
-FILES = ("index.html", "app.js", "style.css", "favicon.svg")
+FILES = ("index.html", "app.js", "verify.js", "style.css", "favicon.svg")
 
 
 def _headers(request, content_type):

@@ -6,6 +6,8 @@
 // SHA-256 and Ed25519 from WebCrypto, bech32 addresses.  The private key
 // never leaves the page.  The wire contract is docs/protocol.md.
 
+import * as verify from "./verify.js";
+
 // -- bytes and hex ---------------------------------------------------------
 
 const utf8 = new TextEncoder();
@@ -573,6 +575,11 @@ const state = {
   seenClaims: new Set(),
   account: null,
   online: null,
+  trust: null, // {hash, source} of the genesis the light client starts from, or null (none pinned)
+  chain: null, // the verify.HeaderChain followed from it
+  finalHeight: -1, // the verified finalized height the marks were last checked at
+  offered: null, // the node's genesis hash, offered for pinning
+  detail: null, // the receipt in the detail view
 };
 
 const SHOW_BLOCKS = 10;
@@ -651,6 +658,7 @@ function findClaims(block) {
         r.minted = out.paid ? out.paid.mint : null;
         r.miner_paid = out.paid ? out.paid.miner_paid : null;
         renderReceipts();
+        checkReceipts();
       })
       .catch(() => {
         r.minted = "?";
@@ -726,7 +734,9 @@ function renderReceipts() {
     el("td", {}, addrLink(r.miner)),
     el("td", { class: "num" }, fmt(r.compute_units)),
     el("td", { class: "num strong" }, r.minted === null ? "\u2026" : fmt(r.minted)),
+    el("td", {}, receiptMark(r)),
   )));
+  if (state.detail) renderDetail();
 }
 
 async function refreshSupply() {
@@ -776,6 +786,7 @@ async function tick() {
   } finally {
     polling = false;
   }
+  follow();
 }
 
 // -- account panel -------------------------------------------------------------
@@ -815,6 +826,7 @@ async function refreshAccount(showErrors) {
     b.textContent = fmt(bal.balance);
     b.setAttribute("data-value", String(bal.balance));
     $("acct-nonce").textContent = fmt(bal.nonce);
+    checkBalance(addr, bal);
     const rows = [];
     for (const p of hist.pending) rows.push(historyRow(addr, p, true));
     for (const t of hist.txs) rows.push(historyRow(addr, t, false));
@@ -993,6 +1005,189 @@ async function waitForTx(txHash, timeoutMs = 120000) {
   throw new RpcError("timeout", "the transaction was not included within two minutes; it may still be pending");
 }
 
+// -- the light client: what the page shows, verified ------------------------------------
+//
+// The genesis hash the header chain starts from is the one pinned in the
+// address (#genesis=<64 hex>, say a bookmark from the chain's operator) or
+// the one pinned in this browser with the "pin" button; the node's own
+// genesis is never taken on its word.  Without a pin, every mark says
+// "unverified: no genesis pinned" and the button offers the node's genesis
+// (after comparing it with a published one, the user may pin it).
+
+const PIN_KEY = "aitnode.genesis";
+
+function storedPin() {
+  try {
+    return localStorage.getItem(PIN_KEY);
+  } catch (e) {
+    return null;
+  }
+}
+
+function setupTrust() {
+  const m = /(?:^#|&)genesis=([0-9a-f]{64})(?:&|$)/.exec(location.hash);
+  const stored = storedPin();
+  if (m) state.trust = { hash: m[1], source: "pinned in the page address" };
+  else if (stored && unhex(stored, 32)) state.trust = { hash: stored, source: "pinned in this browser" };
+  else state.trust = null;
+  state.chain = state.trust ? new verify.HeaderChain(state.trust.hash) : null;
+  renderTrust();
+  if (!state.trust) {
+    rpc("rpc/getBlock/0").then((g) => {
+      state.offered = g.hash;
+      renderTrust();
+    }).catch(() => {});
+  }
+}
+
+function pinGenesis() {
+  if (!state.offered) return;
+  try {
+    localStorage.setItem(PIN_KEY, state.offered);
+  } catch (e) { /* private mode: the pin lasts as long as the page */ }
+  state.trust = { hash: state.offered, source: "pinned in this browser" };
+  state.chain = new verify.HeaderChain(state.trust.hash);
+  for (const r of state.receipts) r.verify = null;
+  renderTrust();
+  renderReceipts();
+  follow();
+}
+
+function renderTrust() {
+  const box = $("trust"), text = $("trust-text");
+  const chain = state.chain;
+  const g = state.trust ? state.trust.hash : state.offered;
+  $("trust-genesis").textContent = g ? short(g, 16) : "\u2026";
+  $("trust-genesis").title = g || "";
+  $("trust-source").textContent = state.trust ? `(${state.trust.source})` : "(not pinned: this node's genesis)";
+  $("trust-pin").hidden = !!state.trust || !state.offered;
+  const fin = chain && chain.finalized();
+  $("trust-final").textContent = fin ? fmt(fin.height) : "\u2013";
+  $("trust-final").setAttribute("data-height", fin ? String(fin.height) : "");
+  if (!state.trust) {
+    box.setAttribute("data-state", "unpinned");
+    text.textContent = "no genesis pinned: balances and receipts are not verified";
+  } else if (chain.error) {
+    box.setAttribute("data-state", "failed");
+    text.textContent = `the node's headers do not verify: ${chain.error}`;
+  } else if (fin) {
+    box.setAttribute("data-state", "ok");
+    text.textContent = `${fmt(chain.tip().height)} headers followed, signatures and finality votes checked`;
+  } else {
+    box.setAttribute("data-state", "starting");
+    text.textContent = "following headers\u2026";
+  }
+}
+
+const NO_PIN = { state: "unverified", reason: "no genesis pinned: pin this chain's genesis hash to verify" };
+
+function setMark(e, result) {
+  e.setAttribute("data-state", result.state);
+  e.textContent = result.state;
+  e.title = result.reason || "";
+}
+
+let following = false;
+
+// Follow the header chain to the node's head; when the verified finalized
+// height moves, check again what waits for it.
+async function follow() {
+  const chain = state.chain;
+  if (!chain || following || chain.error) return;
+  following = true;
+  try {
+    await chain.sync();
+  } catch (e) {
+    if (!(e instanceof verify.VerifyError)) {
+      if (!(e instanceof RpcError)) console.error("following headers:", e);
+      return; // the node is away: the next tick tries again
+    }
+  } finally {
+    following = false;
+    renderTrust();
+  }
+  const fin = chain.finalized();
+  const h = chain.error ? -2 : fin ? fin.height : -1;
+  if (h !== state.finalHeight) {
+    state.finalHeight = h;
+    if (state.account) refreshAccount(false);
+    checkReceipts();
+  }
+}
+
+let balanceRun = 0;
+
+async function checkBalance(addr, bal) {
+  const mark = $("acct-verify"), reason = $("acct-verify-reason");
+  const run = ++balanceRun;
+  const result = state.chain ? await verify.verifyBalance(state.chain, addr, bal) : NO_PIN;
+  if (run !== balanceRun || state.account !== addr) return;
+  setMark(mark, result);
+  mark.setAttribute("data-balance", String(bal.balance));
+  mark.setAttribute("data-height", result.height === null || result.height === undefined ? "" : String(result.height));
+  reason.textContent = result.reason || "";
+}
+
+function receiptMark(r) {
+  const v = r.verify || { state: "checking", reason: "not checked yet" };
+  const b = el("button", { type: "button", class: "vmark", "data-receipt": r.receipt_id });
+  setMark(b, v);
+  b.addEventListener("click", () => showDetail(r));
+  return b;
+}
+
+let receiptsRunning = false;
+
+// Check, one at a time, the receipts not yet verified or refused.
+async function checkReceipts() {
+  if (receiptsRunning) return;
+  receiptsRunning = true;
+  try {
+    for (const r of state.receipts.slice(0, SHOW_RECEIPTS)) {
+      if (r.minted === null || (r.verify && r.verify.state !== "pending")) continue;
+      await checkReceipt(r, false);
+    }
+  } finally {
+    receiptsRunning = false;
+  }
+}
+
+async function checkReceipt(r, again) {
+  if (!state.chain) {
+    r.verify = NO_PIN;
+  } else {
+    if (again) r.verify = { state: "checking", reason: "checking\u2026", checks: [] };
+    if (again) renderReceipts();
+    r.verify = await verify.verifyReceipt(state.chain, {
+      receipt_id: r.receipt_id, miner: r.miner, compute_units: r.compute_units, minted: r.minted, height: r.height,
+    });
+  }
+  renderReceipts();
+}
+
+function showDetail(r) {
+  state.detail = r;
+  $("receipt-detail").hidden = false;
+  renderDetail();
+  $("receipt-detail").scrollIntoView({ behavior: "smooth", block: "nearest" });
+}
+
+function renderDetail() {
+  const r = state.detail;
+  const v = r.verify || { state: "checking", reason: "not checked yet", checks: [] };
+  $("rd-id").textContent = r.receipt_id;
+  setMark($("rd-mark"), v);
+  $("rd-reason").textContent = v.reason || "";
+  $("rd-fields").replaceChildren(
+    el("div", {}, el("span", { class: "label" }, "block"), " ", fmt(r.height)),
+    el("div", {}, el("span", { class: "label" }, "miner"), " ", addrLink(r.miner)),
+    el("div", {}, el("span", { class: "label" }, "units"), " ", fmt(r.compute_units)),
+    el("div", {}, el("span", { class: "label" }, "minted"), " ", r.minted === null ? "\u2026" : fmt(r.minted)),
+  );
+  $("rd-checks").replaceChildren(...(v.checks || []).map((c) => el("li", { "data-ok": c.ok ? "1" : "0" },
+    c.ok ? "" : "FAILED: ", c.name, c.detail ? el("span", { class: "detail" }, c.detail) : null)));
+}
+
 // -- start ---------------------------------------------------------------------------
 
 async function runSelfTest() {
@@ -1024,6 +1219,15 @@ function start() {
     $("send-seed-toggle").textContent = f.type === "password" ? "show" : "hide";
   });
   $("send-from-show").addEventListener("click", () => sendKey && showAccount(sendKey.address));
+  $("trust-pin").addEventListener("click", pinGenesis);
+  $("rd-close").addEventListener("click", () => {
+    state.detail = null;
+    $("receipt-detail").hidden = true;
+  });
+  $("rd-again").addEventListener("click", () => state.detail && checkReceipt(state.detail, true));
+  window.ait.verify = verify;
+  window.ait.state = state;
+  setupTrust();
   chainId().catch(() => {});
   runSelfTest();
   tick();
