@@ -666,6 +666,13 @@ class VerifyTests(TestCase):
         rng = random.Random(11)
 
         cases = state_cases(rng)
+        # and the proofs of docs/protocol.md's vector state_tree, as given
+        from tests.test_protocol_vectors import load_vectors
+        st = load_vectors()["state_tree"]
+        for p in st["proofs"]:
+            cases.append({"root": st["steps"][-1]["root"], "ns": p["namespace"], "key": p["key"],
+                          "value_cbor": p["value_cbor"], "proof": p["proof"], "valid": True,
+                          "what": f"vector state_tree {p['namespace']}/{p['key']}"})
         self.assertGreaterEqual(sum(c["valid"] for c in cases), 30)
         self.assertGreater(sum(not c["valid"] for c in cases), 200)
         got = await deferToThread(b.script, RUN_STATE_CASES, cases)
@@ -684,7 +691,6 @@ class VerifyTests(TestCase):
 
         # CBOR: the protocol's vectors read back exactly (u64 as BigInt), the
         # non-canonical and the out-of-space refused.
-        from tests.test_protocol_vectors import load_vectors
         good = load_vectors()["cbor"]["cases"]
         got = await deferToThread(b.script, RUN_CBOR, [c["cbor"] for c in good] + [h for h, _ in CBOR_BAD])
         for c, g in zip(good, got):
