@@ -7,6 +7,12 @@ from aitnode.errors import AitError
 from aitnode.state import StateView
 from aitnode.store import encode_tx_records
 
+# The state-tree nodes a branch may write, held in memory until the
+# switch: a peer's 64 MiB branch of transfers to new accounts could
+# otherwise make a node hold gigabytes (each touched entry writes a leaf
+# and a node per level of the tree).
+MAX_BRANCH_TREE_BYTES = 256 * 1024 * 1024
+
 
 def reorganise_steps(chain, fork_height, branch, now=None):
     """Verify a competing branch that forks after fork_height, then switch
@@ -37,6 +43,7 @@ def reorganise_steps(chain, fork_height, branch, now=None):
     overlay, base = chain.store.state_at(fork_height)
     parent = chain.store.block_at(fork_height)["header"]
     writes = []
+    tree_bytes = 0
     for block, txs in branch:
         yield
         view = StateView(chain.store, base=base, overlay=overlay)
@@ -45,6 +52,10 @@ def reorganise_steps(chain, fork_height, branch, now=None):
         view.release()
         for ident, (_, new) in changes.items():
             overlay[ident] = new
+        tree_bytes += sum(len(k) + len(v) for k, v in tree.nodes.items())
+        if tree_bytes > MAX_BRANCH_TREE_BYTES:
+            raise AitError("branch_too_big", f"the branch writes more than {MAX_BRANCH_TREE_BYTES >> 20} MiB "
+                           f"of state tree before block {checked['header']['height']}; it is not switched to")
         base = base.after(tree)
         writes.append((checked, encode_tx_records(records), changes, tree))
         parent = checked["header"]

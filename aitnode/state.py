@@ -37,10 +37,10 @@ class TreeBase:
         return cls(-1, None)
 
     def after(self, tree):
-        """The base for the block after the one tree (a TreeUpdate) made."""
-        pending = dict(self.pending)
-        pending.update(tree.nodes)
-        return TreeBase(tree.version, tree.root, pending)
+        """The base for the block after the one tree (a TreeUpdate) made.
+        It shares (and extends) this base's pending nodes: use only the new one."""
+        self.pending.update(tree.nodes)
+        return TreeBase(tree.version, tree.root, self.pending)
 
 
 class StateView:

@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from aitnode import p2p as p2pmod
 from aitnode.blocks import block_hash
-from aitnode import chain as chain_mod
+from aitnode import chain as chain_mod, reorg as reorg_mod
 from aitnode.chain import Chain
 from aitnode.crypto import KeyPair
 from aitnode.errors import AitError
@@ -362,6 +362,17 @@ class ForkAttackTests(P2PTestCase):
         self.net.settle()
         self.assertEqual(self.switches, [(3, 5)])
         self.assertEqual(hashes(self.a), hashes_of(self.b))
+
+    def test_a_branch_whose_state_tree_would_not_fit_is_refused(self):
+        """The tree nodes a branch writes are held until the switch: past
+        the budget, the branch is refused and nothing changes."""
+        self.patch(reorg_mod, "MAX_BRANCH_TREE_BYTES", 1000)
+        self.offer(self.branch)
+        self.assertUntouched()
+        self.assertTrue(any("state tree" in e.get("reason", "") for e in self.logged("peer_penalized")
+                            + self.logged("branch_refused")))
+        # (Under the budget the same branch is switched to:
+        # test_valid_longer_branch_switched_in_one_transaction.)
 
     def test_a_branch_too_large_to_hold_is_dropped(self):
         self.patch(sync_mod, "MAX_BRANCH_BYTES", 2000)
