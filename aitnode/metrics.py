@@ -48,6 +48,11 @@ class Metrics:
             buckets=(0, 1, 10, 100, 500, 1000, 2500, 5000, 10000), registry=r)
         self.mempool_size = Gauge("aitnode_mempool_size", "Transactions waiting in the mempool", registry=r)
         self.peers = Gauge("aitnode_peers", "Peers with a completed handshake", registry=r)
+        self.tree_nodes = Gauge("aitnode_state_tree_nodes", "State tree nodes stored (every kept height)", registry=r)
+        self.tree_stale = Gauge("aitnode_state_tree_stale_nodes",
+                                "State tree nodes replaced by a later height, kept until pruned", registry=r)
+        self.tree_kept_from = Gauge("aitnode_state_tree_kept_from",
+                                    "Lowest height whose state can still be proven (getProof)", registry=r)
         self.txs = Counter("aitnode_txs", "Transactions seen, by type and result", ["type", "result"], registry=r)
         self.receipts = Counter("aitnode_receipts_claimed", "Compute receipts settled in committed blocks", registry=r)
         self.minted = Counter("aitnode_minted", "AIT minted in committed blocks (receipts and faucet)", registry=r)

@@ -58,6 +58,9 @@ def compose(data_dir, genesis, clock, key=None, verifier=None, mempool=None, att
     queries = Queries(chain, mempool, local)
     metrics.mempool_size.set_function(lambda: len(mempool))
     metrics.block_height.set_function(lambda: chain.head()[0])
+    metrics.tree_nodes.set_function(lambda: store.tree_counts()["tree"])
+    metrics.tree_stale.set_function(lambda: store.tree_counts()["stale"])
+    metrics.tree_kept_from.set_function(store.tree_kept_from)
     metrics.sync_lag.set_function(lambda: max(0, pipeline.best_verified_height - chain.head()[0]))
     return Node(
         store=store, local=local, chain=chain, mempool=mempool, verifier=verifier, metrics=metrics,

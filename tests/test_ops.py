@@ -99,6 +99,13 @@ class MetricsTests(SynchronousTestCase):
         self.assertEqual(lines['aitnode_evidence_total{kind="double_vote"}'], 1.0)
         self.assertEqual(lines["aitnode_authority_key_conflict"], 0.0)
         self.assertEqual(lines["aitnode_p2p_enabled"], 0.0)  # make_node runs no peer service
+        # The state tree: nodes stored, those a later height replaced, and
+        # the lowest provable height (make_node keeps every height).
+        counts = node.store.tree_counts()
+        self.assertGreater(counts["tree"], 0)
+        self.assertEqual(lines["aitnode_state_tree_nodes"], float(counts["tree"]))
+        self.assertEqual(lines["aitnode_state_tree_stale_nodes"], float(counts["stale"]))
+        self.assertEqual(lines["aitnode_state_tree_kept_from"], 0.0)
 
     def test_finality_metrics_exist_from_the_start(self):
         """Every label value shows 0 before anything happened, so alert
