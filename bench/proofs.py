@@ -280,7 +280,7 @@ def bench_proofs(ctx):
             client.sync()
             resync.append(now() - t)
         t_answer = []
-        for a in present[:500]:
+        for a in present[:1000]:
             t = now()
             dump(node.queries.get_proof("acct", a))
             t_answer.append(now() - t)
@@ -319,9 +319,9 @@ def bench_proofs(ctx):
         f"bench process on its own reactor, a forked client process on one keep-alive connection, existing and "
         f"absent accounts alternating, after {WARMUP} warm-up requests; latest finalized block (no height given); "
         f"server CPU {us(server_cpu / served['requests'])}/request, GC pauses in the server {pauses['n']} "
-        f"(longest {msf(pauses['max'])}); in process Store.proof "
-        f"{us(statistics.median(t_store))}, whole answer (Queries.get_proof + JSON) {us(statistics.median(t_answer))} "
-        f"(medians)",
+        f"(longest {msf(pauses['max'])}); in process (median / p99): Store.proof {us(statistics.median(t_store))} / "
+        f"{us(percentile(t_store, 99))}, whole answer (Queries.get_proof + JSON) {us(statistics.median(t_answer))} / "
+        f"{us(percentile(t_answer, 99))}; the rest is HTTP, Klein, the client, and waiting for a core",
     ))
     m = statistics.median(light_local)
     rows.append((
