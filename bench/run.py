@@ -39,6 +39,12 @@ Benchmarks (names for --only):
            finality latency (block_proposed log time -> block_finalized
            on every node) p50 / p99, vote messages and bytes per block,
            and, in process, block import with 3 votes vs none.
+  proofs   with 1,000,000 accounts (--quick: 100,000) and blocks finalized
+           by the one authority's votes: state proof size (binary form)
+           for existing and absent accounts; GET /rpc/getProof/acct/ADDR
+           over loopback HTTP to the node's Site in process, median and
+           p99; a synced LightClient's verify_balance (fetch in process,
+           and over loopback HTTP), median.
 
 Transactions are signed before any clock starts.  Commit times come from
 the node's own block_proposed log events (JSON lines), read as they are
@@ -61,6 +67,7 @@ from bench.common import Ctx, busy_others, loadavg, now  # noqa: E402
 from bench.finality import bench_finality  # noqa: E402
 from bench.http_ingest import bench_sendtx, bench_sendtxs  # noqa: E402
 from bench.p2p import bench_catchup, bench_relay  # noqa: E402
+from bench.proofs import bench_proofs  # noqa: E402
 from bench.sigonce import bench_sigonce  # noqa: E402
 
 BENCHES = {
@@ -73,6 +80,7 @@ BENCHES = {
     "catchup": bench_catchup,
     "claims": bench_claims,
     "finality": bench_finality,
+    "proofs": bench_proofs,
 }
 ALIASES = {"gethead": "sendtxs"}
 
