@@ -13,7 +13,7 @@ PKG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 
 # The core: consensus data, rules and storage.  No Twisted, no network.
 CORE = {
     "consensus", "unstorable", "blocks", "chain", "crypto", "encoding", "errors", "evidence", "finality", "genesis", "local", "mempool",
-    "params", "receipts", "rules", "state", "steps", "store", "tx", "jmt", "treestore", "reorg", "proof", "light",
+    "params", "receipts", "rules", "state", "steps", "store", "tx", "jmt", "jmtnode", "treestore", "reorg", "proof", "light",
     "light_proofs",
 }
 FRAMEWORKS = {"twisted", "autobahn", "klein", "treq", "txaio", "werkzeug"}
