@@ -205,7 +205,8 @@ class LightClient:
             raise LightError(f"node reports finalized {target} below verified {start.height}")
         entries = page["headers"]
         if block_hash(entries[0]["header"]) != start.hash:
-            raise LightError(f"node's block {start.height} is not the verified one")
+            raise LightError("node's genesis block is not the trusted one: it serves another chain" if start.height == 0
+                             else f"node's block {start.height} is not the verified one")
         votes = entries[0]["votes"]
         tip, best, recent = start, start, {start.height: start}
         i = 1

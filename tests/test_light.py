@@ -289,6 +289,15 @@ class LyingNodeTests(LightTestBase):
                 return a
             self.refused(Lying(self.s, on("/rpc/getHeaders", tamper)), message)
 
+    def test_another_chain_or_another_verified_block(self):
+        def tamper(path, a):
+            a["headers"][0] = reheader(a["headers"][0], X, timestamp=a["headers"][0]["header"]["timestamp"] + 1)
+            return a
+        liar = Lying(self.s, on("/rpc/getHeaders", tamper))
+        self.refused(liar, "node's genesis block is not the trusted one: it serves another chain")
+        self.client().sync()
+        self.refused(liar, "node's block 6 is not the verified one")
+
     def test_a_stale_finalized_block(self):
         self.client().sync()
 

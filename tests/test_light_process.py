@@ -29,7 +29,7 @@ from aitnode.blocks import block_hash
 from aitnode.encoding import canonical
 from aitnode.receipts import CLAIM, sign_claim
 from aitnode.tx import sign_tx
-from tests.common import ALICE, BOB, CHAIN_ID, ESCROW, MINER, key, transfer, wire
+from tests.common import ALICE, BOB, CHAIN_ID, ESCROW, MINER, genesis_doc, key, transfer, wire
 from tests.procs import REPO_ROOT, NodeProcess, inline, pool, wait_for
 from tests.test_receipts_process import CoordinatorProcess
 
@@ -125,7 +125,7 @@ class LightProcessTests(unittest.TestCase):
 
     async def verify(self, url, what, ref, cache=None, start=None):
         return await self.ait("verify", what, ref, "--node", url, *(start or ["--genesis", self.node.genesis_path]),
-                              "--cache", cache or os.path.join(self.mktemp(), "light.json"))
+                              "--cache", cache or os.path.abspath(os.path.join(self.mktemp(), "light.json")))
 
     async def ok(self, answer):
         status, body = await answer
@@ -197,7 +197,7 @@ class LightProcessTests(unittest.TestCase):
             self.assertIn(f"  checked: {check}\n", out)
 
         # --json, and the cache alone as the next start.
-        cache = os.path.join(self.mktemp(), "light.json")
+        cache = os.path.abspath(os.path.join(self.mktemp(), "light.json"))
         code, out, err = await self.verify(node.url, "receipt", "receipt-1", cache=cache)
         self.assertEqual((code, err), (0, ""))
         code, out, err = await self.ait("verify", "balance", ALICE.address, "--node", node.url, "--cache", cache,
@@ -214,6 +214,14 @@ class LightProcessTests(unittest.TestCase):
         self.assertEqual((code, out), (1, ""))
         self.assertRegex(err, r"^ait: error: receipt 'receipt-2' is not recorded at finalized block \d+ "
                               r"\(absence proven\)\n$")
+
+        # The genesis file of another chain.
+        other = os.path.abspath(self.mktemp())
+        with open(other, "w") as f:
+            json.dump(genesis_doc(block_interval_ms=11), f)
+        code, out, err = await self.verify(node.url, "balance", BOB.address, start=["--genesis", other])
+        self.assertEqual((code, out, err),
+                         (1, "", "ait: error: node's genesis block is not the trusted one: it serves another chain\n"))
 
         # Through the lying front.
         front = Front(node.url)
