@@ -128,6 +128,11 @@ class LightTestBase(SynchronousTestCase):
     def client(self, fetch=None):
         return LightClient.from_genesis(fetch or self.s, self.s.genesis, self.cache)
 
+    def kept(self, height):
+        """What a refusal adds when the block it contradicts came from the cache."""
+        return (f" (block {height} was verified earlier, kept in {self.cache}: if the chain was started over, "
+                "remove that file)")
+
     def refused(self, fetch, message, check=None):
         """sync (then check(client), if given) fails with message."""
         c = self.client(fetch)
@@ -296,7 +301,18 @@ class LyingNodeTests(LightTestBase):
         liar = Lying(self.s, on("/rpc/getHeaders", tamper))
         self.refused(liar, "node's genesis block is not the trusted one: it serves another chain")
         self.client().sync()
-        self.refused(liar, "node's block 6 is not the verified one")
+        self.refused(liar, "node's block 6 is not the verified one" + self.kept(6))
+
+    def test_a_chain_started_over_from_the_same_genesis(self):
+        # As `./dev devnet --reset` does: the cache's block 6 is nowhere on
+        # the new chain; the refusal says where that block came from.
+        self.client().sync()
+        again = Served(self)
+        for _ in range(3):
+            again.block()
+        self.refused(again, "node serves no header at height 6" + self.kept(6))
+        os.remove(self.cache)
+        self.assertEqual(self.client(again).sync().height, 1)
 
     def test_a_stale_finalized_block(self):
         self.client().sync()
@@ -304,7 +320,8 @@ class LyingNodeTests(LightTestBase):
         def tamper(path, a):
             a["finalized"] = {"height": 3, "hash": self.s.hash(3)}
             return a
-        self.refused(Lying(self.s, on("/rpc/getHeaders", tamper)), "node reports finalized 3 below verified 6")
+        self.refused(Lying(self.s, on("/rpc/getHeaders", tamper)),
+                     "node reports finalized 3 below verified 6" + self.kept(6))
 
     def test_a_tx_proof_with_another_branch_leaf_transaction_or_block(self):
         other = hashlib.sha256(b"x").hexdigest()
@@ -421,7 +438,7 @@ class CliTests(LightTestBase):
             a["finalized"] = {"height": 2, "hash": self.s.hash(2)}
             return a
         code, _, err = self.run_cli(Lying(self.s, on("/rpc/getHeaders", stale)), "balance", ALICE.address)
-        self.assertEqual((code, err), (1, "ait: error: node reports finalized 2 below verified 6\n"))
+        self.assertEqual((code, err), (1, f"ait: error: node reports finalized 2 below verified 6{self.kept(6)}\n"))
 
 
 class AnswerTests(SynchronousTestCase):

@@ -272,8 +272,9 @@ class LightProcessTests(unittest.TestCase):
 
         def stale(a):
             a["finalized"] = {"height": 1, "hash": a["headers"][0]["hash"]}
+        kept = f"block {verified} was verified earlier, kept in {cache}: if the chain was started over, remove that file"
         await lie(on("/rpc/getHeaders", stale), "balance", BOB.address,
-                  lambda fin: f"node reports finalized 1 below verified {verified}", cache=cache)
+                  lambda fin: f"node reports finalized 1 below verified {verified} ({kept})", cache=cache)
 
         def other_branch(a):
             a.update(index=0, count=2, branch=[hashlib.sha256(b"x").hexdigest()])
