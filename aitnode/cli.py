@@ -189,7 +189,7 @@ def cmd_miner(args):
         }
         print(json.dumps(line) if args.json else
               f"job_{job}: block {line['height']} minted {line['minted']} paid {line['paid']} fee {fee}"
-              f" -> earned {line['earned_total']} in all, balance {balance}", flush=True)
+              f" -> earned {line['earned_total']} in all, balance {balance} (receipt {receipt_id})", flush=True)
         done += 1
         job += 1
         if args.interval:

@@ -18,6 +18,7 @@ from aitnode.light_proofs import verify_balance, verify_receipt, verify_tx
 
 TIMEOUT = 30  # seconds per request
 MAX_ANSWER = 64 << 20  # bytes: a getHeaders page of 256 headers with their votes and sets is far below
+MAX_SAID = 300  # characters of a node's error code and message repeated in ours
 
 
 def http_fetch(node):
@@ -28,23 +29,34 @@ def http_fetch(node):
     def fetch(path):
         try:
             with urllib.request.urlopen(base + path, timeout=TIMEOUT) as resp:
-                data = resp.read(MAX_ANSWER + 1)
+                return answer(path, resp.status, resp.read(MAX_ANSWER + 1))
         except urllib.error.HTTPError as e:
-            try:
-                err = json.load(e)["error"]
-                raise LightError(f"node: {err['code']}: {err['message']}")
-            except (ValueError, KeyError, TypeError):
-                raise LightError(f"node: HTTP {e.code} for {path}")
+            with e:
+                return answer(path, e.code, e.read(MAX_ANSWER + 1))
         except (urllib.error.URLError, OSError) as e:
             raise LightError(f"cannot reach {node}: {getattr(e, 'reason', e)}")
-        if len(data) > MAX_ANSWER:
-            raise LightError(f"node: answer to {path} is over {MAX_ANSWER} bytes")
-        try:
-            return json.loads(data)
-        except ValueError:
-            raise LightError(f"node: answer to {path} is not JSON")
 
     return fetch
+
+
+def answer(path, status, data):
+    """The decoded JSON of a node's answer to path (status, body bytes);
+    LightError for an error status, naming the node's error code and
+    message on one line, or for a body too large or not JSON."""
+    if len(data) > MAX_ANSWER:
+        raise LightError(f"node: answer to {path} is over {MAX_ANSWER} bytes")
+    if status != 200:
+        try:
+            err = json.loads(data)["error"]
+            said = f"{err['code']}: {err['message']}"
+        except (ValueError, KeyError, TypeError):
+            raise LightError(f"node: HTTP {status} for {path}")
+        # The node's words, on one line and not too many of them.
+        raise LightError(f"node: {' '.join(said.split())[:MAX_SAID]}")
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise LightError(f"node: answer to {path} is not JSON")
 
 
 def cache_dir():

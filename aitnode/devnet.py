@@ -252,6 +252,7 @@ def banner(layout, state, logs):
         f"  metrics          http://127.0.0.1:{rpc_a}/rpc/metrics",
         f"  peers            http://127.0.0.1:{rpc_b}/p2p/peers",
         f"  coordinator      http://127.0.0.1:{layout.coordinator}/attest/receipt",
+        f"  genesis          {state}/genesis.json   (ait verify balance|tx|receipt ... --genesis it)",
         f"  devnet keys      {ETC}/devnet/ (alice is funded; never use these keys anywhere else)",
     ]
     if layout.n > 1:

@@ -196,16 +196,20 @@ class LightClient:
 
     def _sync(self):
         start = self.point
-        page = self._page(self.fetch, start.height)
+        page = self.fetch(f"/rpc/getHeaders?from={start.height}&limit={PAGE}")
+        if not page["headers"] or page["headers"][0]["header"]["height"] != start.height:
+            raise self._off_verified(f"node serves no header at height {start.height}")
         claimed = page["finalized"]
         target = claimed["height"]
         if type(target) is not int:
             raise LightError("node reports no finalized height")
         if target < start.height:
-            raise LightError(f"node reports finalized {target} below verified {start.height}")
+            raise self._off_verified(f"node reports finalized {target} below verified {start.height}")
         entries = page["headers"]
         if block_hash(entries[0]["header"]) != start.hash:
-            raise LightError(f"node's block {start.height} is not the verified one")
+            if start.height == 0:
+                raise LightError("node's genesis block is not the trusted one: it serves another chain")
+            raise self._off_verified(f"node's block {start.height} is not the verified one")
         votes = entries[0]["votes"]
         tip, best, recent = start, start, {start.height: start}
         i = 1
@@ -231,6 +235,16 @@ class LightClient:
         if best.hash != claimed["hash"]:
             raise LightError(f"node reports finalized block {target} as {claimed['hash']}, its headers give {best.hash}")
         return best
+
+    def _off_verified(self, message):
+        """LightError(message) about a node that contradicts the verified
+        point; when that point came from the cache, naming the cache: a
+        chain started over from the same checkpoint (a devnet reset) reads
+        to a light client as a node denying what it finalized before."""
+        if self.cache_path is not None and self.point.height != self.checkpoint["height"]:
+            message += (f" (block {self.point.height} was verified earlier, kept in {self.cache_path}:"
+                        " if the chain was started over, remove that file)")
+        return LightError(message)
 
     def _why_not(self, target, tip, recent):
         if tip.height < target:

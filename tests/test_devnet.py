@@ -90,6 +90,12 @@ class DevnetTests(TestCase):
 class LayoutTests(SynchronousTestCase):
     """Keys, genesis and ports of a devnet of N authorities (no processes)."""
 
+    def test_the_banner_says_where_the_genesis_is(self):
+        # ait verify needs it (README: Verify without trusting the node).
+        text = devnet.banner(devnet.Layout(1, 8080, 7070), "/tmp/st", "/tmp/st/logs")
+        self.assertIn("  genesis          /tmp/st/genesis.json   (ait verify balance|tx|receipt ... --genesis it)\n",
+                      text)
+
     def test_keys_are_made_once_and_kept(self):
         state = os.path.abspath(self.mktemp())
         os.makedirs(state)

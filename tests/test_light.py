@@ -3,160 +3,41 @@ against an honest in-process node and a lying front that tampers with its
 answers: each lie is caught, by the library and by the CLI, with its own
 message; honest answers verify.
 
-The answers of getHeaders, getProof and getTxProof are built here from
-the node's store, as docs/protocol.md section 12 shapes them (the routes
-land in another branch).  The state tree is the reference definition of
-docs/protocol.md 11.2 written here (ref_root, ref_proof).  While the node
-still commits to the multiset root (before the state tree is merged), the
-chain it serves is *re-rooted*: every header's state_root becomes the
-reference root of the state it left, and the headers and votes are
-re-signed by the same keys (see Served); once the node's roots are the
-tree's, Served is the node's chain as it is.  Likewise the proofs are
-checked with aitnode.jmt when it exists, else with ref_verify.
+The node is real (tests.common.make_node) and so are its answers: every
+getHeaders, getProof and getTxProof goes through its RPC routes and Site
+in process (StubTreq), and an error answer becomes the LightError the
+CLI's HTTP fetch gives (cli_verify.answer).  Only the blocks are made at
+the chain level, so that the test chooses who votes for each.
 """
 
 import hashlib
-import importlib.util
 import io
 import json
 import os
 import sys
-import types
 import urllib.parse
 
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
-from aitnode import cli, finality as F, light, receipts as R
-from aitnode.blocks import block_hash, tx_leaf
+from aitnode import cli, cli_verify, finality as F, light, receipts as R
+from aitnode.blocks import block_hash
 from aitnode.encoding import canonical
 from aitnode.genesis import Genesis
 from aitnode.light import LightClient, LightError
 from aitnode.light_proofs import verify_balance, verify_receipt, verify_tx
+from aitnode.proofs import STATE_NAMESPACES
 from aitnode.steps import run_steps
-from aitnode.tx import sign_tx
+from aitnode.tx import parse_tx, sign_tx
 
-from tests.common import ALICE, BOB, CHAIN_ID, COORDINATOR, ESCROW, MINER, genesis_doc, key, make_node, transfer
+from tests import independent_client as ic
+from tests.common import (ALICE, BOB, CHAIN_ID, COORDINATOR, ESCROW, MINER, genesis_doc, key, make_node, make_rpc,
+                          transfer)
+from tests.test_state import reference_root
 
 KEYS = [key(90 + i) for i in range(3)]
 X = key(99)  # never an authority
 BY_ADDRESS = {k.address: k for k in KEYS + [X]}
-NAMESPACES = ("acct", "param", "chain", "authkey", "authupd", "evid", "pay", "rcpt")
-JMT_MERGED = importlib.util.find_spec("aitnode.jmt") is not None
-
-
-# -- the state tree's reference definition (docs/protocol.md 11.2) -----------------
-
-def H(data):
-    return hashlib.sha256(data).digest()
-
-
-EMPTY = bytes(32)
-
-
-def key_hash(ns, key):
-    return H(canonical([ns, key]))
-
-
-def value_hash(value):
-    return H(canonical(value))
-
-
-def bit(k, d):
-    return (k[d // 8] >> (7 - d % 8)) & 1
-
-
-def ref_node(items, d):
-    """root(S, d) of the reference definition; items: [(key_hash, value_hash)]."""
-    if not items:
-        return EMPTY
-    if len(items) == 1:
-        return H(b"\x00" + items[0][0] + items[0][1])
-    return H(b"\x01" + ref_node([i for i in items if not bit(i[0], d)], d + 1)
-             + ref_node([i for i in items if bit(i[0], d)], d + 1))
-
-
-def ref_items(state):
-    return [(key_hash(ns, k), value_hash(v)) for (ns, k), v in state.items()]
-
-
-def ref_root(state):
-    return ref_node(ref_items(state), 0).hex()
-
-
-def ref_proof(state, kh):
-    """The proof of kh in the binary form of 11.2."""
-    items, sibs, d = ref_items(state), [], 0
-    while len(items) > 1:
-        side = [i for i in items if bit(i[0], d) == bit(kh, d)]
-        other = [i for i in items if bit(i[0], d) != bit(kh, d)]
-        sibs.append(ref_node(other, d + 1))
-        items, d = side, d + 1
-    leaf = items[0] if items else None
-    out = bytes([1]) + leaf[0] + leaf[1] if leaf else bytes([0])
-    out += len(sibs).to_bytes(2, "big")
-    bitmap = bytearray((len(sibs) + 7) // 8)
-    for i, s in enumerate(sibs):
-        if s != EMPTY:
-            bitmap[i // 8] |= 0x80 >> (i % 8)
-    return out + bytes(bitmap) + b"".join(s for s in sibs if s != EMPTY)
-
-
-class ProofError(Exception):
-    pass
-
-
-def ref_verify(root, kh, vh, proof):
-    """Verify of 11.2, written from the spec (the stand-in for aitnode.jmt)."""
-    try:
-        has_leaf, pos = proof[0], 1
-        if has_leaf not in (0, 1):
-            raise ProofError("bad leaf flag")
-        leaf = (proof[1:33], proof[33:65]) if has_leaf else None
-        pos += 64 * has_leaf
-        n = int.from_bytes(proof[pos:pos + 2], "big")
-        pos += 2
-        nb = (n + 7) // 8
-        bitmap = proof[pos:pos + nb]
-        pos += nb
-    except IndexError:
-        raise ProofError("short")
-    if n > 256 or len(bitmap) != nb:
-        raise ProofError("bad n")
-    present = [bool(bitmap[i // 8] & (0x80 >> (i % 8))) for i in range(n)]
-    if nb and any(bitmap[-1] & (0x80 >> j) for j in range(n - 8 * (nb - 1), 8)):
-        raise ProofError("unused bits")
-    if len(proof) != pos + 32 * sum(present):
-        raise ProofError("length")
-    sibs = []
-    for p in present:
-        sibs.append(proof[pos:pos + 32] if p else EMPTY)
-        pos += 32 if p else 0
-    if vh is not None:
-        if leaf != (kh, vh):
-            raise ProofError("leaf")
-    elif leaf is not None and (leaf[0] == kh or any(bit(leaf[0], i) != bit(kh, i) for i in range(n))):
-        raise ProofError("absence")
-    h = EMPTY if leaf is None else H(b"\x00" + leaf[0] + leaf[1])
-    for i in range(n - 1, -1, -1):
-        h = H(b"\x01" + h + sibs[i]) if not bit(kh, i) else H(b"\x01" + sibs[i] + h)
-    if h != root:
-        raise ProofError("root")
-
-
-REF_JMT = types.SimpleNamespace(key_hash=key_hash, value_hash=value_hash, verify_proof=ref_verify, ProofError=ProofError)
-
-
-def ref_branch(leaves, index):
-    """The tx_root branch of leaves[index] (12, getTxProof), built level by level."""
-    level, idx, out = [H(b"\x00" + bytes.fromhex(x)) for x in leaves], index, []
-    while len(level) > 1:
-        if not (idx == len(level) - 1 and len(level) % 2):
-            out.append(level[idx ^ 1].hex())
-        nxt = [H(b"\x01" + level[i] + level[i + 1]) for i in range(0, len(level) - 1, 2)]
-        if len(level) % 2:
-            nxt.append(level[-1])
-        level, idx = nxt, idx // 2
-    return out
+BASE = "http://node"
 
 
 # -- an honest node, and the chain it serves ------------------------------------------
@@ -166,23 +47,17 @@ def doc():
 
 
 class Served:
-    """The honest node's chain as answered: blocks built at the chain level
-    (each by the authority in turn, carrying the votes of `voters` for its
-    parent), the whole state after each block kept for proofs.  While the
-    node's roots are not the tree's, every block is re-rooted and re-signed
-    (see the module doc)."""
+    """An honest node of three authorities and its RPC: blocks built at the
+    chain level (each by the authority in turn, carrying the votes of
+    `voters` for its parent) and committed through chain.commit; called
+    with a path, the node's answer to a GET of it."""
 
     def __init__(self, testcase):
+        self.testcase = testcase
         self.node = make_node(testcase, doc=doc(), key=KEYS[0])
         self.chain = self.node.chain
-        g = Genesis(doc())
-        self.states = {0: {(ns, k): v for ns, k, v in g.entries}}
-        self.reroot = g.header["state_root"] != ref_root(self.states[0])
-        self.new_hash = {}  # the node's block hash -> the served one
-        self.blocks = {}  # height -> served block record
-        self.genesis = types.SimpleNamespace(header=None, hash=None, members=g.members, params=g.params)
-        self._serve(0)
-        self.genesis.header, self.genesis.hash = self.blocks[0]["header"], self.blocks[0]["hash"]
+        _, self.http = make_rpc(self.node)
+        self.genesis = Genesis(doc())
 
     def block(self, txs=(), voters=KEYS, attestations=None):
         height, head = self.chain.head()
@@ -195,86 +70,21 @@ class Served:
             list(txs), by, 0, votes=votes, attestations=attestations))
         assert not failed, failed
         self.chain.commit(block, records, view)
-        self.states[block["header"]["height"]] = {
-            (ns, k): v for ns in NAMESPACES for k, v in self.chain.store.entries(ns)}
-        self._serve(block["header"]["height"])
         return block
 
-    def _served_state(self, height):
-        state = dict(self.states[height])
-        fin = state.get(("chain", "finality"))
-        if fin is not None and self.reroot:
-            state[("chain", "finality")] = {k: {"height": c["height"], "hash": self.new_hash[c["hash"]]}
-                                            for k, c in fin.items()}
-        return state
-
-    def _serve(self, height):
-        stored = self.chain.store.block_at(height)
-        self.states[height] = self._served_state(height)
-        if not self.reroot:
-            self.blocks[height] = stored
-            self.new_hash[stored["hash"]] = stored["hash"]
-            return
-        header = dict(stored["header"], state_root=ref_root(self.states[height]))
-        votes = []
-        for w in stored.get("votes", []):
-            v = F.sign_vote(BY_ADDRESS[w["voter"]], CHAIN_ID, w["height"], self.new_hash[w["hash"]],
-                            w["source_height"], self.new_hash[w["source_hash"]])
-            votes.append(v.to_wire())
-        if height:
-            header.update(parent=self.new_hash[stored["header"]["parent"]], votes_root=F.votes_root(votes))
-        h = block_hash(header)
-        sig = BY_ADDRESS[header["proposer"]].sign(bytes.fromhex(h)).hex() if height else ""
-        self.blocks[height] = dict(stored, header=header, hash=h, sig=sig, votes=votes)
-        self.new_hash[stored["hash"]] = h
+    def hash(self, height):
+        return self.chain.store.hash_at(height)
 
     def finalized(self):
-        fin = self.chain.finality().finalized
-        return {"height": fin.height, "hash": self.new_hash[fin.hash]}
+        return self.chain.finality().finalized.to_json()
 
-    # -- the answers (docs/protocol.md 12) ------------------------------------------
     def __call__(self, path):
-        url = urllib.parse.urlsplit(path)
-        q = dict(urllib.parse.parse_qsl(url.query))
-        parts = [urllib.parse.unquote(p) for p in url.path.split("/")[2:]]
-        return getattr(self, parts[0])(*parts[1:], **q)
+        t = self.testcase
+        resp = t.successResultOf(self.http.get(BASE + path))
+        return cli_verify.answer(path, resp.code, t.successResultOf(resp.content()))
 
-    def getHeaders(self, **q):
-        start, limit = int(q["from"]), int(q.get("limit", 64))
-        head = self.chain.head()[0]
-        out = []
-        for h in range(start, min(head, start + limit - 1) + 1):
-            b = self.blocks[h]
-            entry = {"header": b["header"], "hash": b["hash"], "sig": b["sig"],
-                     "votes": self.blocks[h + 1]["votes"] if h < head else []}
-            if "authorities" in b:
-                entry["authorities"] = b["authorities"]
-            out.append(entry)
-        return {"headers": out, "head": {"height": head, "hash": self.blocks[head]["hash"]},
-                "finalized": self.finalized()}
-
-    def getProof(self, ns, key, height=None):
-        height = self.finalized()["height"] if height is None else int(height)
-        state = self.states[height]
-        value = state.get((ns, key))
-        return {"height": height, "block_hash": self.blocks[height]["hash"],
-                "state_root": self.blocks[height]["header"]["state_root"], "namespace": ns, "key": key,
-                "value": value, "value_cbor": None if value is None else canonical(value).hex(),
-                "proof": ref_proof(state, key_hash(ns, key)).hex()}
-
-    def getTxProof(self, tx_hash):
-        rec = self.chain.store.tx_record(tx_hash)
-        if rec is None:
-            raise LightError("node: unknown_tx: no such transaction")
-        b = self.blocks[rec["height"]]
-        atts = b.get("attestations", {})
-        leaves = [tx_leaf(h, atts.get(h)) for h in b["txs"]]
-        out = {"tx_hash": tx_hash, "tx": rec["tx"], "height": rec["height"], "block_hash": b["hash"],
-               "header": b["header"], "sig": b["sig"], "index": rec["index"], "count": len(leaves),
-               "leaf": leaves[rec["index"]], "branch": ref_branch(leaves, rec["index"])}
-        if tx_hash in atts:
-            out["attestation"] = atts[tx_hash]
-        return out
+    def proof(self, ns, key, height):
+        return self(f"/rpc/getProof/{ns}/{urllib.parse.quote(key, safe='')}?height={height}")
 
 
 class Lying:
@@ -292,31 +102,12 @@ class Lying:
 
 # -- the tests ---------------------------------------------------------------------------
 
-class ReferenceTreeTests(SynchronousTestCase):
-    def test_proofs_of_presence_and_absence_verify_and_flips_fail(self):
-        state = {("acct", key(i).address): [i + 1, 0] for i in range(12)}
-        root = bytes.fromhex(ref_root(state))
-        jmt = light._jmt() if JMT_MERGED else REF_JMT
-        for (ns, k), v in list(state.items())[:4] + [(("acct", X.address), None)]:
-            kh, vh = key_hash(ns, k), None if v is None else value_hash(v)
-            proof = ref_proof(state, kh)
-            jmt.verify_proof(root, kh, vh, proof)
-            for i in range(len(proof)):
-                bad = bytearray(proof)
-                bad[i] ^= 1
-                self.assertRaises(jmt.ProofError, jmt.verify_proof, root, kh, vh, bytes(bad))
-            self.assertRaises(jmt.ProofError, jmt.verify_proof, root, kh, value_hash([0, 0]), proof)
-        self.assertEqual(ref_root({}), "0" * 64)
-
-
 class LightTestBase(SynchronousTestCase):
     """A chain of three authorities, each voting for every block: a
     transfer at block 2, a compute receipt (payment, then claim) at blocks
     3 and 4, eight blocks in all (finalized 6)."""
 
     def setUp(self):
-        if not JMT_MERGED:
-            self.patch(light, "_jmt", lambda: REF_JMT)
         self.s = Served(self)
         self.s.block()
         self.transfer = transfer(ALICE, 1, BOB, 777)
@@ -337,6 +128,11 @@ class LightTestBase(SynchronousTestCase):
     def client(self, fetch=None):
         return LightClient.from_genesis(fetch or self.s, self.s.genesis, self.cache)
 
+    def kept(self, height):
+        """What a refusal adds when the block it contradicts came from the cache."""
+        return (f" (block {height} was verified earlier, kept in {self.cache}: if the chain was started over, "
+                "remove that file)")
+
     def refused(self, fetch, message, check=None):
         """sync (then check(client), if given) fails with message."""
         c = self.client(fetch)
@@ -348,7 +144,7 @@ class LightTestBase(SynchronousTestCase):
 class HonestTests(LightTestBase):
     def test_headers_followed_to_the_finalized_block(self):
         point = self.client().sync()
-        self.assertEqual((point.height, point.hash), (6, self.s.blocks[6]["hash"]))
+        self.assertEqual((point.height, point.hash), (6, self.s.hash(6)))
         self.assertEqual(point.finality.finalized.height, 4)  # what block 6 itself leaves
 
     def test_balance_tx_and_receipt_verify(self):
@@ -373,15 +169,48 @@ class HonestTests(LightTestBase):
         self.assertEqual(point.height, 9)
         self.assertEqual(spy.paths[0], "/rpc/getHeaders?from=6&limit=256")
         with open(self.cache) as f:
-            self.assertEqual(json.load(f)["finalized"]["hash"], self.s.blocks[9]["hash"])
+            self.assertEqual(json.load(f)["finalized"]["hash"], self.s.hash(9))
+
+    def test_what_an_honest_node_cannot_prove(self):
+        c = self.client()
+        c.sync()
+        # A transaction in no block: the node's own refusal, as the CLI says it.
+        e = self.assertRaises(LightError, verify_tx, c, "ab" * 32)
+        self.assertEqual(str(e), f"node: unknown_tx: transaction {'ab' * 32} is in no block of this node's chain")
+        # Included, but above the finalized block.
+        self.s.block([transfer(ALICE, 3, BOB, 5)])
+        late = transfer(ALICE, 4, BOB, 6)
+        self.s.block([late])
+        e = self.assertRaises(LightError, verify_tx, c, late.hash)
+        self.assertEqual(str(e), f"tx {late.hash}: its block 10 is not finalized (finalized 6)")
 
     def test_trusted_block(self):
-        h = self.s.blocks[4]["hash"]
+        h = self.s.hash(4)
         c = LightClient.from_trust(self.s, 4, h, self.cache)
         self.assertEqual(c.sync().height, 6)
         self.assertEqual(verify_balance(c, ALICE.address)["balance"], self.s.chain.view().account(ALICE.address)[0])
-        e = self.assertRaises(LightError, LightClient.from_trust, self.s, 4, self.s.blocks[3]["hash"], None)
-        self.assertEqual(str(e), f"trusted block 4: the node's header there does not hash to {self.s.blocks[3]['hash']}")
+        e = self.assertRaises(LightError, LightClient.from_trust, self.s, 4, self.s.hash(3), None)
+        self.assertEqual(str(e), f"trusted block 4: the node's header there does not hash to {self.s.hash(3)}")
+
+
+class DocumentedTreeTests(LightTestBase):
+    """What aitnode.jmt's own tests cannot show, since the light client
+    checks proofs with aitnode.jmt too: that the node's header commits to
+    the root docs/protocol.md 11.2 defines over its whole state, and that
+    getProof's proofs hold for a verifier written from the document alone
+    (tests/independent_client.py)."""
+
+    def test_served_roots_and_proofs_are_the_documented_ones(self):
+        head = self.s.chain.head()[0]
+        entries = [(ns, k, v) for ns in STATE_NAMESPACES for k, v in self.s.chain.store.entries(ns)]
+        self.assertEqual({ns for ns, _, _ in entries} >= {"acct", "param", "chain", "pay", "rcpt"}, True)
+        header = self.s(f"/rpc/getHeaders?from={head}&limit=1")["headers"][0]["header"]
+        self.assertEqual(header["state_root"], reference_root(entries))
+        for ns, k, v in entries + [("acct", X.address, None), ("rcpt", "rcpt-2", None)]:
+            a = self.s.proof(ns, k, head)
+            self.assertEqual((a["state_root"], a["value_cbor"]),
+                             (header["state_root"], None if v is None else canonical(v).hex()))
+            self.assertTrue(ic.check_state_proof(a["state_root"], ns, k, a["value_cbor"], a["proof"]), (ns, k))
 
 
 def reheader(entry, signer, **changes):
@@ -408,7 +237,7 @@ class LyingNodeTests(LightTestBase):
 
     def lie_proof_from(self, height, relabel):
         def tamper(path, a):
-            old = self.s.getProof(a["namespace"], a["key"], height)
+            old = self.s.proof(a["namespace"], a["key"], height)
             if relabel:
                 old.update(height=a["height"], block_hash=a["block_hash"], state_root=a["state_root"])
             return old
@@ -461,28 +290,58 @@ class LyingNodeTests(LightTestBase):
         for claim, message in ((8, "block 9: votes below quorum (2 of 3)"),
                                (9, "block 9: votes below quorum (2 of 3)")):
             def tamper(path, a, claim=claim):
-                a["finalized"] = {"height": claim, "hash": self.s.blocks[claim]["hash"]}
+                a["finalized"] = {"height": claim, "hash": self.s.hash(claim)}
                 return a
             self.refused(Lying(self.s, on("/rpc/getHeaders", tamper)), message)
+
+    def test_another_chain_or_another_verified_block(self):
+        def tamper(path, a):
+            a["headers"][0] = reheader(a["headers"][0], X, timestamp=a["headers"][0]["header"]["timestamp"] + 1)
+            return a
+        liar = Lying(self.s, on("/rpc/getHeaders", tamper))
+        self.refused(liar, "node's genesis block is not the trusted one: it serves another chain")
+        self.client().sync()
+        self.refused(liar, "node's block 6 is not the verified one" + self.kept(6))
+
+    def test_a_chain_started_over_from_the_same_genesis(self):
+        # As `./dev devnet --reset` does: the cache's block 6 is nowhere on
+        # the new chain; the refusal says where that block came from.
+        self.client().sync()
+        again = Served(self)
+        for _ in range(3):
+            again.block()
+        self.refused(again, "node serves no header at height 6" + self.kept(6))
+        os.remove(self.cache)
+        self.assertEqual(self.client(again).sync().height, 1)
 
     def test_a_stale_finalized_block(self):
         self.client().sync()
 
         def tamper(path, a):
-            a["finalized"] = {"height": 3, "hash": self.s.blocks[3]["hash"]}
+            a["finalized"] = {"height": 3, "hash": self.s.hash(3)}
             return a
-        self.refused(Lying(self.s, on("/rpc/getHeaders", tamper)), "node reports finalized 3 below verified 6")
+        self.refused(Lying(self.s, on("/rpc/getHeaders", tamper)),
+                     "node reports finalized 3 below verified 6" + self.kept(6))
 
-    def test_a_tx_proof_with_another_branch_or_leaf(self):
-        def branch(path, a):
-            a["branch"] = [hashlib.sha256(b"x").hexdigest()] * len(a["branch"])
-            a["index"], a["count"] = 0, 2
-            a["branch"] = [hashlib.sha256(b"x").hexdigest()]
-            return a
-        c = self.client(Lying(self.s, on("/rpc/getTxProof", branch)))
-        c.sync()
-        e = self.assertRaises(LightError, verify_tx, c, self.transfer.hash)
-        self.assertEqual(str(e), "tx proof does not match tx_root of block 2")
+    def test_a_tx_proof_with_another_branch_leaf_transaction_or_block(self):
+        other = hashlib.sha256(b"x").hexdigest()
+        changed_tx = dict(self.transfer.to_wire(), payload={"to": BOB.address, "amount": 778})
+        changed_hash = parse_tx(changed_tx, CHAIN_ID).hash  # the old signature, another payload
+        cases = [
+            (lambda a: a.update(index=0, count=2, branch=[other]), "tx proof does not match tx_root of block 2"),
+            (lambda a: a.update(branch=a["branch"] + [other]), "tx proof does not match tx_root of block 2"),
+            (lambda a: a.update(leaf=other), "tx proof: its leaf is not the transaction's"),
+            (lambda a: a.update(tx=changed_tx),
+             f"tx proof: the transaction served hashes to {changed_hash}, not {self.transfer.hash}"),
+            (lambda a: a.update(height=3), "tx proof names another block than block 3 of the verified chain"),
+            (lambda a: a.update(height=7, block_hash=self.s.hash(7)),
+             f"tx {self.transfer.hash}: its block 7 is not finalized (finalized 6)"),
+        ]
+        for change, message in cases:
+            c = self.client(Lying(self.s, on("/rpc/getTxProof", lambda path, a: change(a) or a)))
+            c.sync()
+            e = self.assertRaises(LightError, verify_tx, c, self.transfer.hash)
+            self.assertEqual(str(e), message)
 
     def test_a_receipt_whose_payment_paid_another(self):
         def tamper(path, a):
@@ -515,8 +374,6 @@ class CliTests(LightTestBase):
         return code, out.getvalue(), err.getvalue()
 
     def test_from_the_genesis_file_then_the_cache_alone(self):
-        if self.s.reroot:
-            raise SkipTest("the node's state_root is not yet the state tree's (re-rooted chain, another genesis hash)")
         path = os.path.join(self.mktemp())
         with open(path, "w") as f:
             json.dump(doc(), f)
@@ -562,7 +419,7 @@ class CliTests(LightTestBase):
             return a
 
         def other_height(path, a):
-            return self.s.getProof(a["namespace"], a["key"], 2) if a["namespace"] == "acct" else a
+            return self.s.proof(a["namespace"], a["key"], 2) if a["namespace"] == "acct" else a
 
         cases = [
             (on("/rpc/getProof", balance), "balance proof does not match state_root of finalized block 6"),
@@ -578,10 +435,27 @@ class CliTests(LightTestBase):
         self.run_cli(self.s, "balance", ALICE.address)
 
         def stale(path, a):
-            a["finalized"] = {"height": 2, "hash": self.s.blocks[2]["hash"]}
+            a["finalized"] = {"height": 2, "hash": self.s.hash(2)}
             return a
         code, _, err = self.run_cli(Lying(self.s, on("/rpc/getHeaders", stale)), "balance", ALICE.address)
-        self.assertEqual((code, err), (1, "ait: error: node reports finalized 2 below verified 6\n"))
+        self.assertEqual((code, err), (1, f"ait: error: node reports finalized 2 below verified 6{self.kept(6)}\n"))
+
+
+class AnswerTests(SynchronousTestCase):
+    """cli_verify.answer: what the CLI makes of a node's HTTP answer."""
+
+    def test_error_answers_are_one_line(self):
+        def said(status, body):
+            return str(self.assertRaises(LightError, cli_verify.answer, "/rpc/x", status, body))
+        self.assertEqual(cli_verify.answer("/rpc/x", 200, b'{"a": 1}'), {"a": 1})
+        self.assertEqual(said(404, b'{"error": {"code": "unknown_tx", "message": "no\\nsuch  tx"}}'),
+                         "node: unknown_tx: no such tx")
+        self.assertEqual(said(400, json.dumps({"error": {"code": "x", "message": "y" * 1000}}).encode()),
+                         "node: x: " + "y" * (cli_verify.MAX_SAID - 3))
+        self.assertEqual(said(502, b"<html>bad gateway</html>"), "node: HTTP 502 for /rpc/x")
+        self.assertEqual(said(200, b"<html>"), "node: answer to /rpc/x is not JSON")
+        self.patch(cli_verify, "MAX_ANSWER", 4)
+        self.assertEqual(said(200, b"[1, 2]"), "node: answer to /rpc/x is over 4 bytes")
 
 
 def update(sender, action, who):
