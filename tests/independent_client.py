@@ -6,9 +6,12 @@ root, state root and genesis derivation, compute receipts (the miner's
 signature, attestations, the claim's tx_root leaf, settlement), the
 peer handshake's auth bytes, finality votes and evidence, and a follower
 that checks every block of a chain as section 10 says (header, turn,
-authority set, votes, evidence, transactions, epoch end, state root) are
-re-implemented here from the document, so that a test can show that the
-document is enough to talk to a node (tests/test_independent_client.py).  It also holds a coordinator of its
+authority set, votes, evidence, transactions, epoch end, state root), and a light
+client (``LightFollower``: headers followed by getHeaders from the genesis
+file, state and transaction proofs checked against the finalized header
+it verified) are re-implemented here from the document, so that a test
+can show that the document is enough to talk to a node
+(tests/test_independent_client.py).  It also holds a coordinator of its
 own (``Coordinator``), a twisted.web resource that answers POST
 /attest/receipt as the document says.  Dependencies: hashlib, json,
 PyNaCl's ``nacl.signing`` for Ed25519, and twisted.web for the
@@ -1135,6 +1138,341 @@ def rpc_block(answer):
     if "authorities" in answer:
         record["authorities"] = answer["authorities"]
     return record, wires
+
+
+# --------------------------------------------------------------------------
+# A light client ("Light clients"): it follows the chain by its headers
+# (GET /rpc/getHeaders, section 12) from the genesis file, and checks state
+# proofs (GET /rpc/getProof, 11.3) and transaction proofs (GET
+# /rpc/getTxProof, section 12) against the finalized header it verified
+# itself.  It holds no state and trusts no node.
+
+
+class LightError(Exception):
+    """An answer that does not verify; the message says what failed."""
+
+
+HEADERS_PAGE = 256  # getHeaders' largest limit
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def percent_encode(text):
+    """text as one URL path segment: its UTF-8 bytes, %XX but for the
+    unreserved characters (getProof's {key}, section 12)."""
+    return "".join(chr(b) if b in _UNRESERVED else "%%%02X" % b for b in text.encode("utf-8"))
+
+
+def tx_branch_ok(leaf_hex, index, count, branch, root_hex):
+    """getTxProof's walk (section 12) from a leaf input up to tx_root."""
+    if type(index) is not int or type(count) is not int or not 0 <= index < count or type(branch) is not list:
+        return False
+    try:
+        h = sha256(b"\x00" + bytes.fromhex(leaf_hex))
+        idx, size, k = index, count, 0
+        while size > 1:
+            if not (idx == size - 1 and size % 2):  # else the last node of an odd level, carried up
+                if k == len(branch):
+                    return False
+                s = bytes.fromhex(branch[k])
+                k += 1
+                if len(s) != 32:
+                    return False
+                h = sha256(b"\x01" + h + s) if idx % 2 == 0 else sha256(b"\x01" + s + h)
+            idx, size = idx // 2, (size + 1) // 2
+        return k == len(branch) and h.hex() == root_hex
+    except (TypeError, ValueError):
+        return False
+
+
+def _active_keys(members):
+    """{address: public key} of the non-jailed members of a set."""
+    return {m["address"]: m["public_key"] for m in members if not m["jailed"]}
+
+
+def _malformed(what, fn):
+    """fn(), with an answer of the wrong shape reported as what's."""
+    try:
+        return fn()
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        raise LightError(f"{what}: malformed answer ({type(e).__name__}: {e})")
+
+
+class LightFollower:
+    """Follows one chain by its headers from its genesis file, as the
+    section Light clients says, and proves entries and transactions against
+    the finalized block it verified.
+
+    fetch(path) returns the JSON of a node's 200 answer to GET path (and
+    raises otherwise).  ``final`` is the last finalized block verified: its
+    header and hash, the set in effect for it, the finality it leaves and
+    the turn interval last proven; it is a JSON value, so it can be kept as
+    a cache and given back (``cache``) to start the next follower there.
+    ``verified`` holds the blocks the last sync checked, by height."""
+
+    def __init__(self, doc, fetch, cache=None):
+        self.chain_id = doc["chain_id"]
+        self.fetch = fetch
+        header = genesis_header(doc)
+        self.checkpoint = block_hash(header)
+        genesis = {"height": 0, "hash": self.checkpoint}
+        self.final = {"checkpoint": self.checkpoint, "header": header, "hash": self.checkpoint,
+                      "set": genesis_set(doc), "finality": {"justified": genesis, "finalized": genesis},
+                      "interval": genesis_params(doc)["block_interval_ms"]}
+        if cache is not None and cache.get("checkpoint") == self.checkpoint:  # another checkpoint's is not used
+            self.final = cache
+        self.verified = {}
+
+    @property
+    def height(self):
+        return self.final["header"]["height"]
+
+    # -- following headers ------------------------------------------------------
+    def _headers(self, start, limit):
+        page = self.fetch(f"/rpc/getHeaders?from={start}&limit={limit}")
+
+        def shape():
+            entries = page["headers"]
+            f = page["finalized"]
+            if type(entries) is not list or type(f["height"]) is not int or type(f["hash"]) is not str:
+                raise TypeError("headers is a list, finalized a {height, hash}")
+            for e in entries:
+                if type(e["header"]) is not dict or set(e["header"]) != set(HEADER_FIELDS):
+                    raise ValueError("a header has exactly the members of 10.1")
+            return entries, f
+        return _malformed("getHeaders", shape)
+
+    def sync(self):
+        """Follow the node's headers from the verified finalized block F to
+        two blocks above the block f the node reports finalized, checking
+        each; f, with what the next sync needs, becomes ``final``."""
+        F = self.final
+        top = self.height
+        entries, f = self._headers(top, HEADERS_PAGE)
+        if f["height"] < top:
+            raise LightError(f"node reports finalized {f['height']} below verified {top}")
+        if not entries or _malformed("getHeaders", lambda: block_hash(entries[0]["header"])) != F["hash"]:
+            raise LightError(f"header {top}: not the verified finalized block {F['hash']}")
+        tip = dict(F, votes=entries[0].get("votes", []), short=None)
+        self.verified = {top: tip}
+        if f["height"] == top:
+            if f["hash"] != F["hash"]:
+                raise LightError(f"node reports finalized {top} as {f['hash']}, verified {F['hash']}")
+            return self.final
+        target = f["height"] + 2
+        entries = entries[1:]
+        while tip["header"]["height"] < target:
+            h = tip["header"]["height"] + 1
+            if not entries:
+                entries, _ = self._headers(h, min(HEADERS_PAGE, target - h + 1))
+                if not entries:
+                    raise LightError(f"getHeaders: no header {h}, though the node reports {f['height']} finalized")
+            tip = _malformed("getHeaders", lambda: self._next(tip, entries[0]))
+            entries = entries[1:]
+            self.verified[h] = tip
+        fin = self.verified[f["height"]]
+        if fin["hash"] != f["hash"]:
+            raise LightError(f"node reports finalized {f['height']} as {f['hash']}, its header hashes to {fin['hash']}")
+        if tip["finality"]["finalized"] != {"height": f["height"], "hash": f["hash"]}:
+            for h in (f["height"], f["height"] + 1):  # the blocks voted for; block h + 1 carries their votes
+                if self.verified[h + 1]["short"]:
+                    raise LightError(f"block {h}: votes below quorum ({self.verified[h + 1]['short']})")
+            raise LightError(f"node reports finalized {f['height']}, the votes do not finalize it")
+        self.final = {"checkpoint": self.checkpoint, "header": fin["header"], "hash": fin["hash"], "set": fin["set"],
+                      "finality": fin["finality"], "interval": tip["interval"]}
+        return self.final
+
+    def _next(self, prev, entry):
+        """Check header entry against the block verified before it (steps 1
+        to 5 of Following headers); the new verified block."""
+        header, h = entry["header"], prev["header"]["height"] + 1
+        # 1. this chain, the next height, the previous block as parent
+        if (header["chain_id"], header["height"], header["parent"]) != (self.chain_id, h, prev["hash"]):
+            raise LightError(f"header {h}: does not extend the verified chain (chain_id, height or parent)")
+        bh = block_hash(header)
+        if entry["hash"] != bh:
+            raise LightError(f"header {h}: hash is not the header's")
+        # 2. authorities_hash: the set so far, or a changed set proven in block h - 1's state
+        members = prev["set"]
+        changed = header["authorities_hash"] != hash_hex(members)
+        if "authorities" in entry and hash_hex(entry["authorities"]) != header["authorities_hash"]:
+            raise LightError(f"header {h}: the set it carries does not hash to authorities_hash")
+        if changed:
+            if "authorities" not in entry:
+                raise LightError(f"header {h}: the set changed and the header does not carry it")
+            proven = self._prove(prev, "chain", "authorities", "authority set", f"block {h - 1}")
+            if proven is None or cbor(proven) != cbor(entry["authorities"]):
+                raise LightError(f"header {h}: the set it carries is not chain/authorities of block {h - 1}")
+            members = entry["authorities"]
+        # 3. the proposer: a non-jailed member of the set in effect, its signature
+        key = _active_keys(members).get(header["proposer"])
+        if key is None:
+            raise LightError(f"header {h}: signature by a non-authority")
+        if not _verify(key, entry["sig"], bytes.fromhex(bh)):
+            raise LightError(f"header {h}: bad proposer signature")
+        # 4. its turn (10.5), I proven again in the parent's state when it fails
+        interval = prev["interval"]
+        first = earliest(members, header["proposer"], h, prev["header"]["timestamp"], interval)
+        if header["timestamp"] < first:
+            interval = self._prove(prev, "param", "block_interval_ms", "block_interval_ms", f"block {h - 1}")
+            if type(interval) is not int:
+                raise LightError(f"header {h}: block {h - 1} has no block_interval_ms")
+            first = earliest(members, header["proposer"], h, prev["header"]["timestamp"], interval)
+            if header["timestamp"] < first:
+                raise LightError(f"header {h}: stamped before its proposer's turn ({header['timestamp']} < {first})")
+        # 5. the votes for block h - 1, carried by h
+        votes = prev["votes"]
+        if type(votes) is not list or votes_root(votes) != header["votes_root"]:
+            raise LightError(f"block {h}: votes_root does not match the votes served for block {h - 1}")
+        finality, short = self._count(prev, votes, h)
+        if changed and short:
+            raise LightError(f"block {h}: the set changes, but its votes do not justify block {h - 1} ({short})")
+        return {"header": header, "hash": bh, "set": members, "finality": finality, "interval": interval,
+                "votes": entry.get("votes", []), "short": short}
+
+    def _count(self, prev, votes, h):
+        """(J(h) and F(h), None) when block h's votes justify block h - 1,
+        else (those of h - 1, "k of q"); LightError when a vote is one a
+        node refuses (Finality votes and evidence, Justified and finalized)."""
+        before = prev["finality"]
+        keys = _active_keys(prev["set"])  # the set in effect for h - 1
+        if h == 1 and votes:
+            raise LightError("block 1: carries votes (genesis needs none)")
+        if len(votes) > len(keys):
+            raise LightError(f"block {h}: more votes than authorities")
+        previous = ""
+        for v in votes:
+            if type(v) is not dict or set(v) != set(VOTE_FIELDS) or type(v["voter"]) is not str:
+                raise LightError(f"block {h}: a malformed vote")
+            if v["voter"] <= previous:
+                raise LightError(f"block {h}: votes not sorted by voter, each voter once")
+            previous = v["voter"]
+            if v["voter"] not in keys:
+                raise LightError(f"block {h}: a vote by {v['voter']}, no non-jailed authority of block {h - 1}")
+            if (v["height"], v["hash"]) != (h - 1, prev["hash"]):
+                raise LightError(f"block {h}: a vote whose target is not block {h - 1}")
+            if {"height": v["source_height"], "hash": v["source_hash"]} != before["justified"]:
+                raise LightError(f"block {h}: a vote whose source is not the latest justified block")
+            if not vote_ok(v, keys[v["voter"]], self.chain_id):
+                raise LightError(f"block {h}: a vote not signed by its voter")
+        q = quorum(len(keys))
+        if not votes or len(votes) < q:
+            return before, f"{len(votes)} of {q}"
+        j = before["justified"]
+        finalized = j if j["height"] == h - 2 else before["finalized"]
+        return {"justified": {"height": h - 1, "hash": prev["hash"]}, "finalized": finalized}, None
+
+    # -- state proofs -----------------------------------------------------------
+    def _prove(self, point, ns, key, what, where):
+        """The value of (ns, key) in the state block point left (None:
+        absent), proven against point's verified state_root."""
+        height = point["header"]["height"]
+        a = self.fetch(f"/rpc/getProof/{ns}/{percent_encode(key)}?height={height}")
+
+        def check():
+            if (a["height"], a["block_hash"]) != (height, point["hash"]):
+                raise LightError(f"{what} proof is for block {a['height']}, not {where}")
+            if (a["namespace"], a["key"]) != (ns, key):
+                raise LightError(f"{what} proof is for {a['namespace']}/{a['key']}, not {ns}/{key}")
+            value, raw = a["value"], a["value_cbor"]
+            if (raw is None) != (value is None) or (raw is not None and cbor(value).hex() != raw):
+                raise LightError(f"{what} proof: value_cbor is not the canonical bytes of value")
+            try:
+                ok = check_state_proof(point["header"]["state_root"], ns, key, raw, a["proof"])
+            except (TypeError, ValueError, IndexError):
+                ok = False
+            if not ok:
+                raise LightError(f"{what} proof does not match state_root of {where}")
+            return value
+        return _malformed("getProof", check)
+
+    def prove(self, ns, key, what=None):
+        """The value of (ns, key) in the verified finalized state (None: proven absent)."""
+        return self._prove(self.final, ns, key, what or f"{ns}/{key}", f"finalized block {self.height}")
+
+    def balance(self, addr):
+        """(balance, nonce) of addr in the verified finalized state."""
+        value = self.prove("acct", addr, "balance")
+        if value is None:
+            return 0, 0
+        if type(value) is not list or len(value) != 2 or not all(type(x) is int for x in value):
+            raise LightError("balance proof: the value is not [balance, nonce]")
+        return value[0], value[1]
+
+    # -- transaction proofs -----------------------------------------------------
+    def tx(self, txh):
+        """A transaction proven in a block at or below the verified finalized
+        one: {"tx", "attestation", "height", "block_hash", "index"}."""
+        a = self.fetch(f"/rpc/getTxProof/{txh}")
+        return _malformed("getTxProof", lambda: self._check_tx(txh, a))
+
+    def _check_tx(self, txh, a):
+        tx, att = a["tx"], a.get("attestation")
+        if a["tx_hash"] != txh or tx_hash(tx, self.chain_id) != txh:
+            raise LightError(f"tx proof: the transaction does not hash to {txh}")
+        if (tx["type"] == CLAIM) != (att is not None):
+            raise LightError("tx proof: an attestation goes with a claim, and only with one")
+        leaf_hex = leaf_input(txh, att)
+        if a["leaf"] != leaf_hex:
+            raise LightError("tx proof: leaf is not the transaction's leaf input")
+        header, height = a["header"], a["height"]
+        if type(header) is not dict or set(header) != set(HEADER_FIELDS) or header["height"] != height \
+                or block_hash(header) != a["block_hash"]:
+            raise LightError(f"tx proof: the header does not hash to block_hash {a['block_hash']}")
+        if height > self.height:
+            raise LightError(f"tx proof: block {height} is above finalized block {self.height}")
+        if not tx_branch_ok(leaf_hex, a["index"], a["count"], a["branch"], header["tx_root"]):
+            raise LightError(f"tx proof does not match tx_root of block {height}")
+        self._link(height, a["block_hash"])
+        return {"tx": tx, "attestation": att, "height": height, "block_hash": a["block_hash"], "index": a["index"]}
+
+    def _link(self, height, bh):
+        """Block height (hash bh) is linked by parent hashes to the verified
+        finalized block (headers from its height up)."""
+        top, h, prev = self.height, height, None
+        while h <= top:
+            entries, _ = self._headers(h, min(HEADERS_PAGE, top - h + 1))
+            if not entries:
+                raise LightError(f"getHeaders: no header {h} below finalized block {top}")
+            for e in entries[:top - h + 1]:
+                header = e["header"]
+                if header["height"] != h or (prev is not None and header["parent"] != prev):
+                    raise LightError(f"header {h}: not linked to block {h - 1} by its parent hash")
+                prev = block_hash(header)
+                if h == height and prev != bh:
+                    raise LightError(f"block {height}: not the block the node links to finalized block {top}")
+                h += 1
+        if prev != self.final["hash"]:
+            raise LightError(f"block {height}: not linked to finalized block {top}")
+
+    # -- a compute receipt ----------------------------------------------------------
+    def receipt(self, rid):
+        """The receipt rid verified as the section Light clients says; its
+        rcpt record."""
+        rec = self.prove("rcpt", rid, "receipt")
+        if rec is None:
+            raise LightError(f"receipt {rid}: absent from finalized block {self.height}")
+        claim = self.tx(rec["tx"])
+        w = claim["tx"]
+        p = w["payload"]
+        if w["type"] != CLAIM or claim["height"] != rec["height"]:
+            raise LightError(f"receipt {rid}: {rec['tx']} is no claim included at height {rec['height']}")
+        expected = {"receipt_id": rid, "job_id": rec["job_id"], "client_addr": rec["client"],
+                    "miner_addr": rec["miner"], "compute_units": rec["compute_units"], "price": rec["price"],
+                    "client_payment_tx": rec["payment_tx"]}
+        if any(p.get(k) != v for k, v in expected.items()):
+            raise LightError(f"receipt {rid}: the claim's fields do not match the record")
+        coordinator = self.prove("param", "coordinator", "coordinator")
+        if coordinator is None:
+            raise LightError("param/coordinator: absent from the finalized state")
+        problem = attestation_problem(claim["attestation"], p, coordinator, self.chain_id)
+        if problem:
+            raise LightError(f"receipt {rid}: attestation: {problem}")
+        if not miner_sig_ok(p, self.chain_id):
+            raise LightError(f"receipt {rid}: bad miner_sig")
+        pay = self.prove("pay", p["client_payment_tx"], "payment")
+        if pay is None or pay.get("claimed") != rid:
+            raise LightError(f"receipt {rid}: payment {p['client_payment_tx']} is not claimed by it")
+        return rec
 
 
 # --------------------------------------------------------------------------

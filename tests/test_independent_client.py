@@ -1,5 +1,7 @@
 """The independent client (written from docs/protocol.md only) against the
-document's vectors and against a real node in process."""
+document's vectors and against a real node in process, its light client
+against the node's real getHeaders, getProof and getTxProof answers,
+honest and tampered with."""
 
 import ast
 import hashlib
@@ -15,10 +17,13 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web import server
 
-from aitnode import consensus
+from aitnode import consensus, finality as FIN, receipts as R
 from aitnode.attest import Attestor
+from aitnode.steps import run_steps
+from aitnode.tx import sign_tx
 from tests import independent_client as ic
-from tests.common import AUTHORITY, BOB, CHAIN_ID, genesis_doc, make_node, make_rpc
+from tests.common import (ALICE, AUTHORITY, BOB, CAROL, CHAIN_ID, COORDINATOR, ESCROW, MINER, genesis_doc, key,
+                          make_node, make_rpc, transfer)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = os.path.join(ROOT, "docs", "protocol.md")
@@ -1024,3 +1029,241 @@ class ReceiptEndToEndTests(TestCase):
         state = await self.follow_chain()
         self.assertEqual([k for (ns, k) in state.entries if ns == "rcpt"], ["r-good"])
         self.assertEqual(state.entries[("pay", p2)]["claimed"], "")
+
+
+# --------------------------------------------------------------------------
+# (d) The client's light follower (section Light clients) against a real
+# node's getHeaders, getProof and getTxProof, answered in process by the
+# node's own routes; then against the same answers tampered with.
+
+LIGHT_KEYS = [key(80 + i) for i in range(4)]  # three authorities at genesis, the fourth added at block 4
+NOT_AUTHORITY = key(89)
+
+
+class LightChain:
+    """A chain built by a real node (chain.build_steps, each block by the
+    authority in turn and carrying the votes of every authority counted for
+    its parent): the three authorities approve adding a fourth (block 1;
+    applied at the end of block 4, the first epoch's last), two transfers
+    (block 2), a payment to escrow (3), a compute receipt's claim (4), then
+    empty blocks to 9; block 7 is finalized."""
+
+    def __init__(self, testcase):
+        self.doc = genesis_doc(authorities=LIGHT_KEYS[:3], epoch_length=4)
+        self.node = make_node(testcase, doc=self.doc, key=LIGHT_KEYS[0])
+        self.chain = self.node.chain
+        self.by_address = {k.address: k for k in LIGHT_KEYS}
+        d = LIGHT_KEYS[3]
+        change = {"action": "add", "address": d.address, "public_key": d.public_key.hex()}
+        self.block([sign_tx(k, CHAIN_ID, "AUTHORITY_UPDATE", 1, 0, change) for k in LIGHT_KEYS[:3]])
+        self.transfer = transfer(ALICE, 1, BOB, 777)
+        self.block([self.transfer, transfer(ALICE, 2, CAROL, 5)])
+        self.payment = transfer(ALICE, 3, ESCROW, 5000)
+        self.block([self.payment])
+        payload = R.sign_claim(MINER, CHAIN_ID, receipt_id="rcpt-light", job_id="job-light",
+                               client_addr=ALICE.address, miner_addr=MINER.address, compute_units=3, price=5000,
+                               output_hash="sha256:00", client_payment_tx=self.payment.hash)
+        self.claim = sign_tx(MINER, CHAIN_ID, R.CLAIM, 1, 2000, payload)
+        att = R.sign_attestation(COORDINATOR, CHAIN_ID, R.attestation_request(payload))
+        self.block([self.claim], attestations={self.claim.hash: att})
+        while self.chain.head()[0] < 9:
+            self.block()
+
+    def block(self, txs=(), attestations=None):
+        height, head = self.chain.head()
+        active = self.chain.authority_set().active
+        by = self.by_address[active[(height + 1) % len(active)]]  # in turn (10.5)
+        votes = []
+        if height:
+            view = self.chain.view()
+            try:
+                counted = consensus.parent_set_of(view, height + 1).active
+                source = self.chain.finality(view).justified
+            finally:
+                view.release()
+            votes = FIN.block_votes([FIN.sign_vote(self.by_address[a], CHAIN_ID, height, head, source.height,
+                                                   source.hash) for a in counted])
+        block, records, view, failed = run_steps(self.chain.build_steps(
+            list(txs), by, 0, votes=votes, attestations=attestations))
+        assert not failed and len(block["votes"]) == len(votes), (failed, block["votes"])
+        self.chain.commit(block, records, view)
+        return block
+
+
+class LightEndToEndTests(SynchronousTestCase):
+    def setUp(self):
+        self.c = LightChain(self)
+        self.rpc, self.http = make_rpc(self.c.node)
+        self.paths = []
+
+    def fetch(self, path):
+        """The node's answer to GET path through its real routes."""
+        self.paths.append(path)
+        resp = self.successResultOf(self.http.get(BASE + path))
+        body = self.successResultOf(resp.json())
+        if resp.code != 200:
+            raise ic.LightError(f"node: {resp.code} {body}")
+        return body
+
+    def lying(self, route, tamper):
+        """fetch, with the answers of one route changed by tamper(answer, path)."""
+        def fetch(path):
+            answer = self.fetch(path)
+            return tamper(answer, path) if path.startswith(route) else answer
+        return fetch
+
+    def follower(self, fetch=None, cache=None):
+        return ic.LightFollower(self.c.doc, fetch or self.fetch, cache)
+
+    def refused(self, fetch, message, check=lambda f: None):
+        """A follower from genesis through fetch fails its sync, or then
+        check(follower), with exactly message."""
+        f = self.follower(fetch)
+
+        def run():
+            f.sync()
+            check(f)
+        e = self.assertRaises(ic.LightError, run)
+        self.assertEqual(str(e), message)
+
+    def stored(self, height):
+        return self.c.chain.store.block_at(height)
+
+    def resign(self, entry, signer, **changes):
+        header = dict(entry["header"], **changes)
+        h = ic.block_hash(header)
+        return dict(entry, header=header, hash=h, sig=ic.sign(signer.seed, bytes.fromhex(h)).hex())
+
+    # -- honest answers -----------------------------------------------------------
+    def test_headers_followed_to_the_finalized_block(self):
+        fin = self.c.chain.finality().finalized
+        self.assertEqual(fin.height, 7)
+        f = self.follower()
+        final = f.sync()
+        self.assertEqual((f.height, final["hash"]), (7, fin.hash))
+        self.assertEqual(final["header"], self.stored(7)["header"])
+        # Block 5 carried the new set (four authorities), proven in block 4's state.
+        self.assertIn("/rpc/getProof/chain/authorities?height=4", self.paths)
+        self.assertEqual([m["address"] for m in final["set"]], [k.address for k in LIGHT_KEYS])
+        self.assertEqual([len(f.verified[h]["set"]) for h in range(0, 10)], [3] * 5 + [4] * 5)
+        # What block 7 itself leaves: J(7) = 6, F(7) = 5.
+        self.assertEqual(final["finality"], {"justified": {"height": 6, "hash": self.stored(6)["hash"]},
+                                             "finalized": {"height": 5, "hash": self.stored(5)["hash"]}})
+        # The next sync starts from the block verified (a cache, as JSON).
+        self.c.block()
+        self.c.block()
+        self.paths.clear()
+        again = self.follower(cache=json.loads(json.dumps(final)))
+        self.assertEqual(again.sync()["header"]["height"], 9)
+        self.assertEqual(self.paths[0], "/rpc/getHeaders?from=7&limit=256")
+
+    def test_balance_absence_tx_and_receipt_verify(self):
+        f = self.follower()
+        f.sync()
+        view = self.c.chain.view()
+        try:
+            alice = view.account(ALICE.address)
+        finally:
+            view.release()
+        self.assertEqual(f.balance(ALICE.address), tuple(alice))
+        self.assertEqual(f.balance(BOB.address)[0], 10**6 + 777)
+        self.assertEqual(f.balance(NOT_AUTHORITY.address), (0, 0))  # proven absent
+        self.assertIn(f"/rpc/getProof/acct/{NOT_AUTHORITY.address}?height=7", self.paths)
+        got = f.tx(self.c.transfer.hash)
+        self.assertEqual((got["height"], got["index"], got["tx"]["payload"]),
+                         (2, 0, {"to": BOB.address, "amount": 777}))
+        self.assertEqual(got["block_hash"], self.stored(2)["hash"])
+        rec = f.receipt("rcpt-light")
+        self.assertEqual((rec["tx"], rec["height"], rec["miner"], rec["mint"]),
+                         (self.c.claim.hash, 4, MINER.address, 3000))
+        self.assertEqual(f.prove("chain", "authorities"), f.final["set"])
+        self.assertEqual(f.prove("param", "no_such_param"), None)
+
+    # -- tampered answers ---------------------------------------------------------
+    def test_a_changed_balance(self):
+        def tamper(a, path):
+            a["value"] = [a["value"][0] + 1, a["value"][1]]
+            a["value_cbor"] = ic.cbor(a["value"]).hex()
+            return a
+        self.refused(self.lying("/rpc/getProof/acct/", tamper),
+                     "balance proof does not match state_root of finalized block 7",
+                     lambda f: f.balance(ALICE.address))
+
+    def test_an_absent_account_made_present(self):
+        def tamper(a, path):
+            a.update(value=[1, 0], value_cbor=ic.cbor([1, 0]).hex())
+            return a
+        self.refused(self.lying("/rpc/getProof/acct/", tamper),
+                     "balance proof does not match state_root of finalized block 7",
+                     lambda f: f.balance(NOT_AUTHORITY.address))
+
+    def test_a_proof_from_another_height(self):
+        older = self.fetch(f"/rpc/getProof/acct/{ALICE.address}?height=2")
+        self.refused(self.lying("/rpc/getProof/acct/", lambda a, path: older),
+                     "balance proof is for block 2, not finalized block 7", lambda f: f.balance(ALICE.address))
+        relabelled = dict(older, height=7, block_hash=self.stored(7)["hash"])
+        self.refused(self.lying("/rpc/getProof/acct/", lambda a, path: relabelled),
+                     "balance proof does not match state_root of finalized block 7", lambda f: f.balance(ALICE.address))
+
+    def test_a_header_signed_by_a_non_authority(self):
+        def tamper(a, path):
+            for i, e in enumerate(a["headers"]):
+                if e["header"]["height"] == 3:
+                    a["headers"][i] = self.resign(e, NOT_AUTHORITY, proposer=NOT_AUTHORITY.address)
+            return a
+        self.refused(self.lying("/rpc/getHeaders", tamper), "header 3: signature by a non-authority")
+
+        def badsig(a, path):
+            for i, e in enumerate(a["headers"]):
+                if e["header"]["height"] == 3:
+                    a["headers"][i] = self.resign(e, NOT_AUTHORITY)
+            return a
+        self.refused(self.lying("/rpc/getHeaders", badsig), "header 3: bad proposer signature")
+
+    def test_a_dropped_vote(self):
+        # Dropped from the votes served for block 7: block 8's votes_root no longer matches.
+        def drop(a, path):
+            for e in a["headers"]:
+                if e["header"]["height"] == 7:
+                    e["votes"] = e["votes"][1:]
+            return a
+        self.refused(self.lying("/rpc/getHeaders", drop),
+                     "block 8: votes_root does not match the votes served for block 7")
+
+        # Block 9 re-made by its own proposer carrying two of the four votes
+        # for block 8 (a valid block on its own, q(4) = 3): then 8 is not
+        # justified, and the node's finalized 7 is not finalized.
+        def short(a, path):
+            for i, e in enumerate(a["headers"]):
+                if e["header"]["height"] == 8:
+                    e["votes"] = e["votes"][2:]
+                    votes_root = ic.votes_root(e["votes"])
+                elif e["header"]["height"] == 9:
+                    a["headers"][i] = self.resign(e, self.c.by_address[e["header"]["proposer"]], votes_root=votes_root)
+            return a
+        self.refused(self.lying("/rpc/getHeaders", short), "block 8: votes below quorum (2 of 3)")
+
+    def test_a_changed_branch_item(self):
+        def tamper(a, path):
+            a["branch"][0] = ("0" if a["branch"][0][0] != "0" else "1") + a["branch"][0][1:]
+            return a
+        self.refused(self.lying("/rpc/getTxProof/", tamper), "tx proof does not match tx_root of block 2",
+                     lambda f: f.tx(self.c.transfer.hash))
+
+    def test_a_set_not_in_the_state(self):
+        def tamper(a, path):
+            for e in a["headers"]:
+                if e["header"]["height"] == 5:
+                    e["authorities"] = e["authorities"][:3]
+            return a
+        self.refused(self.lying("/rpc/getHeaders", tamper),
+                     "header 5: the set it carries does not hash to authorities_hash")
+
+    def test_a_stale_finalized_block(self):
+        final = self.follower().sync()
+
+        def stale(a, path):
+            a["finalized"] = {"height": 4, "hash": self.stored(4)["hash"]}
+            return a
+        e = self.assertRaises(ic.LightError, self.follower(self.lying("/rpc/getHeaders", stale), final).sync)
+        self.assertEqual(str(e), "node reports finalized 4 below verified 7")
