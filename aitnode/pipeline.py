@@ -69,6 +69,25 @@ class BlockPipeline:
         last = self.local.signed("proposal")
         return last is None or height > last
 
+    def _waits_for_votes(self, block, view):
+        """Whether to hold back a block whose authority set differs from
+        its parent's while it carries too few votes to justify the parent:
+        a light client takes the new set on the old set's word, which is
+        those votes (docs/protocol.md, Light clients).  Held back for one
+        block interval at most, then proposed anyway: a chain never stops
+        for votes that were lost."""
+        header = block["header"]
+        height = header["height"]
+        if "authorities" not in block or header["authorities_hash"] == self.chain.head_header()["authorities_hash"] \
+                or self.chain.finality(view).justified.height == height - 1:
+            return False
+        if self._vote_wait is None or self._vote_wait[0] != height:
+            self._vote_wait = (height, self.clock.seconds())
+        waited = self.clock.seconds() - self._vote_wait[1]
+        return waited < view.param("block_interval_ms") / 1000
+
+    _vote_wait = None  # (height, when this node first held its block back)
+
     # -- building ------------------------------------------------------------
     def propose(self):
         """Build, sign and commit one block from the mempool; return it."""
@@ -100,8 +119,9 @@ class BlockPipeline:
                     candidates, self.key, self.now(), attestations=self.mempool.attestations(),
                     votes=votes, evidence=evidence,
                 )
-                if self.chain.head() != head:
-                    # A block was imported meanwhile: this one no longer extends the head.
+                if self.chain.head() != head or self._waits_for_votes(block, view):
+                    # A block was imported meanwhile: this one no longer
+                    # extends the head; or it should carry more votes.
                     view.release()
                     return None
                 yield from commit_built_steps(self.chain, block, records, view, candidates, self.key)

@@ -292,6 +292,56 @@ class ReceiveTests(BallotTestBase):
         self.assertEqual(self.node.chain.finality().justified, F.Checkpoint(*head))
 
 
+class SetChangeVoteTests(BallotTestBase):
+    """A block whose authority set differs from its parent's is what a
+    light client takes the new set from, on the word of the votes it
+    carries for its parent: the proposer holds it back (one block
+    interval at most) until those votes reach quorum."""
+
+    def setUp(self):
+        super().setUp()
+        for _ in range(3):
+            self.block()
+
+    def interval(self):
+        return self.node.chain.view().param("block_interval_ms") / 1000
+
+    def jailing_block(self):
+        evidence = ReceiveTests.evidence_against_votes(self, A3)
+        self.block(by=A2, evidence=[evidence])  # A3 jailed from the next block on
+        head = self.node.chain.head()
+        self.assertNotEqual(C.set_of(self.node.chain.view()).hash, self.node.chain.head_header()["authorities_hash"])
+        self.clock.advance(60)  # well past every turn
+        return head
+
+    def test_held_back_until_the_votes_come(self):
+        head = self.jailing_block()
+        self.assertIsNone(self.node.pipeline.propose())  # only its own vote: 1 of 4
+        self.receive(self.vote(A1, *head))
+        self.clock.advance(self.interval() / 2)
+        self.assertIsNone(self.node.pipeline.propose())  # 2 of 4, q = 3
+        self.receive(self.vote(A2, *head))
+        block = self.node.pipeline.propose()
+        self.assertEqual(block["header"]["height"], head[0] + 1)
+        self.assertEqual(len(block["votes"]), 3)
+        self.assertIn("authorities", block)
+        self.assertEqual(self.node.chain.finality().justified, F.Checkpoint(*head))
+
+    def test_proposed_anyway_after_one_interval(self):
+        head = self.jailing_block()
+        self.assertIsNone(self.node.pipeline.propose())
+        self.clock.advance(self.interval() * 0.9)
+        self.assertIsNone(self.node.pipeline.propose())
+        self.clock.advance(self.interval() * 0.2)
+        block = self.node.pipeline.propose()
+        self.assertEqual((block["header"]["height"], len(block["votes"])), (head[0] + 1, 1))
+
+    def test_a_block_without_a_set_change_never_waits(self):
+        self.block()
+        self.clock.advance(60)
+        self.assertIsNotNone(self.node.pipeline.propose())
+
+
 class KeyConflictTests(BallotTestBase):
     """Another machine signing with A0's key: the node logs an error, sets
     aitnode_authority_key_conflict and signs nothing (no vote, no block)
