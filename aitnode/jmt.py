@@ -24,6 +24,7 @@ nothing but a root, a key hash, a value hash and the proof bytes.  No I/O
 here: store.Store reads and writes the nodes.
 """
 
+import functools
 import hashlib
 import struct
 
@@ -41,6 +42,7 @@ _sha256 = hashlib.sha256
 _ver = struct.Struct(">Q")
 
 
+@functools.lru_cache(maxsize=1 << 16)  # hot: every changed entry of every block (accounts mostly)
 def key_hash(ns, key):
     return _sha256(canonical_unchecked([ns, key])).digest()
 
