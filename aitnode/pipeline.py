@@ -20,6 +20,16 @@ from aitnode.steps import run_steps, run_steps_async
 REBUILDS = 8
 
 
+def short_of_votes(chain, block, view):
+    """Whether block (built on the head, view its state after) changes the
+    authority set without carrying the votes that justify its parent: a
+    light client takes the new set on the old set's word, which is those
+    votes (docs/protocol.md, Light clients)."""
+    header = block["header"]
+    return ("authorities" in block and header["authorities_hash"] != chain.head_header()["authorities_hash"]
+            and chain.finality(view).justified.height != header["height"] - 1)
+
+
 class BlockPipeline:
     _log = Logger()
 
@@ -70,21 +80,14 @@ class BlockPipeline:
         return last is None or height > last
 
     def _waits_for_votes(self, block, view):
-        """Whether to hold back a block whose authority set differs from
-        its parent's while it carries too few votes to justify the parent:
-        a light client takes the new set on the old set's word, which is
-        those votes (docs/protocol.md, Light clients).  Held back for one
-        block interval at most, then proposed anyway: a chain never stops
-        for votes that were lost."""
-        header = block["header"]
-        height = header["height"]
-        if "authorities" not in block or header["authorities_hash"] == self.chain.head_header()["authorities_hash"] \
-                or self.chain.finality(view).justified.height == height - 1:
+        """Whether to hold this block back (see short_of_votes), for one
+        block interval at most: a chain never stops for lost votes."""
+        height = block["header"]["height"]
+        if not short_of_votes(self.chain, block, view):
             return False
         if self._vote_wait is None or self._vote_wait[0] != height:
             self._vote_wait = (height, self.clock.seconds())
-        waited = self.clock.seconds() - self._vote_wait[1]
-        return waited < view.param("block_interval_ms") / 1000
+        return self.clock.seconds() - self._vote_wait[1] < view.param("block_interval_ms") / 1000
 
     _vote_wait = None  # (height, when this node first held its block back)
 
