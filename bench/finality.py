@@ -153,6 +153,9 @@ def _import_costs(ctx, n_blocks=40):
         def block_fields(self, chain):
             return fields["votes"], []
 
+        def proposed(self, block):  # as Ballot.proposed records it (no vote: these are chosen above)
+            src.local.put_signed("proposal", block["header"]["height"])
+
     src.pipeline.ballot = Fields()
     cost = {True: [], False: []}
     size = {True: [], False: []}
