@@ -92,13 +92,6 @@ def _write_genesis(store, g):
     store.commit_block(block, [], changes, tree, genesis_hash=g.hash)
 
 
-def _kept_from(chain, view):
-    """The lowest height whose state tree stays after a block whose state is view's."""
-    if chain.state_history is not None:
-        return C.finality_of(view, chain.genesis.hash).finalized.height - chain.state_history
-    return None
-
-
 class Chain:
     """The chain on one Store: genesis, head, and block application."""
 
@@ -342,9 +335,14 @@ class Chain:
     # -- committing ----------------------------------------------------------
     def commit(self, block, tx_records, view):
         tree, changes = view.finish()
-        kept_from = _kept_from(self, view)
         view.release()
-        self.store.commit_block(block, tx_records, changes, tree, kept_from=kept_from)
+        self.store.commit_block(block, tx_records, changes, tree)
+
+    def prune_tree(self, budget):
+        """Prune the tree below state_history blocks under the finalized one (budget nodes); more left?"""
+        if self.state_history is None:
+            return False
+        return self.store.prune_tree(self.finality().finalized.height - self.state_history, budget)
 
     def rollback(self, height):
         """Undo blocks above height; the wire transactions they held, oldest first."""

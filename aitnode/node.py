@@ -14,6 +14,7 @@ from aitnode.local import LocalStore
 from aitnode.mempool import Mempool
 from aitnode.metrics import Metrics
 from aitnode.pipeline import BlockPipeline
+from aitnode.pruner import Pruner
 from aitnode.queries import Queries
 from aitnode.store import Store
 from aitnode.verifier import InlineVerifier
@@ -56,6 +57,8 @@ def compose(data_dir, genesis, clock, key=None, verifier=None, mempool=None, att
     pipeline = BlockPipeline(chain, mempool, admission, verifier, local, metrics, clock, key=key, ballot=ballot)
     ballot.attach(pipeline)
     queries = Queries(chain, mempool, local)
+    pruner = Pruner(chain, clock)
+    pipeline.block_listeners.append(pruner.on_block)
     metrics.mempool_size.set_function(lambda: len(mempool))
     metrics.block_height.set_function(lambda: chain.head()[0])
     metrics.tree_nodes.set_function(lambda: store.tree_counts()["tree"])
@@ -65,5 +68,5 @@ def compose(data_dir, genesis, clock, key=None, verifier=None, mempool=None, att
     return Node(
         store=store, local=local, chain=chain, mempool=mempool, verifier=verifier, metrics=metrics,
         admission=admission, pipeline=pipeline, queries=queries, ballot=ballot, key=key,
-        clock=clock, chain_id=chain.chain_id, pause=pause,
+        clock=clock, chain_id=chain.chain_id, pause=pause, pruner=pruner,
     )

@@ -125,21 +125,17 @@ def encode_tx_records(tx_records):
 class _Writes:
     """Store's writing half: one write transaction per block or switch."""
 
-    def commit_block(self, block, tx_records, changes, tree, genesis_hash=None, kept_from=None):
+    def commit_block(self, block, tx_records, changes, tree, genesis_hash=None):
         """Write one whole block in one LMDB transaction.
 
         block: the block record; tx_records: [(tx_hash, record)] (records
         may come from encode_tx_records); changes: {(ns, key): (old, new)}
-        (raw CBOR) and tree (a jmt.TreeUpdate) from StateView.finish;
-        kept_from: prune the state tree of versions below it (treestore).
+        (raw CBOR) and tree (a jmt.TreeUpdate) from StateView.finish.
         """
         self._head = None  # read again after any write (or failed write)
         try:
             with self.env.begin(write=True) as t:
                 self._commit(t, block, tx_records, changes, tree)
-                if kept_from is not None and kept_from > self._kept_from(t):
-                    treestore.prune(t, self._db, kept_from)
-                    t.put(b"tree_kept_from", _dumps(kept_from), db=self._db["meta"])
                 if genesis_hash is not None:
                     meta = self._db["meta"]
                     t.put(b"format_version", _dumps(FORMAT_VERSION), db=meta)
@@ -261,7 +257,7 @@ class _Writes:
         return dropped
 
 
-class Store(_Writes, treestore.TreeReads):
+class Store(_Writes, treestore.TreeTables):
     """The node's LMDB environment: one per data_dir."""
 
     def __init__(self, path, map_size=1 << 34):

@@ -96,6 +96,7 @@ class NodeService(service.MultiService):
                 self.node.admission.attestor.close()
             self.node.admission.save_mempool()
             self.node.verifier.stop()
+            self.node.pruner.stop()
             self._log.info("node stopped, mempool of {n} saved", n=len(self.node.mempool),
                            component="node", event="stop")
             self.node.store.close()

@@ -21,7 +21,6 @@ from aitnode import jmt
 from aitnode.state import TreeBase
 
 TREE_DBS = ("tree", "stale", "roots")
-PRUNE_BUDGET = 100_000  # stale nodes deleted per block at most: the rest waits for the next
 _ver = struct.Struct(">Q")
 
 
@@ -76,7 +75,7 @@ def undo(t, dbs, height):
     t.delete(prefix, db=dbs["roots"])
 
 
-def prune(t, dbs, kept_from, budget=PRUNE_BUDGET):
+def prune(t, dbs, kept_from, budget):
     """Delete what no version >= kept_from needs, at most budget nodes.
     Returns how many nodes it deleted."""
     done = 0
@@ -114,8 +113,24 @@ def counts(t, dbs):
     return {name: t.stat(dbs[name])["entries"] for name in TREE_DBS}
 
 
-class TreeReads:
-    """Store's reads of the state tree (a mixin: self.env, self._db)."""
+class TreeTables:
+    """Store's part for the state tree (a mixin: self.env, self._db)."""
+
+    def prune_tree(self, kept_from, budget):
+        """Make heights below kept_from unprovable (at once) and delete the
+        nodes only they need (at most budget, in this write transaction);
+        True when more is left to delete.  Not part of any block: the
+        node calls it in slices after commits (pipeline)."""
+        with self.env.begin() as t:
+            current = self._kept_from(t)
+            cur = t.cursor(db=self._db["stale"])
+            first = cur.key() if cur.first() else None
+        if kept_from <= current and (first is None or _ver.unpack_from(first)[0] > current):
+            return False  # nothing to do: no write transaction (no fsync)
+        with self.env.begin(write=True) as t:
+            if kept_from > current:
+                t.put(b"tree_kept_from", cbor2.dumps(kept_from), db=self._db["meta"])
+            return prune(t, self._db, max(kept_from, current), budget) >= budget
 
     def _kept_from(self, t):
         raw = t.get(b"tree_kept_from", db=self._db["meta"])

@@ -238,6 +238,9 @@ class StoredTreeTests(StoreTestBase):
         self.assertEqual(reference_root(entries), again["header"]["state_root"])
 
     def test_pruning_keeps_every_kept_height_whole(self):
+        """Pruned in slices of 3 nodes: heights below the kept one are
+        refused at once, every kept height still proves every entry, and
+        in the end nothing stale at or below the kept height is left."""
         path = os.path.abspath(self.mktemp())
         store = Store(path)
         self.addCleanup(store.close)
@@ -246,9 +249,17 @@ class StoredTreeTests(StoreTestBase):
         for n in range(1, 9):
             block, records, view, failed = chain.build_block(
                 [transfer(ALICE, n, accounts[n % 6], n)], AUTHORITY, 1_700_000_000 + n * 100)
-            tree, changes = view.finish()
-            view.release()
-            store.commit_block(block, records, changes, tree, kept_from=max(0, n - 3))
+            chain.commit(block, records, view)
+        before = store.tree_counts()
+        self.assertTrue(store.prune_tree(5, 3))  # more left
+        self.assertEqual(store.tree_kept_from(), 5)
+        self.assertRaises(treestore.Pruned, store.proof, "acct", ALICE.address, 4)
+        slices = 1
+        while store.prune_tree(5, 3):
+            slices += 1
+        self.assertGreater(slices, 2)
+        self.assertFalse(store.prune_tree(5, 3))  # nothing left: no write at all
+        self.assertFalse(store.prune_tree(2, 3))  # the kept height never goes down
         self.assertEqual(store.tree_kept_from(), 5)
         for height in range(5, 9):
             root = bytes.fromhex(store.block_at(height)["header"]["state_root"])
@@ -256,12 +267,39 @@ class StoredTreeTests(StoreTestBase):
                 raw, proof = store.proof("acct", a.address, height)
                 vh = None if raw is None else jmt.value_hash_raw(raw)
                 jmt.verify_proof(root, jmt.key_hash("acct", a.address), vh, proof)
-        self.assertRaises(treestore.Pruned, store.proof, "acct", ALICE.address, 4)
-        # Nothing stale at or below the kept height is left, and the
-        # tables hold less than without pruning.
         with store.env.begin() as t:
             stale = [k for k, _ in t.cursor(db=store._db["stale"])]
+            roots = [int.from_bytes(k, "big") for k, _ in t.cursor(db=store._db["roots"])]
         self.assertTrue(all(int.from_bytes(k[:8], "big") > 5 for k in stale))
+        self.assertEqual(roots, [5, 6, 7, 8])
+        self.assertLess(store.tree_counts()["tree"], before["tree"])
+
+    def test_a_node_prunes_after_its_blocks_in_slices(self):
+        """One authority finalizes with its own votes; with state_history
+        2 the node keeps the tree of the two heights under the finalized
+        one and below, prunes in slices run by the clock after each block
+        (never inside a block's write transaction)."""
+        node = make_node(self, state_history=2)
+        slices = []
+        real = node.chain.prune_tree
+        node.chain.prune_tree = lambda budget: (slices.append(budget), real(budget))[1]
+        for n in range(1, 13):
+            node.admission.submit(transfer(ALICE, n, key(300 + n), 5).to_wire())
+            node.clock.advance(1)
+            seen = len(slices)
+            node.pipeline.propose()
+            self.assertEqual(len(slices), seen)  # not while committing: after, on the clock
+            node.clock.advance(0)
+        finalized = node.chain.finality().finalized.height
+        self.assertGreater(finalized, 6)
+        self.assertEqual(node.store.tree_kept_from(), finalized - 2)
+        self.assertTrue(slices)
+        self.assertRaises(treestore.Pruned, node.store.proof, "acct", ALICE.address, finalized - 3)
+        node.store.proof("acct", ALICE.address, finalized - 2)
+        node.pruner.stop()
+        node.admission.submit(transfer(ALICE, 13, BOB, 5).to_wire())
+        node.pipeline.propose()
+        self.assertFalse(node.clock.getDelayedCalls())
 
 
 class StoredTreeProperties(SynchronousTestCase):
