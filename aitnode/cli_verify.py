@@ -8,12 +8,13 @@ not verify is one line on stderr and a non-zero exit (cli.main).
 
 import json
 import os
+import time
 import urllib.error
 import urllib.request
 
 from aitnode.errors import AitError, ConfigError
 from aitnode.genesis import Genesis
-from aitnode.light import LightClient, LightError, parse_trust
+from aitnode.light import LightClient, LightError, NotYet, parse_trust
 from aitnode.light_proofs import verify_balance, verify_receipt, verify_tx
 
 TIMEOUT = 30  # seconds per request
@@ -88,8 +89,18 @@ VERIFY = {"balance": verify_balance, "tx": verify_tx, "receipt": verify_receipt}
 
 def cmd_verify(args):
     client = client_for(args, http_fetch(args.node))
-    client.sync()
-    out = VERIFY[args.what](client, args.ref)
+    deadline = time.monotonic() + args.wait
+    while True:
+        client.sync()
+        try:
+            out = VERIFY[args.what](client, args.ref)
+            break
+        except NotYet:
+            # Not in a finalized block yet: with --wait, follow the chain
+            # until it is, or the time is up (then the last reason stands).
+            if time.monotonic() + 1 > deadline:
+                raise
+            time.sleep(1)
     if args.json:
         print(json.dumps(out))
         return None
@@ -116,4 +127,6 @@ def add_commands(sub, with_node):
     s.add_argument("--genesis", help="the chain's genesis file (the trusted checkpoint)")
     s.add_argument("--trust", help="HEIGHT:HASH of a block you trust (instead of the genesis file)")
     s.add_argument("--cache", help=f"where what was verified is kept (default {cache_dir()}/<chain>.json)")
+    s.add_argument("--wait", type=float, default=0, metavar="SECONDS",
+                   help="a transaction or receipt not final yet: follow the chain up to this long for it")
     s.set_defaults(func=cmd_verify)

@@ -36,6 +36,11 @@ class LightError(Exception):
     """One line saying what did not verify."""
 
 
+class NotYet(LightError):
+    """What was asked is not (yet) in the verified finalized state or
+    chain: a later finalized block may hold it (ait verify --wait)."""
+
+
 def _jmt():
     # The state tree module (issue 11); imported here so that this module
     # loads, and its header checks run, on their own.

@@ -11,7 +11,7 @@ from aitnode import crypto, receipts as R
 from aitnode.blocks import block_hash, tx_leaf
 from aitnode.encoding import is_hex, verify_merkle_branch
 from aitnode.errors import AitError
-from aitnode.light import PAGE, LightError, guard
+from aitnode.light import PAGE, LightError, NotYet, guard
 from aitnode.tx import parse_tx
 
 
@@ -73,7 +73,7 @@ def _check_tx(client, tx_hash, answer):
     point = client.point
     height = answer["height"]
     if type(height) is not int or height > point.height:
-        raise LightError(f"tx {tx_hash}: its block {height} is not finalized (finalized {point.height})")
+        raise NotYet(f"tx {tx_hash}: its block {height} is not finalized (finalized {point.height})")
     header = header_at(client, height)
     if answer["block_hash"] != block_hash(header):
         raise LightError(f"tx proof names another block than block {height} of the verified chain")
@@ -106,7 +106,7 @@ def verify_receipt(client, receipt_id):
     quoted = urllib.parse.quote(receipt_id, safe="")
     record = client.prove("rcpt", receipt_id, "receipt")
     if record is None:
-        raise LightError(f"receipt {receipt_id!r} is not recorded at finalized block {point.height} "
+        raise NotYet(f"receipt {receipt_id!r} is not recorded at finalized block {point.height} "
                          "(absence proven)")
     out = guard(lambda: _check_receipt(client, receipt_id, record), "the receipt")
     out["checked"].insert(0, f"rcpt/{quoted} present in the state of finalized block {point.height}")

@@ -385,6 +385,28 @@ class CliTests(LightTestBase):
         self.assertEqual((code, err), (0, ""))
         self.assertIn("verified at finalized block 7", out)
 
+    def test_wait_follows_the_chain_until_the_transaction_is_final(self):
+        """A transaction in the head block, not final yet: refused at once
+        with the reason, and with --wait verified once blocks finalize it
+        (each pause of the wait lets the chain go on here)."""
+        tx = transfer(ALICE, 3, BOB, 4)
+        height = self.s.block([tx])["header"]["height"]
+        code, _, err = self.run_cli(self.s, "tx", tx.hash)
+        self.assertEqual(code, 1)
+        self.assertIn(f"tx {tx.hash}: its block {height} is not finalized (finalized {height - 2})", err)
+        now = [0.0]
+        self.patch(cli.cli_verify.time, "monotonic", lambda: now[0])
+        self.patch(cli.cli_verify.time, "sleep", lambda s: (now.__setitem__(0, now[0] + s), self.s.block()))
+        code, out, err = self.run_cli(self.s, "tx", tx.hash, "--wait", "10")
+        self.assertEqual((code, err, now[0]), (0, "", 2.0))
+        self.assertIn(f"verified at finalized block {height}", out)
+        self.assertEqual(now[0], 2.0)  # two more blocks finalize it
+        # Never past the time given: the last reason stands.
+        code, _, err = self.run_cli(self.s, "receipt", "rcpt-9", "--wait", "1.5")
+        self.assertEqual(code, 1)
+        self.assertIn("'rcpt-9' is not recorded at finalized block", err)
+        self.assertLessEqual(now[0], 2.0 + 1.5)
+
     def test_honest(self):
         code, out, err = self.run_cli(self.s, "balance", ALICE.address)
         self.assertEqual((code, err), (0, ""))
