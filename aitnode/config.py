@@ -47,6 +47,8 @@ SCHEMA = {
         "map_size": ("int", 17179869184, _ONE),
         # blocks below the finalized one whose state tree is kept for proofs
         "state_history": ("int", 256, (lambda v: v >= 0, "must be 0 or more")),
+        # the proposer's state-tree updates in a child process (off the reactor)
+        "tree_worker": ("bool", True, None),
     },
     "rpc": {
         "listen": ("str", "tcp:8080:interface=127.0.0.1", None),

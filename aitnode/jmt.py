@@ -262,6 +262,24 @@ class TreeUpdate:
         return (self._v, False, bytes(node.heap[:32]))
 
 
+class TreeJob:
+    """One version's tree update, as work a driver may hand to another
+    process (the node's tree worker): a step generator yields it and
+    receives the finished TreeUpdate, or None to run it itself.  Only an
+    update whose base is committed in LMDB is offered (the worker reads
+    the nodes there)."""
+
+    offload = True
+
+    def __init__(self, version, root, updates):
+        self.version, self.root, self.updates = version, root, updates
+
+    def run(self, read):
+        tree = TreeUpdate(read, self.version)
+        tree.run(self.root, self.updates)
+        return tree
+
+
 def _run_now(gen):
     try:
         while True:

@@ -33,13 +33,15 @@ class Node:
 
 
 def compose(data_dir, genesis, clock, key=None, verifier=None, mempool=None, attestor=None,
-            metrics=None, pause=None, map_size=1 << 34, state_history=256):
+            metrics=None, pause=None, map_size=1 << 34, state_history=256, tree_worker=None):
     """A Node on data_dir (opened, or made from genesis).
 
     clock: the reactor or a Clock; key: an authority KeyPair (ignored
     unless genesis lists it); pause: cooperate.pause_for(reactor) to slice
     long work, None to do it in one go; state_history: blocks below the
-    finalized one whose state tree is kept (None: all).  Raises ConfigError.
+    finalized one whose state tree is kept (None: all); tree_worker: a
+    treeworker.TreeWorker on data_dir for the proposer's tree updates
+    (None: in process).  Raises ConfigError.
     """
     store = Store(data_dir, map_size=map_size)
     try:
@@ -55,6 +57,8 @@ def compose(data_dir, genesis, clock, key=None, verifier=None, mempool=None, att
     admission = Admission(chain, mempool, verifier, metrics, local, attestor=attestor, key=key, pause=pause)
     ballot = Ballot(chain, local, metrics, key=key)
     pipeline = BlockPipeline(chain, mempool, admission, verifier, local, metrics, clock, key=key, ballot=ballot)
+    if tree_worker is not None:
+        pipeline.tree_jobs = tree_worker.run
     ballot.attach(pipeline)
     queries = Queries(chain, mempool, local)
     pruner = Pruner(chain, clock)
@@ -68,5 +72,5 @@ def compose(data_dir, genesis, clock, key=None, verifier=None, mempool=None, att
     return Node(
         store=store, local=local, chain=chain, mempool=mempool, verifier=verifier, metrics=metrics,
         admission=admission, pipeline=pipeline, queries=queries, ballot=ballot, key=key,
-        clock=clock, chain_id=chain.chain_id, pause=pause, pruner=pruner,
+        clock=clock, chain_id=chain.chain_id, pause=pause, pruner=pruner, tree_worker=tree_worker,
     )

@@ -99,7 +99,9 @@ class BlockPipeline:
     async def propose_async(self, pause):
         """propose, letting the reactor run (await pause()) between slices of
         the work, so RPC keeps answering while a large block is built."""
-        return await run_steps_async(self._propose_steps(), pause)
+        return await run_steps_async(self._propose_steps(), pause, jobs=self.tree_jobs)
+
+    tree_jobs = None  # run(job) of the node's tree worker, if it has one (treeworker.TreeWorker)
 
     def _propose_steps(self):
         """Build and commit a block.  A transaction that makes building or

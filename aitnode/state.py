@@ -116,8 +116,12 @@ class StateView:
                 if n % slice_size == 0:
                     yield
             updates.sort()
-            tree = jmt.TreeUpdate(self._node_reader(base), base.height + 1)
-            yield from tree.run_steps(base.root, updates)
+            # A driver may run it in the tree worker (steps.run_steps_async);
+            # run alone (steps.run_steps), it gets None and it is done here.
+            tree = (yield jmt.TreeJob(base.height + 1, base.root, updates)) if not base.pending else None
+            if tree is None or tree.version != base.height + 1:
+                tree = jmt.TreeUpdate(self._node_reader(base), base.height + 1)
+                yield from tree.run_steps(base.root, updates)
             self._final = (tree, changes)
         return self._final
 

@@ -12,11 +12,24 @@ def run_steps(steps):
         return done.value
 
 
-async def run_steps_async(steps, pause):
-    """The same, awaiting pause() between slices (to let the reactor run)."""
+async def run_steps_async(steps, pause, jobs=None):
+    """The same, awaiting pause() between slices (to let the reactor run).
+
+    A slice may yield a job (an object with ``offload`` true, such as
+    jmt.TreeJob): jobs(job) is awaited for its result, which the generator
+    receives; without jobs, or when jobs fails, it receives None and does
+    the work itself."""
+    result = None
     try:
         while True:
-            next(steps)
-            await pause()
+            item = steps.send(result)
+            result = None
+            if getattr(item, "offload", False) and jobs is not None:
+                try:
+                    result = await jobs(item)
+                except Exception:
+                    result = None  # the worker is gone or failed: done in process
+            else:
+                await pause()
     except StopIteration as done:
         return done.value

@@ -29,6 +29,7 @@ from aitnode.p2p import P2P
 from aitnode.proposer import ProposerService
 from aitnode.ratelimit import RateLimiter
 from aitnode.rpc import RPC
+from aitnode.treeworker import TreeWorker
 from aitnode.verifier import InlineVerifier, PoolVerifier
 from aitnode.web import connection_cap, make_site, make_web_server, open_files_limit
 
@@ -72,6 +73,8 @@ class NodeService(service.MultiService):
             return
         self._node_started = True
         self.node.verifier.start()
+        if self.node.tree_worker is not None:
+            self.node.tree_worker.start()
         restored = self.node.admission.restore_mempool()
         height, head = self.node.chain.head()
         self._log.info(
@@ -97,6 +100,8 @@ class NodeService(service.MultiService):
             self.node.admission.save_mempool()
             self.node.verifier.stop()
             self.node.pruner.stop()
+            if self.node.tree_worker is not None:
+                self.node.tree_worker.stop()
             self._log.info("node stopped, mempool of {n} saved", n=len(self.node.mempool),
                            component="node", event="stop")
             self.node.store.close()
@@ -154,6 +159,7 @@ def build(cfg, reactor):
         cfg.node.data_dir, genesis, reactor, key=key, verifier=verifier, attestor=attestor,
         mempool=Mempool(max_size=cfg.mempool.max_size, max_per_sender=cfg.mempool.max_per_sender),
         pause=pause_for(reactor), map_size=cfg.node.map_size, state_history=cfg.node.state_history,
+        tree_worker=TreeWorker(reactor, cfg.node.data_dir) if cfg.node.tree_worker else None,
     )
     p2p = None
     if cfg.p2p.listen:

@@ -1,5 +1,5 @@
-"""A node leaves no process behind: its signature-checking workers end
-with it, whether it is stopped (SIGTERM) or killed (SIGKILL).
+"""A node leaves no process behind: its signature-checking workers and its
+tree worker end with it, whether it is stopped (SIGTERM) or killed (SIGKILL).
 
 The process tree is read from /proc/<pid>/stat (Linux).  A process is
 named by (pid, start time), so a recycled pid never passes for one of
@@ -86,9 +86,10 @@ class NodeLeavesNoProcessTests(unittest.TestCase):
         status, body = await node.post("/rpc/sendTxs", txs)
         self.assertEqual(status, 200, body)
         self.assertTrue(all("txHash" in r for r in body["results"]), body)
-        # Two workers, at least, run under the node.
-        helpers = await wait_for(lambda: (lambda d: d if len(d) >= WORKERS else None)(descendants(pid)),
-                                 timeout=20, message="the node's verifier workers to start")
+        # Two verifier workers, at least, and the tree worker run under the node.
+        helpers = await wait_for(lambda: (lambda d: d if len(d) >= WORKERS + 1 else None)(descendants(pid)),
+                                 timeout=20, message="the node's verifier workers and tree worker to start")
+        self.assertIn("aitnode.treeworker", describe(helpers))
         # Whatever this test leaves running, it ends itself (helpers hold
         # the node's stdout, so the node's protocol ends only after them).
         self.addCleanup(lambda: [os.kill(p, signal.SIGKILL) for p, _ in alive(helpers)])
