@@ -82,6 +82,14 @@ def _kept_finalized(store, fin):
     return F.Finality(fin.justified, F.Checkpoint(*kept))
 
 
+def prune_tree(chain, budget):
+    """Prune the state tree below chain.state_history blocks under the
+    finalized block, at most budget nodes; True when more is left."""
+    if chain.state_history is None or chain.store.closed:
+        return False
+    return chain.store.prune_tree(chain.finality().finalized.height - chain.state_history, budget)
+
+
 def _write_genesis(store, g):
     view = StateView(store, base=TreeBase.empty())
     for ns, key, value in g.entries:
@@ -260,7 +268,11 @@ class Chain:
 
     # -- verifying -----------------------------------------------------------
     def verify_block(self, block, txs, parent=None, view=None, now=None):
-        """Check a block from elsewhere; return (block, tx_records, view) to commit.
+        return run_steps(self.verify_steps(block, txs, parent, view, now))
+
+    def verify_steps(self, block, txs, parent=None, view=None, now=None):
+        """Check a block from elsewhere; return (block, tx_records, view) to
+        commit (steps: verify_block runs them; they may yield a tree job).
 
         parent: the header it must extend (the head's by default); view:
         the state after parent (the head's by default).  txs are parsed
@@ -308,6 +320,7 @@ class Chain:
                 raise AitError("bad_block", f"transaction {tx.hash} is invalid: {e.message}")
         finish_block(ctx)
         C.end_block(ctx)
+        yield from view.finish_steps()
         if view.root() != header["state_root"]:
             raise AitError("bad_block", "state_root does not match the state after the block")
         out = {"header": header, "hash": h, "sig": block["sig"], "txs": [tx.hash for tx in txs], "attestations": atts,
@@ -337,12 +350,6 @@ class Chain:
         tree, changes = view.finish()
         view.release()
         self.store.commit_block(block, tx_records, changes, tree)
-
-    def prune_tree(self, budget):
-        """Prune the tree below state_history blocks under the finalized one (budget nodes); more left?"""
-        if self.state_history is None:
-            return False
-        return self.store.prune_tree(self.finality().finalized.height - self.state_history, budget)
 
     def rollback(self, height):
         """Undo blocks above height; the wire transactions they held, oldest first."""

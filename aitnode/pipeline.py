@@ -9,6 +9,7 @@ network code.
 
 import time
 
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from aitnode.unstorable import TxBreaksBlock, commit_built_steps
@@ -30,6 +31,27 @@ def short_of_votes(chain, block, view):
             and chain.finality(view).justified.height != header["height"] - 1)
 
 
+def _no_pause():
+    return defer.succeed(None)
+
+
+class VoteWait:
+    """Holds back a block short of votes (short_of_votes), for one block
+    interval at most: a chain never stops for votes that were lost."""
+
+    def __init__(self, clock):
+        self.clock = clock
+        self._since = None  # (height, when this node first held its block back)
+
+    def holds(self, chain, block, view):
+        height = block["header"]["height"]
+        if not short_of_votes(chain, block, view):
+            return False
+        if self._since is None or self._since[0] != height:
+            self._since = (height, self.clock.seconds())
+        return self.clock.seconds() - self._since[1] < view.param("block_interval_ms") / 1000
+
+
 class BlockPipeline:
     _log = Logger()
 
@@ -45,6 +67,7 @@ class BlockPipeline:
         self.clock = clock
         self.key = key if key is not None and chain.is_authority(key.address) else None
         self.ballot = ballot
+        self.vote_wait = VoteWait(clock)
         # Set when another machine signs with this node's authority key: the
         # node then signs nothing (no block, no vote) until it is restarted.
         self.signing_stopped = False
@@ -79,17 +102,6 @@ class BlockPipeline:
         last = self.local.signed("proposal")
         return last is None or height > last
 
-    def _waits_for_votes(self, block, view):
-        """Whether to hold this block back (see short_of_votes), for one
-        block interval at most: a chain never stops for lost votes."""
-        height = block["header"]["height"]
-        if not short_of_votes(self.chain, block, view):
-            return False
-        if self._vote_wait is None or self._vote_wait[0] != height:
-            self._vote_wait = (height, self.clock.seconds())
-        return self.clock.seconds() - self._vote_wait[1] < view.param("block_interval_ms") / 1000
-
-    _vote_wait = None  # (height, when this node first held its block back)
 
     # -- building ------------------------------------------------------------
     def propose(self):
@@ -124,7 +136,7 @@ class BlockPipeline:
                     candidates, self.key, self.now(), attestations=self.mempool.attestations(),
                     votes=votes, evidence=evidence,
                 )
-                if self.chain.head() != head or self._waits_for_votes(block, view):
+                if self.chain.head() != head or self.vote_wait.holds(self.chain, block, view):
                     # A block was imported meanwhile: this one no longer
                     # extends the head; or it should carry more votes.
                     view.release()
@@ -200,16 +212,25 @@ class BlockPipeline:
                 raise AitError("bad_block", f"transaction {tx.hash} has a bad signature")
 
     async def import_block_async(self, block, txs, now=None):
-        """Check the signatures of the block's transactions, then verify and
-        commit the block."""
+        """Check the signatures of the block's transactions, then verify
+        (its state tree in the tree worker, if there is one) and commit
+        the block."""
         await self.check_signatures(txs)
-        return self.import_block(block, txs, now)
+        started = time.perf_counter()
+        head = self.chain.head()
+        verified = await run_steps_async(self.chain.verify_steps(block, txs, now=now), _no_pause, jobs=self.tree_jobs)
+        if self.chain.head() != head:
+            verified[2].release()
+            raise AitError("head_moved", "the head changed while the block was checked", status=409)
+        return self._commit_imported(verified, started)
 
     def import_block(self, block, txs, now=None):
         """Verify a block built elsewhere on top of the head, and commit it.
         now: bound its timestamp by this time (chain.verify_block)."""
-        started = time.perf_counter()
-        checked, records, view = self.chain.verify_block(block, txs, now=now)
+        return self._commit_imported(self.chain.verify_block(block, txs, now=now), time.perf_counter())
+
+    def _commit_imported(self, verified, started):
+        checked, records, view = verified
         self.chain.commit(checked, records, view)
         self._after_commit(checked, records, {})
         self._log.info(

@@ -10,6 +10,8 @@ runs before the next).
 
 from twisted.logger import Logger
 
+from aitnode.chain import prune_tree
+
 SLICE = 2000  # nodes per write transaction: a few milliseconds
 
 
@@ -33,7 +35,7 @@ class Pruner:
         if self.stopped:
             return
         try:
-            more = self.chain.prune_tree(self.slice_size)
+            more = prune_tree(self.chain, self.slice_size)
         except Exception:
             self._log.failure("pruning the state tree failed", component="chain", event="prune_failed")
             return

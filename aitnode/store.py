@@ -271,7 +271,10 @@ class Store(_Writes, treestore.TreeTables):
         self.path = path
         self._db = {name: self.env.open_db(name.encode()) for name in CHAIN_DBS}
 
+    closed = False
+
     def close(self):
+        self.closed = True
         self.env.close()
 
     # -- meta ---------------------------------------------------------

@@ -281,8 +281,8 @@ class StoredTreeTests(StoreTestBase):
         (never inside a block's write transaction)."""
         node = make_node(self, state_history=2)
         slices = []
-        real = node.chain.prune_tree
-        node.chain.prune_tree = lambda budget: (slices.append(budget), real(budget))[1]
+        real = node.store.prune_tree
+        node.store.prune_tree = lambda kept_from, budget: (slices.append(budget), real(kept_from, budget))[1]
         for n in range(1, 13):
             node.admission.submit(transfer(ALICE, n, key(300 + n), 5).to_wire())
             node.clock.advance(1)

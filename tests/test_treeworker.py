@@ -11,6 +11,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from aitnode import treeworker
+from aitnode.errors import AitError
 from aitnode.genesis import Genesis
 from aitnode.node import compose
 from aitnode.treeworker import TreeWorker
@@ -96,3 +97,46 @@ def _zombie(pid):
             return f.read().split(")")[-1].split()[0] == "Z"
     except OSError:
         return True
+
+
+class ImportTests(TestCase):
+    timeout = 60
+
+    def setUp(self):
+        self.source = make_node(self)
+        for n in range(1, 3):
+            self.source.admission.submit(transfer(ALICE, n, key(700 + n), 5).to_wire())
+            self.source.clock.advance(1)
+            self.source.pipeline.propose()
+        self.path = self.mktemp()
+        self.worker = TreeWorker(reactor, self.path)
+        self.node = compose(self.path, Genesis(genesis_doc()), reactor, key=None, tree_worker=self.worker)
+        self.addCleanup(self.node.store.close)
+        self.addCleanup(self.node.pruner.stop)
+        self.worker.start()
+        self.addCleanup(lambda: (self.worker.stop(), wait_for(lambda: not self.worker.running, 10))[1])
+
+    def entry(self, height):
+        e = self.source.chain.block_entry(height)
+        return e["block"], [self.node.admission.parse(w) for w in e["txs"]]
+
+    @inline
+    async def test_imported_blocks_are_checked_by_the_worker(self):
+        for h in (1, 2):
+            await self.node.pipeline.import_block_async(*self.entry(h))
+        self.assertEqual(self.node.chain.head(), self.source.chain.head())
+        self.assertEqual(self.worker.jobs, 2)
+
+    @inline
+    async def test_a_head_that_moved_meanwhile_is_reported_not_committed_twice(self):
+        await self.node.pipeline.import_block_async(*self.entry(1))
+        real = self.node.pipeline.tree_jobs
+
+        def meanwhile(job):
+            self.node.pipeline.import_block(*self.entry(2))  # another path committed it first
+            return real(job)
+        self.node.pipeline.tree_jobs = meanwhile
+        with self.assertRaises(AitError) as caught:
+            await self.node.pipeline.import_block_async(*self.entry(2))
+        self.assertEqual(caught.exception.code, "head_moved")
+        self.assertEqual(self.node.chain.head(), self.source.chain.head())

@@ -278,7 +278,7 @@ class BlockSync:
                 finally:
                     self.p2p.importing_from = None
             except AitError as e:
-                if e.code != "block_in_future":  # stamped ahead: held or asked again, no offence
+                if e.code not in ("block_in_future", "head_moved"):  # held, or asked again: no offence
                     self.p2p.penalize(conn, "bad_block", e.message)
                 return imported > 0
             self.p2p.seen_block.add(block["hash"])
