@@ -269,10 +269,11 @@ class TreeJob:
     update whose base is committed in LMDB is offered (the worker reads
     the nodes there)."""
 
-    offload = True
+    OFFLOAD_MIN = 256  # changed entries: below, a round trip to the worker costs more than the work
 
     def __init__(self, version, root, updates):
         self.version, self.root, self.updates = version, root, updates
+        self.offload = len(updates) >= self.OFFLOAD_MIN
 
     def run(self, read):
         tree = TreeUpdate(read, self.version)

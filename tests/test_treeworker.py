@@ -10,7 +10,7 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from aitnode import treeworker
+from aitnode import jmt, treeworker
 from aitnode.errors import AitError
 from aitnode.genesis import Genesis
 from aitnode.node import compose
@@ -28,6 +28,7 @@ class TreeWorkerTests(TestCase):
     timeout = 60
 
     def setUp(self):
+        self.patch(jmt.TreeJob, "OFFLOAD_MIN", 0)  # every update to the worker, however small
         self.path = self.mktemp()
         self.worker = TreeWorker(reactor, self.path)
         self.node = compose(self.path, Genesis(genesis_doc()), reactor, key=AUTHORITY, tree_worker=self.worker)
@@ -68,6 +69,16 @@ class TreeWorkerTests(TestCase):
         self.assertIsNotNone(raw)
 
     @inline
+    async def test_a_small_update_stays_in_process(self):
+        """A round trip to the worker costs more than a few entries' update."""
+        self.patch(jmt.TreeJob, "OFFLOAD_MIN", 256)
+        await self.propose(transfer(ALICE, 1, BOB, 5))
+        self.assertEqual(self.worker.jobs, 0)
+        self.patch(jmt.TreeJob, "OFFLOAD_MIN", 20)
+        await self.propose(*[transfer(ALICE, n, key(800 + n), 5) for n in range(2, 22)])
+        self.assertEqual(self.worker.jobs, 1)
+
+    @inline
     async def test_a_dead_worker_costs_only_time(self):
         await self.propose(transfer(ALICE, 1, BOB, 5))
         os.kill(self.worker.transport.pid, signal.SIGKILL)
@@ -103,6 +114,7 @@ class ImportTests(TestCase):
     timeout = 60
 
     def setUp(self):
+        self.patch(jmt.TreeJob, "OFFLOAD_MIN", 0)
         self.source = make_node(self)
         for n in range(1, 3):
             self.source.admission.submit(transfer(ALICE, n, key(700 + n), 5).to_wire())
