@@ -36,7 +36,7 @@ __all__ = ["EMPTY", "ProofError", "TreeUpdate", "bit", "decode_proof", "encode_p
            "leaf_hash", "node_key", "prove", "root_of", "root_of_entries", "value_hash", "value_hash_raw",
            "verify_proof"]
 
-LEAF, INNER = 0, 1
+SLICED_FROM = 256  # changed entries from which an update pauses between subtrees near the root
 
 _sha256 = hashlib.sha256
 _ver = struct.Struct(">Q")
@@ -129,7 +129,12 @@ class TreeUpdate:
         subtrees near the root, returning the new root reference (also
         kept as self.root)."""
         try:
-            self.root = base if not updates else (yield from self._update_steps(base, b"", 0, updates))
+            if not updates:
+                self.root = base
+            elif len(updates) < SLICED_FROM:  # a few entries: one short run, no pauses
+                self.root = self._update(base, b"", 0, updates)
+            else:
+                self.root = yield from self._update_steps(base, b"", 0, updates)
         finally:
             # The reader may hold a read transaction (a reader slot of the
             # LMDB environment): kept here, a branch of many blocks held
