@@ -22,7 +22,7 @@ import json
 import os
 import urllib.parse
 
-from aitnode import consensus as C, crypto, finality as F
+from aitnode import consensus as C, crypto, finality as F, jmt
 from aitnode.blocks import HEADER_FIELDS, block_hash
 from aitnode.encoding import canonical, check_value, is_hex
 from aitnode.errors import AitError
@@ -39,13 +39,6 @@ class LightError(Exception):
 class NotYet(LightError):
     """What was asked is not (yet) in the verified finalized state or
     chain: a later finalized block may hold it (ait verify --wait)."""
-
-
-def _jmt():
-    # The state tree module (issue 11); imported here so that this module
-    # loads, and its header checks run, on their own.
-    from aitnode import jmt
-    return jmt
 
 
 class Point:
@@ -354,7 +347,6 @@ def check_state_proof(answer, point, ns, key, what, label="finalized"):
     if answer["namespace"] != ns or answer["key"] != key:
         raise LightError(f"{what} proof is for another entry than {ns}/{key}")
     value, value_cbor = answer["value"], answer["value_cbor"]
-    jmt = _jmt()
     if value is None:
         if value_cbor is not None:
             raise LightError(f"{what} proof: value_cbor without a value")
