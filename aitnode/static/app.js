@@ -1107,7 +1107,6 @@ function replaceChain() {
 // from the pinned genesis.
 function forgetVerified() {
   if (!state.trust) return;
-  if (state.chain) state.chain.close();
   lightStore(state.trust.hash).clear();
   replaceChain();
 }

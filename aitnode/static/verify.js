@@ -660,8 +660,9 @@ export class HeaderChain {
     let calls = 0, want = this.pageSize;
     while (this.floor > height) {
       if (++calls > WALK_CALLS) fail(`block ${height} is too far below block ${this.floor}, the lowest this page links to`);
-      const start = Math.max(height, this.floor - want);
-      const n = this.floor - start;
+      const top = this.floor; // (another walk may lower it meanwhile)
+      const start = Math.max(height, top - want);
+      const n = top - start;
       const out = await this.fetchJSON(`rpc/getHeaders?from=${start}&limit=${n}`);
       if (!isObject(out) || !Array.isArray(out.headers)) fail("getHeaders did not answer a list of headers");
       const got = out.headers;
@@ -671,7 +672,7 @@ export class HeaderChain {
         want = got.length; // the answer was cut short: ask for fewer at once
         continue;
       }
-      let parent = this.record(this.floor).parent;
+      let parent = this.record(top).parent;
       for (let i = n - 1; i >= 0; i--) {
         const h = start + i, e = got[i];
         const hash = isObject(e) && isObject(e.header) ? await hashOf(e.header) : null;
@@ -680,7 +681,7 @@ export class HeaderChain {
         }
         exactly(e.header, HEADER_FIELDS, `block ${h}'s header`);
         this.ancestors.set(h, { height: h, hash, parent: e.header.parent, stateRoot: e.header.state_root, txRoot: e.header.tx_root });
-        this.floor = h;
+        this.floor = Math.min(this.floor, h);
         parent = e.header.parent;
       }
     }
