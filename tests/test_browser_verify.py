@@ -13,6 +13,12 @@ Three parts:
   receipt whose detail view lists each check; the same stub, told to
   tamper with one answer at a time, gets an "unverified" mark with its
   own reason;
+* what the page verified is kept in this browser: a second visit resumes
+  from the kept finalized block (the stub sees its first getHeaders start
+  there) and still shows verified marks; a kept state the node's chain
+  contradicts, or one that does not validate, is refused with its reason
+  until the user clears it; a chain longer than one round of getHeaders
+  calls is followed to its end in further rounds;
 * against a real node process, once the node serves getHeaders, getProof
   and getTxProof (issue 11), the same marks for a real balance and a
   real receipt.
@@ -329,10 +335,15 @@ TAMPERS = {
 class ChainStub:
     """A short honest chain of one authority: block 1 pays escrow, block 2
     holds two transfers and a compute receipt claim, blocks 3 to 8 are
-    empty; every block carries its parent's vote.  `tamper` names one lie."""
+    empty; every block carries its parent's vote.  `tamper` names one lie.
+    Another `variant` is another chain from the same genesis: the same
+    blocks 1 and 2, other timestamps from block 3 on.  `requests` lists
+    the (method, query) of each RPC call it answered."""
 
-    def __init__(self):
+    def __init__(self, variant=0):
         self.tamper = None
+        self.variant = variant
+        self.requests = []
         self.authorities = [{"address": AUTHORITY.address, "public_key": AUTHORITY.public_key.hex(), "jailed": False}]
         coordinator = {"address": COORDINATOR.address, "public_key": COORDINATOR.public_key.hex()}
         s0 = {
@@ -396,7 +407,7 @@ class ChainStub:
                 votes = [sign_vote(AUTHORITY, CHAIN_ID, h - 1, self.hashes[h - 1], *justified_parent).to_wire()]
             header = {
                 "chain_id": CHAIN_ID, "parent": self.hashes[h - 1] if h else "00" * 32, "height": h,
-                "timestamp": T0 + 1000 * h, "proposer": AUTHORITY.address if h else "",
+                "timestamp": T0 + 1000 * h + (self.variant if h >= 3 else 0), "proposer": AUTHORITY.address if h else "",
                 "tx_root": merkle_root([self.leaf_input(t) for t in self.block_txs[h]]).hex(),
                 "state_root": self.states[h].root.hex(),
                 "votes_root": merkle_root([H(canonical(v)) for v in votes]).hex(),
@@ -414,6 +425,10 @@ class ChainStub:
             justified_parent = justified  # J(h), the source of the votes for h
         self.genesis = self.hashes[0]
         assert quorum(1) == 1
+
+    def header_calls(self):
+        """[(from, limit)] of the getHeaders calls answered, in order."""
+        return [(int(q["from"]), int(q["limit"])) for m, q in self.requests if m == "getHeaders"]
 
     # -- answers ---------------------------------------------------------------
     def head(self):
@@ -493,9 +508,9 @@ class ChainStub:
 class ChainStubNode(resource.Resource):
     def __init__(self, chain):
         super().__init__()
-        self.chain = chain
         page.install(self)
-        self.putChild(b"rpc", _ChainRPC(chain))
+        self.rpc = _ChainRPC(chain)  # its .chain may be replaced: the node's chain started over
+        self.putChild(b"rpc", self.rpc)
 
 
 class _ChainRPC(resource.Resource):
@@ -511,6 +526,7 @@ class _ChainRPC(resource.Resource):
         query = {k.decode(): v[0].decode() for k, v in request.args.items()}
         status, out = 200, None
         c = self.chain
+        c.requests.append((path[0] if path else "", query))
         if path == ["getHead"]:
             out = c.head()
         elif path == ["getSupply"]:
@@ -577,6 +593,41 @@ return out;
 """
 
 
+RUN_WALK = """
+const [genesis, kept, lie] = arguments;
+const calls = [];
+const fetchJSON = async (path) => {
+  const q = path.split("?")[1];
+  calls.push(q);
+  const out = await ait.rpc(path);
+  if (lie && q.startsWith("from=2&")) out.headers[1].header.timestamp += 1;
+  return out;
+};
+const c = new ait.verify.HeaderChain(genesis, fetchJSON, {store: {load: () => kept, save() {}, clear() {}}, pageSize: 2});
+await c.resume();
+try {
+  return {hash: (await c.recordAt(2)).hash, calls};
+} catch (e) {
+  return {error: e.name + ": " + e.message, calls};
+}
+"""
+
+RUN_ROUNDS = """
+const [genesis, address, balance] = arguments;
+const c = new ait.verify.HeaderChain(genesis, ait.rpc, {pageSize: 3, roundCalls: 1});
+const rounds = [];
+const round = async () => {
+  await c.sync();
+  rounds.push([c.behind, c.tip().height, c.progress()]);
+};
+await round();
+const v = await ait.verify.verifyBalance(c, address, {balance, nonce: 0});
+while (c.behind && rounds.length < 10) await round();
+const after = await ait.verify.verifyBalance(c, address, {balance, nonce: 0});
+return {rounds, mark: v.state + " " + v.reason, after: after.state};
+"""
+
+
 class VerifyDriver(BrowserDriver):
     def load(self, path):
         self.d.get(self.url + path)
@@ -593,6 +644,23 @@ class VerifyDriver(BrowserDriver):
     def trust(self):
         return {"state": self.attr("trust", "data-state"), "text": self.find("trust-text").text,
                 "final": self.attr("trust-final", "data-height"), "source": self.find("trust-source").text}
+
+    def wait_trust(self, state, timeout=30):
+        self.wait(f"the trust bar to be {state}", lambda: self.trust()["state"] == state, timeout)
+        return self.trust()
+
+    def kept(self, genesis):
+        """The light client's state this browser keeps for genesis (parsed), or None."""
+        text = self.d.execute_script("return localStorage.getItem(arguments[0]);", f"aitnode.light.{genesis}")
+        return None if text is None else json.loads(text)
+
+    def keep(self, genesis, text):
+        self.d.execute_script("localStorage.setItem(arguments[0], arguments[1]);", f"aitnode.light.{genesis}", text)
+
+    def forget_verified(self):
+        """Remove what the page kept of any chain it followed (the pin stays)."""
+        self.d.execute_script(
+            "for (const k of Object.keys(localStorage)) if (k.startsWith('aitnode.light.')) localStorage.removeItem(k);")
 
     def show_account(self, address):
         self.type_into("acct-address", address)
@@ -757,9 +825,11 @@ class VerifyTests(TestCase):
         m = await deferToThread(b.wait_mark, "acct-verify", ["unverified"])
         self.assertIn("not the pinned genesis", m["title"])
 
-        # Each lie, on its own, gets its own reason.
+        # Each lie, on its own, gets its own reason (to a browser that kept
+        # nothing: one that did resumes above blocks 3 to 5, the lies in headers).
         for name, reason in TAMPERS.items():
             chain.tamper = name
+            await deferToThread(b.forget_verified)
             await deferToThread(b.load, f"/?{name}{pin}")
             await deferToThread(b.show_account, CAROL.address)
             m = await deferToThread(b.wait_mark, "acct-verify", ["verified", "unverified"])
@@ -796,6 +866,157 @@ class VerifyTests(TestCase):
         await deferToThread(b.load, "/?proxy-honest" + pin)
         await deferToThread(b.show_account, CAROL.address)
         await deferToThread(b.wait_mark, "acct-verify", ["verified"])
+
+    @inline
+    async def test_a_second_visit_resumes_from_what_this_browser_verified(self):
+        chain = ChainStub()
+        b = await self.browser(await self.start_stub(chain))
+        pin = f"#genesis={chain.genesis}"
+        fin = HEIGHT - 2
+
+        await deferToThread(b.load, "/?first" + pin)
+        t = await deferToThread(b.wait_trust, "ok")
+        self.assertNotIn("verified before", t["text"])
+        self.assertEqual(chain.header_calls()[0], (0, 256))
+        kept = await deferToThread(b.kept, chain.genesis)
+        self.assertEqual((kept["height"], kept["hash"], kept["chain_id"], kept["state_root"]),
+                         (fin, chain.hashes[fin], CHAIN_ID, chain.headers[fin]["state_root"]))
+        self.assertEqual(kept["authorities"], chain.authorities)
+        self.assertEqual(kept["finalized"], {"height": fin - 2, "hash": chain.hashes[fin - 2]})
+
+        # The second visit starts from the kept block, not from genesis, and
+        # still verifies the balance and the receipt (its block 2 is linked
+        # by parent hashes down from block 6).
+        del chain.requests[:]
+        await deferToThread(b.load, "/?second" + pin)
+        t = await deferToThread(b.wait_trust, "ok")
+        self.assertEqual(t["final"], str(fin))
+        self.assertIn(f"from block {fin}, verified before in this browser", t["text"])
+        self.assertEqual(chain.header_calls()[0], (fin, 256))
+        await deferToThread(b.show_account, CAROL.address)
+        m = await deferToThread(b.wait_mark, "acct-verify", ["verified", "unverified"])
+        self.assertEqual((m["state"], m["height"]), ("verified", str(fin)), m)
+        r = await deferToThread(b.receipt_mark, RECEIPT_ID, ["verified", "unverified"])
+        self.assertEqual(r["state"], "verified", r)
+        detail = await deferToThread(b.receipt_detail, RECEIPT_ID)
+        self.assertEqual({c["ok"] for c in detail["checks"]}, {"1"}, detail)
+        self.assertIn(f"from block {fin} verified before in this browser", detail["checks"][0]["text"])
+        calls = chain.header_calls()
+        self.assertNotIn(0, [start for start, _ in calls], calls)
+        self.assertIn((2, fin - 2), calls)  # the walk down to block 2: blocks 2 to 5
+        self.assertEqual(await deferToThread(b.severe), [], "the page logged errors")
+
+        # In the page's own code: a chain resumed from a kept state links a
+        # lower block in pages of at most pageSize, and refuses a header that
+        # is not the parent of the one above it.
+        got = await deferToThread(b.script, RUN_WALK, chain.genesis, json.dumps(kept), False)
+        self.assertEqual(got, {"hash": chain.hashes[2], "calls": [f"from={fin - 2}&limit=2", "from=2&limit=2"]})
+        got = await deferToThread(b.script, RUN_WALK, chain.genesis, json.dumps(kept), True)
+        self.assertEqual(got["error"], "VerifyError: block 3: the node's header is not the parent of the verified block 4")
+
+    @inline
+    async def test_a_kept_state_the_node_contradicts_is_refused_until_cleared(self):
+        chain = ChainStub()
+        node = ChainStubNode(chain)
+        b = await self.browser(await self.listen(node))
+        pin = f"#genesis={chain.genesis}"
+        fin = HEIGHT - 2
+        await deferToThread(b.load, "/?first" + pin)
+        await deferToThread(b.wait_trust, "ok")
+        kept = await deferToThread(b.kept, chain.genesis)
+        self.assertEqual(kept["hash"], chain.hashes[fin])
+        self.assertFalse(b.find("trust-clear").is_displayed())
+
+        # The node's chain started over from the same genesis: its block 6 is another.
+        other = ChainStub(variant=1)
+        self.assertEqual(other.hashes[:3], chain.hashes[:3])
+        self.assertNotEqual(other.hashes[fin], chain.hashes[fin])
+        node.rpc.chain = other
+        await deferToThread(b.load, "/?restarted" + pin)
+        t = await deferToThread(b.wait_trust, "failed")
+        want = f"the node's chain contradicts what this browser verified before at block {fin}; if the chain was started over, clear it"
+        self.assertEqual(t["text"], want)
+        self.assertEqual(t["final"], str(fin))
+        self.assertEqual(other.header_calls(), [(fin, 256)])
+        await deferToThread(b.show_account, CAROL.address)
+        m = await deferToThread(b.wait_mark, "acct-verify", ["verified", "unverified"])
+        self.assertEqual(m["state"], "unverified")
+        self.assertIn(want, m["title"])
+        r = await deferToThread(b.receipt_mark, RECEIPT_ID, ["verified", "unverified"])
+        self.assertEqual(r["state"], "unverified")
+        self.assertIn(want, r["title"])
+        self.assertEqual((await deferToThread(b.kept, chain.genesis))["hash"], chain.hashes[fin], "kept until cleared")
+        # Loading again does not get round it.
+        await deferToThread(b.load, "/?again" + pin)
+        self.assertEqual((await deferToThread(b.wait_trust, "failed"))["text"], want)
+        await deferToThread(b.show_account, CAROL.address)
+        m = await deferToThread(b.wait_mark, "acct-verify", ["verified", "unverified"])
+        self.assertEqual(m["state"], "unverified")
+
+        # Cleared: the page follows the node's chain from genesis and keeps that.
+        del other.requests[:]
+        await deferToThread(b.wait, "the clear button", lambda: b.find("trust-clear").is_displayed())
+        await deferToThread(lambda: b.find("trust-clear").click())
+        t = await deferToThread(b.wait_trust, "ok")
+        self.assertNotIn("verified before", t["text"])
+        self.assertEqual(other.header_calls()[0], (0, 256))
+        self.assertFalse(b.find("trust-clear").is_displayed())
+        m = await deferToThread(b.wait_mark, "acct-verify", ["verified"])
+        self.assertEqual(m["height"], str(fin))
+        await deferToThread(b.receipt_mark, RECEIPT_ID, ["verified"])
+        self.assertEqual((await deferToThread(b.kept, chain.genesis))["hash"], other.hashes[fin])
+
+        # A kept state that does not validate is not used either, each with its reason.
+        good = json.dumps(await deferToThread(b.kept, chain.genesis))
+        bad_set = json.loads(good)
+        bad_set["authorities"][0]["jailed"] = True
+        cases = [
+            ("{", "is malformed (not JSON)"),
+            (json.dumps(dict(json.loads(good), genesis="ab" * 32)), "is for another genesis (abababababababab"),
+            (json.dumps(bad_set), "is malformed (its authorities do not hash to its authorities_hash)"),
+            (json.dumps(dict(json.loads(good), height=1)), "is malformed (justified and finalized do not fit its height)"),
+            (json.dumps(dict(json.loads(good), chain_id="ait-other")), f"has chain id ait-other, block {fin}'s is {CHAIN_ID}"),
+        ]
+        for i, (text, reason) in enumerate(cases):
+            await deferToThread(b.keep, chain.genesis, text)
+            await deferToThread(b.load, f"/?damaged{i}" + pin)  # (the same address again would not reload)
+            t = await deferToThread(b.wait_trust, "failed")
+            self.assertIn("the verified state kept in this browser " + reason, t["text"])
+            self.assertIn("clear it", t["text"])
+            await deferToThread(b.wait, "the clear button", lambda: b.find("trust-clear").is_displayed())
+            await deferToThread(lambda: b.find("trust-clear").click())
+            await deferToThread(b.wait_trust, "ok")
+            self.assertEqual(await deferToThread(b.kept, chain.genesis), json.loads(good))
+        self.assertEqual(await deferToThread(b.severe), [], "the page logged errors")
+
+    @inline
+    async def test_a_chain_longer_than_a_round_is_followed_to_its_end(self):
+        """Rounds of one getHeaders call of 3 headers (2 new each): the page
+        goes on in further rounds to the head, and keeps what it verified."""
+        chain = ChainStub()
+        b = await self.browser(await self.start_stub(chain))
+        fin = HEIGHT - 2
+        await deferToThread(b.load, f"/?headers_page=3&headers_round=1#genesis={chain.genesis}")
+        t = await deferToThread(b.wait_trust, "ok")
+        self.assertEqual((t["final"], t["text"].split(" ")[0]), (str(fin), str(HEIGHT)))
+        calls = chain.header_calls()
+        self.assertEqual(calls[:4], [(0, 3), (2, 3), (4, 3), (6, 3)])
+        self.assertEqual({limit for _, limit in calls}, {3})
+        self.assertEqual((await deferToThread(b.kept, chain.genesis))["hash"], chain.hashes[fin])
+        await deferToThread(b.show_account, CAROL.address)
+        m = await deferToThread(b.wait_mark, "acct-verify", ["verified", "unverified"])
+        self.assertEqual((m["state"], m["height"]), ("verified", str(fin)), m)
+        await deferToThread(b.receipt_mark, RECEIPT_ID, ["verified"])
+
+        # One round at a time, in the page's own code: behind, with its
+        # progress, until the head; a balance checked meanwhile is "checking".
+        # (The balance check runs a round of its own: block 4.)
+        got = await deferToThread(b.script, RUN_ROUNDS, chain.genesis, CAROL.address, AMOUNT)
+        self.assertEqual(got, {
+            "rounds": [[True, 2, "following headers: block 2 of 8"], [True, 6, "following headers: block 6 of 8"],
+                       [False, 8, "following headers: block 8 of 8"]],
+            "mark": "checking following headers: block 4 of 8", "after": "verified"})
+        self.assertEqual(await deferToThread(b.severe), [], "the page logged errors")
 
 
 def _json_digits(raw):

@@ -1016,6 +1016,47 @@ async function waitForTx(txHash, timeoutMs = 120000) {
 
 const PIN_KEY = "aitnode.genesis";
 
+// What the light client verified is kept per pinned genesis (the genesis
+// hash fixes the chain id, which the entry holds and the node's headers
+// must match), so the next visit resumes from there (verify.HeaderChain).
+function lightStore(genesis) {
+  const key = `aitnode.light.${genesis}`;
+  return {
+    load() {
+      try {
+        return localStorage.getItem(key);
+      } catch (e) {
+        return null;
+      }
+    },
+    save(text) {
+      try {
+        localStorage.setItem(key, text);
+      } catch (e) { /* private mode or full: the next visit starts from genesis */ }
+    },
+    clear() {
+      try {
+        localStorage.removeItem(key);
+      } catch (e) { /* nothing kept */ }
+    },
+  };
+}
+
+// ?headers_page=N&headers_round=M: smaller getHeaders answers and rounds
+// (tests use them to follow a short chain in many rounds).
+function lightOptions() {
+  const q = new URLSearchParams(location.search);
+  const int = (name, lo, hi) => {
+    const v = Number(q.get(name));
+    return q.get(name) !== null && Number.isSafeInteger(v) && v >= lo && v <= hi ? v : undefined;
+  };
+  return { pageSize: int("headers_page", 2, verify.PAGE), roundCalls: int("headers_round", 1, verify.ROUND_CALLS) };
+}
+
+function newChain(genesis) {
+  return new verify.HeaderChain(genesis, rpc, { store: lightStore(genesis), ...lightOptions() });
+}
+
 function storedPin() {
   try {
     return localStorage.getItem(PIN_KEY);
@@ -1030,7 +1071,7 @@ function setupTrust() {
   if (m) state.trust = { hash: m[1], source: "pinned in the page address" };
   else if (stored && unhex(stored, 32)) state.trust = { hash: stored, source: "pinned in this browser" };
   else state.trust = null;
-  state.chain = state.trust ? new verify.HeaderChain(state.trust.hash) : null;
+  state.chain = state.trust ? newChain(state.trust.hash) : null;
   renderTrust();
   if (!state.trust) {
     rpc("rpc/getBlock/0").then((g) => {
@@ -1046,11 +1087,28 @@ function pinGenesis() {
     localStorage.setItem(PIN_KEY, state.offered);
   } catch (e) { /* private mode: the pin lasts as long as the page */ }
   state.trust = { hash: state.offered, source: "pinned in this browser" };
-  state.chain = new verify.HeaderChain(state.trust.hash);
+  replaceChain();
+}
+
+// Follow the pinned genesis's chain afresh; what waits for it is checked
+// again once it reaches the node's head.
+function replaceChain() {
+  if (state.chain) state.chain.close();
+  state.chain = newChain(state.trust.hash);
+  state.finalHeight = -1;
   for (const r of state.receipts) r.verify = null;
   renderTrust();
   renderReceipts();
   follow();
+}
+
+// The "clear" button: forget what this browser verified of this chain
+// (the node contradicts it, or it does not validate), and start again
+// from the pinned genesis.
+function forgetVerified() {
+  if (!state.trust) return;
+  lightStore(state.trust.hash).clear();
+  replaceChain();
 }
 
 function renderTrust() {
@@ -1061,6 +1119,7 @@ function renderTrust() {
   $("trust-genesis").title = g || "";
   $("trust-source").textContent = state.trust ? `(${state.trust.source})` : "(not pinned: this node's genesis)";
   $("trust-pin").hidden = !!state.trust || !state.offered;
+  $("trust-clear").hidden = !(state.trust && chain && (chain.errorStored || chain.notice));
   const fin = chain && chain.finalized();
   $("trust-final").textContent = fin ? fmt(fin.height) : "\u2013";
   $("trust-final").setAttribute("data-height", fin ? String(fin.height) : "");
@@ -1069,10 +1128,17 @@ function renderTrust() {
     text.textContent = "no genesis pinned: balances and receipts are not verified";
   } else if (chain.error) {
     box.setAttribute("data-state", "failed");
-    text.textContent = `the node's headers do not verify: ${chain.error}`;
-  } else if (fin) {
+    text.textContent = chain.errorStored ? chain.error : `the node's headers do not verify: ${chain.error}`;
+  } else if (chain.notice) {
+    box.setAttribute("data-state", "failed");
+    text.textContent = chain.notice;
+  } else if (fin && !chain.behind) {
     box.setAttribute("data-state", "ok");
-    text.textContent = `${fmt(chain.tip().height)} headers followed, signatures and finality votes checked`;
+    const from = chain.resumedAt === null ? "" : ` (from block ${fmt(chain.resumedAt)}, verified before in this browser)`;
+    text.textContent = `${fmt(chain.tip().height)} headers followed, signatures and finality votes checked${from}`;
+  } else if (fin) {
+    box.setAttribute("data-state", "following");
+    text.textContent = `${chain.progress()}, signatures and finality votes checked so far\u2026`;
   } else {
     box.setAttribute("data-state", "starting");
     text.textContent = "following headers\u2026";
@@ -1089,11 +1155,17 @@ function setMark(e, result) {
 
 let following = false;
 
-// Follow the header chain to the node's head; when the verified finalized
-// height moves, check again what waits for it.
+// Follow the header chain to the node's head, a bounded round at a time
+// (another round right after one that did not reach the head); when the
+// verified finalized height moves and the head is reached, check again
+// what waits for it.
 async function follow() {
   const chain = state.chain;
-  if (!chain || following || chain.error) return;
+  if (!chain || following) return;
+  if (chain.error) {
+    renderTrust(); // a check of a balance or a receipt may have met the error first
+    return;
+  }
   following = true;
   try {
     await chain.sync();
@@ -1105,7 +1177,9 @@ async function follow() {
   } finally {
     following = false;
     renderTrust();
+    if (state.chain !== chain || (!chain.error && chain.behind)) setTimeout(follow, 250);
   }
+  if (chain !== state.chain || (!chain.error && chain.behind)) return;
   const fin = chain.finalized();
   const h = chain.error ? -2 : fin ? fin.height : -1;
   if (h !== state.finalHeight) {
@@ -1144,7 +1218,7 @@ async function checkReceipts() {
   receiptsRunning = true;
   try {
     for (const r of state.receipts.slice(0, SHOW_RECEIPTS)) {
-      if (r.minted === null || (r.verify && r.verify.state !== "pending")) continue;
+      if (r.minted === null || (r.verify && r.verify.state !== "pending" && r.verify.state !== "checking")) continue;
       await checkReceipt(r, false);
     }
   } finally {
@@ -1220,6 +1294,7 @@ function start() {
   });
   $("send-from-show").addEventListener("click", () => sendKey && showAccount(sendKey.address));
   $("trust-pin").addEventListener("click", pinGenesis);
+  $("trust-clear").addEventListener("click", forgetVerified);
   $("rd-close").addEventListener("click", () => {
     state.detail = null;
     $("receipt-detail").hidden = true;

@@ -310,21 +310,68 @@ function parseSet(list, what) {
 }
 
 // The chain of headers from a pinned genesis, as far as the node serves it.
-// Per height it keeps {hash, timestamp, stateRoot, txRoot, setHash, J, F}
-// (J and F: the latest justified and finalized {height, hash} that block
-// leaves, computed here from the votes), and `final`: the highest
+// Per height it keeps {hash, parent, timestamp, stateRoot, txRoot, setHash,
+// J, F} (J and F: the latest justified and finalized {height, hash} that
+// block leaves, computed here from the votes), and `final`: the highest
 // finalized block seen, which never goes back.  A chain that breaks any
 // rule stops for good: `error` says why.
+//
+// What it verified is kept in `store` (this browser's localStorage, one
+// entry per pinned genesis, see app.js): the finalized block's record, the
+// authority set in effect for it (its child's is the same or carried by
+// the child, which add() requires), the chain id and the finality it
+// leaves.  The next visit resumes from there: the node's header at that
+// height must hash to the kept hash, or the page says the node's chain
+// contradicts what this browser verified before, and trusts nothing until
+// the user clears it.  Each sync() is one bounded round; `behind` says the
+// node's head was not reached yet (the page runs further rounds).
+export const PAGE = 256; // headers asked for at once (getHeaders' largest limit)
+export const ROUND_CALLS = 20; // getHeaders calls in one round: 5,120 headers, then the state is kept and shown
+const WALK_CALLS = 16; // calls recordAt makes at most to link a block below the one resumed from
+const STORED_VERSION = 1;
+const STORED_FIELDS = ["version", "genesis", "chain_id", "height", "hash", "parent", "timestamp", "state_root", "tx_root",
+  "authorities_hash", "justified", "finalized", "authorities"];
+
+async function hashOf(header) {
+  try {
+    return hex(await sha256(canonical(header)));
+  } catch (e) {
+    return null;
+  }
+}
+
+function checkpointOf(x, what) {
+  exactly(x, ["height", "hash"], what);
+  if (!Number.isSafeInteger(x.height) || x.height < 0 || unhex(x.hash, 32) === null) fail(`${what} is malformed`);
+  return { height: x.height, hash: x.hash };
+}
+
 export class HeaderChain {
-  constructor(genesisHash, fetchJSON = rpc) {
+  // options: store ({load() -> text or null, save(text), clear()}: where
+  // what was verified is kept), pageSize (2 to 256), roundCalls.
+  constructor(genesisHash, fetchJSON = rpc, options = {}) {
     this.genesisHash = genesisHash;
     this.fetchJSON = fetchJSON;
+    this.store = options.store || null;
+    this.pageSize = Math.min(PAGE, Math.max(2, options.pageSize || PAGE));
+    this.roundCalls = Math.max(1, options.roundCalls || ROUND_CALLS);
+    this.base = 0; // the height of records[0]
     this.records = [];
+    this.ancestors = new Map(); // height -> record, below base: linked by parent hashes down from it
+    this.floor = 0; // the lowest height records and ancestors hold, without gaps
     this.sets = new Map(); // authorities_hash -> set
     this.pendingVotes = []; // the votes for the last record, by its child (bound once the child is read)
     this.final = null;
     this.chainId = null;
     this.error = null;
+    this.errorStored = false; // the error is about the state kept in this browser: clearing it is the way on
+    this.notice = null; // why the node serves nothing past what was verified (not an error)
+    this.loaded = false;
+    this.resumedAt = null; // the height resumed from, when a kept state was used
+    this.savedHeight = null; // the height of the state kept in the store
+    this.closed = false;
+    this.behind = true; // the last round did not reach the node's head
+    this.headHeight = null; // the node's head, as its last getHeaders answer said
     this.busy = null;
     this.checked = { headers: 0, votes: 0 };
   }
@@ -333,9 +380,18 @@ export class HeaderChain {
     return this.records.length ? this.records[this.records.length - 1] : null;
   }
 
-  // Read headers up to the node's head (at most maxCalls calls of 256).
-  // One caller at a time; the others wait for its result.
-  sync(maxCalls = 200) {
+  next() {
+    return this.base + this.records.length;
+  }
+
+  progress() {
+    const tip = this.tip();
+    return `following headers: block ${tip ? tip.height : 0} of ${this.headHeight === null ? "?" : this.headHeight}`;
+  }
+
+  // One round: read headers towards the node's head, at most maxCalls
+  // calls of pageSize.  One caller at a time; the others wait for its result.
+  sync(maxCalls = this.roundCalls) {
     if (!this.busy) {
       this.busy = this._sync(maxCalls).finally(() => {
         this.busy = null;
@@ -347,24 +403,42 @@ export class HeaderChain {
   async _sync(maxCalls) {
     if (this.error) throw new VerifyError(this.error);
     try {
-      for (let calls = 0; calls < maxCalls; calls++) {
+      if (!this.loaded) await this.resume();
+      let caughtUp = false;
+      for (let calls = 0; calls < maxCalls && !caughtUp; calls++) {
         // From the last record again: its votes arrive with its child.
-        const from = Math.max(0, this.records.length - 1);
-        const out = await this.fetchJSON(`rpc/getHeaders?from=${from}&limit=256`);
+        const from = Math.max(0, this.next() - 1);
+        const out = await this.fetchJSON(`rpc/getHeaders?from=${from}&limit=${this.pageSize}`);
         if (!isObject(out) || !Array.isArray(out.headers)) fail("getHeaders did not answer a list of headers");
+        const head = isObject(out.head) && Number.isSafeInteger(out.head.height) ? out.head.height : null;
+        this.headHeight = head;
         const got = out.headers;
         if (got.length === 0) {
           if (this.records.length === 0) fail("the node has no genesis block");
+          const last = this.tip();
+          if (last.height > this.final.height) {
+            this.rewind(); // a shorter branch above finality
+            continue;
+          }
+          this.notice = `the node serves no block ${last.height}` + (head === null ? "" : ` (its chain ends at block ${head})`) +
+            (this.savedHeight === null ? "" : `: it may still be catching up; if the chain was started over, clear what this browser verified before`);
+          caughtUp = true;
           break;
         }
+        this.notice = null;
+        const before = this.next();
         let start = 0;
         if (this.records.length) {
           const e = got[0];
           const last = this.tip();
-          if (!isObject(e) || e.hash !== last.hash) {
-            if (last.height <= this.final.height) fail(`the node's chain does not hold finalized block ${last.height} ${last.hash}`);
+          if (!isObject(e) || e.hash !== last.hash || !isObject(e.header) || (await hashOf(e.header)) !== last.hash) {
+            if (last.height <= this.final.height) this.contradicted(last);
             this.rewind(); // another branch: keep what is final, read the rest again
             continue;
+          }
+          if (e.header.chain_id !== this.chainId) {
+            this.errorStored = true;
+            fail(`the verified state kept in this browser has chain id ${this.chainId}, block ${last.height}'s is ${e.header.chain_id}; clear it`);
           }
           if (!Array.isArray(e.votes)) fail(`block ${from}: votes is not a list`);
           this.pendingVotes = e.votes;
@@ -382,26 +456,107 @@ export class HeaderChain {
           await this.add(e);
         }
         if (again) continue;
-        if (got.length < 256) break;
+        caughtUp = head !== null ? this.tip().height >= head : got.length < this.pageSize;
+        if (!caughtUp && this.next() === before) break; // nothing new in this answer: the next round asks again
       }
+      this.behind = !caughtUp;
     } catch (e) {
       if (e instanceof VerifyError) {
         this.error = e.message;
       }
       throw e;
+    } finally {
+      this.save();
     }
     return this;
+  }
+
+  // The node's chain does not hold `last`, a finalized block.
+  contradicted(last) {
+    if (this.savedHeight !== null) {
+      this.errorStored = true;
+      fail(`the node's chain contradicts what this browser verified before at block ${last.height}; if the chain was started over, clear it`);
+    }
+    fail(`the node's chain does not hold finalized block ${last.height} ${last.hash}`);
   }
 
   // Forget everything above the finalized block (the node moved to
   // another branch above it).
   rewind() {
-    this.records.length = this.final.height + 1;
+    this.records.length = this.final.height + 1 - this.base;
     this.pendingVotes = [];
   }
 
+  // -- what this browser verified before ------------------------------------------------
+
+  // Start from the state kept in the store, if any; VerifyError (and
+  // errorStored) when it does not validate.
+  async resume() {
+    this.loaded = true;
+    if (!this.store) return;
+    const text = this.store.load();
+    if (text === null || text === undefined) return;
+    const bad = (why) => {
+      this.errorStored = true;
+      fail(`the verified state kept in this browser ${why}; clear it to follow the chain from genesis again`);
+    };
+    let s;
+    try {
+      s = JSON.parse(text);
+    } catch (e) {
+      bad("is malformed (not JSON)");
+    }
+    let rec, set;
+    try {
+      exactly(s, STORED_FIELDS, "it");
+      if (s.version !== STORED_VERSION) fail(`version ${String(s.version)}, not ${STORED_VERSION}`);
+      if (s.genesis !== this.genesisHash) bad(`is for another genesis (${String(s.genesis).slice(0, 16)}\u2026)`);
+      if (typeof s.chain_id !== "string" || s.chain_id === "") fail("chain_id");
+      if (!Number.isSafeInteger(s.height) || s.height < 1) fail("height");
+      for (const f of ["hash", "parent", "state_root", "tx_root", "authorities_hash"]) needHex(s[f], 32, f);
+      if (typeof s.timestamp !== "string" || !/^[0-9]{1,20}$/.test(s.timestamp)) fail("timestamp");
+      const J = checkpointOf(s.justified, "justified"), F = checkpointOf(s.finalized, "finalized");
+      if (!(F.height <= J.height && J.height < s.height)) fail("justified and finalized do not fit its height");
+      set = parseSet(s.authorities, "authorities");
+      if (hex(await sha256(canonical(set))) !== s.authorities_hash) fail("its authorities do not hash to its authorities_hash");
+      rec = {
+        height: s.height, hash: s.hash, parent: s.parent, timestamp: BigInt(s.timestamp), setHash: s.authorities_hash, J, F,
+        stateRoot: s.state_root, txRoot: s.tx_root,
+      };
+    } catch (e) {
+      if (e instanceof VerifyError && !this.errorStored) bad(`is malformed (${e.message})`);
+      throw e;
+    }
+    this.base = this.floor = rec.height;
+    this.records = [rec];
+    this.sets.set(rec.setHash, set);
+    this.chainId = s.chain_id;
+    this.final = { height: rec.height, hash: rec.hash };
+    this.resumedAt = this.savedHeight = rec.height;
+  }
+
+  // Keep the verified finalized block in the store, when it moved.
+  save() {
+    if (!this.store || this.closed || this.errorStored) return;
+    const fin = this.finalized();
+    if (!fin || fin.height === 0 || fin.height === this.savedHeight) return;
+    this.store.save(JSON.stringify({
+      version: STORED_VERSION, genesis: this.genesisHash, chain_id: this.chainId, height: fin.height, hash: fin.hash,
+      parent: fin.parent, timestamp: String(fin.timestamp), state_root: fin.stateRoot, tx_root: fin.txRoot,
+      authorities_hash: fin.setHash, justified: fin.J, finalized: fin.F, authorities: this.sets.get(fin.setHash),
+    }));
+    this.savedHeight = fin.height;
+  }
+
+  // This chain is no longer the page's: it keeps nothing more.
+  close() {
+    this.closed = true;
+  }
+
+  // -- checking headers -------------------------------------------------------------------
+
   async add(e) {
-    const h = this.records.length;
+    const h = this.next();
     const where = `block ${h}`;
     if (!isObject(e) || !isObject(e.header)) fail(`${where}: the node's header entry is malformed`);
     exactly(e.header, HEADER_FIELDS, `${where}'s header`);
@@ -450,10 +605,11 @@ export class HeaderChain {
       const F = justified && parent.J.height === h - 2 ? parent.J : parent.F;
       rec = { height: h, hash, timestamp: BigInt(header.timestamp), setHash: header.authorities_hash, J, F };
       if (F.height > this.final.height) {
-        if (this.records[F.height].hash !== F.hash) fail(`${where}: finalizes a block not on this chain`);
+        if (this.record(F.height).hash !== F.hash) fail(`${where}: finalizes a block not on this chain`);
         this.final = F;
       }
     }
+    rec.parent = header.parent;
     rec.stateRoot = header.state_root;
     rec.txRoot = header.tx_root;
     this.records.push(rec);
@@ -490,12 +646,51 @@ export class HeaderChain {
   }
 
   record(height) {
-    return this.records[height] || null;
+    if (height >= this.base) return this.records[height - this.base] || null;
+    return this.ancestors.get(height) || null;
+  }
+
+  // The record of block `height` of the followed chain, at most its tip;
+  // below the height resumed from, read from the node and linked by parent
+  // hashes down from it (its hash, parent, stateRoot and txRoot only).
+  // Null above the tip; VerifyError when the node's headers do not link.
+  async recordAt(height) {
+    const known = this.record(height);
+    if (known || !this.records.length || !Number.isSafeInteger(height) || height < 0 || height >= this.floor) return known;
+    let calls = 0, want = this.pageSize;
+    while (this.floor > height) {
+      if (++calls > WALK_CALLS) fail(`block ${height} is too far below block ${this.floor}, the lowest this page links to`);
+      const top = this.floor; // (another walk may lower it meanwhile)
+      const start = Math.max(height, top - want);
+      const n = top - start;
+      const out = await this.fetchJSON(`rpc/getHeaders?from=${start}&limit=${n}`);
+      if (!isObject(out) || !Array.isArray(out.headers)) fail("getHeaders did not answer a list of headers");
+      const got = out.headers;
+      if (got.length === 0) fail(`the node serves no block ${start}`);
+      if (got.length > n) fail("getHeaders answered more headers than asked for");
+      if (got.length < n) {
+        want = got.length; // the answer was cut short: ask for fewer at once
+        continue;
+      }
+      let parent = this.record(top).parent;
+      for (let i = n - 1; i >= 0; i--) {
+        const h = start + i, e = got[i];
+        const hash = isObject(e) && isObject(e.header) ? await hashOf(e.header) : null;
+        if (hash === null || hash !== parent || e.header.height !== h) {
+          fail(`block ${h}: the node's header is not the parent of the verified block ${h + 1}`);
+        }
+        exactly(e.header, HEADER_FIELDS, `block ${h}'s header`);
+        this.ancestors.set(h, { height: h, hash, parent: e.header.parent, stateRoot: e.header.state_root, txRoot: e.header.tx_root });
+        this.floor = Math.min(this.floor, h);
+        parent = e.header.parent;
+      }
+    }
+    return this.record(height);
   }
 
   // The verified finalized header: {height, hash, stateRoot, ...}.
   finalized() {
-    return this.final && this.records[this.final.height];
+    return this.final && this.record(this.final.height);
   }
 }
 
@@ -548,10 +743,12 @@ function big(x) {
 // Check a balance and nonce the page shows: against the state at the
 // verified finalized header, or, when they differ (a change not final
 // yet), at the newest verified header.  Resolves to {state: "verified" |
-// "pending" | "unverified", reason, height}.
+// "pending" | "unverified" | "checking" (the headers are not followed to
+// the node's head yet), reason, height}.
 export async function verifyBalance(chain, address, shown, fetchJSON = rpc) {
   try {
     await chain.sync();
+    if (chain.behind) return { state: "checking", height: null, reason: chain.progress() };
     const fin = chain.finalized();
     const at = async (rec) => {
       const v = await provenEntry(fetchJSON, rec, "acct", address);
@@ -606,11 +803,15 @@ function sameValue(a, b) {
 export async function verifyReceipt(chain, shown, fetchJSON = rpc) {
   const c = new Checks();
   try {
+    let behind = false;
     await c.run("header chain followed from the pinned genesis", async () => {
       await chain.sync();
+      if ((behind = chain.behind)) return "";
       const f = chain.finalized();
-      return `finalized block ${f.height} ${f.hash.slice(0, 16)}\u2026 (${chain.checked.headers} headers, ${chain.checked.votes} votes checked)`;
+      const from = chain.resumedAt === null ? "" : `, from block ${chain.resumedAt} verified before in this browser`;
+      return `finalized block ${f.height} ${f.hash.slice(0, 16)}\u2026 (${chain.checked.headers} headers, ${chain.checked.votes} votes checked${from})`;
     });
+    if (behind) return { state: "checking", reason: chain.progress(), checks: [] };
     const fin = chain.finalized();
     if (shown.height !== undefined && shown.height > fin.height) {
       return { state: "pending", reason: `block ${shown.height} is not finalized yet (finalized: ${fin.height})`, checks: c.list };
@@ -650,7 +851,7 @@ export async function verifyReceipt(chain, shown, fetchJSON = rpc) {
     await c.run(`the claim ${r.tx.slice(0, 16)}\u2026 is in block ${r.height}`, async () => {
       t = await fetchJSON(`rpc/getTxProof/${r.tx}`);
       if (!isObject(t) || !isObject(t.tx) || !isObject(t.header)) fail("getTxProof's answer is malformed");
-      const rec = chain.record(Number(r.height));
+      const rec = await chain.recordAt(Number(r.height));
       if (!rec || t.height !== Number(r.height)) fail(`the proof is for block ${String(t.height)}, not ${r.height}`);
       if (hex(await sha256(canonical(t.header))) !== rec.hash || t.block_hash !== rec.hash) {
         fail("the proof's header is not the followed block's");
