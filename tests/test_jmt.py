@@ -23,23 +23,11 @@ from aitnode.genesis import Genesis
 from aitnode.store import Store
 
 from tests.common import ALICE, AUTHORITY, BOB, CAROL, genesis_doc, key, make_node, transfer
-from tests.test_state import StoreTestBase, reference_root
+from tests.test_state import StoreTestBase, reference_root, root_of_pairs as ref_root
 
 
 def _h(b):
     return hashlib.sha256(b).digest()
-
-
-def ref_root(pairs, depth=0):
-    """The documented root of {key_hash: value_hash}."""
-    if not pairs:
-        return bytes(32)
-    if len(pairs) == 1:
-        ((k, v),) = pairs.items()
-        return _h(b"\x00" + k + v)
-    zero = {k: v for k, v in pairs.items() if not (k[depth // 8] >> (7 - depth % 8)) & 1}
-    one = {k: v for k, v in pairs.items() if (k[depth // 8] >> (7 - depth % 8)) & 1}
-    return _h(b"\x01" + ref_root(zero, depth + 1) + ref_root(one, depth + 1))
 
 
 class Tree:

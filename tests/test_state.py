@@ -23,7 +23,7 @@ def _bit(kh, i):
     return (kh[i // 8] >> (7 - i % 8)) & 1
 
 
-def _root_of(pairs, depth=0):
+def root_of_pairs(pairs, depth=0):
     """docs/protocol.md 11.2, as written: a binary tree over the key
     hashes' bits in which a lone leaf stands for its subtree."""
     if not pairs:
@@ -33,13 +33,13 @@ def _root_of(pairs, depth=0):
         return _h(b"\x00" + kh + vh)
     left = {k: v for k, v in pairs.items() if not _bit(k, depth)}
     right = {k: v for k, v in pairs.items() if _bit(k, depth)}
-    return _h(b"\x01" + _root_of(left, depth + 1) + _root_of(right, depth + 1))
+    return _h(b"\x01" + root_of_pairs(left, depth + 1) + root_of_pairs(right, depth + 1))
 
 
 def reference_root(entries):
     """The state root of entries [(ns, key, value)], from the documented formula."""
     dump = lambda v: cbor2.dumps(v, canonical=True)  # noqa: E731
-    return _root_of({_h(dump([ns, k])): _h(dump(v)) for ns, k, v in entries}).hex()
+    return root_of_pairs({_h(dump([ns, k])): _h(dump(v)) for ns, k, v in entries}).hex()
 
 
 class StoreTestBase(SynchronousTestCase):
