@@ -30,6 +30,7 @@ import struct
 
 from aitnode.encoding import canonical_unchecked
 from aitnode.jmtnode import RANGE, child_version, decode_inner, encode_inner, fix_heap, slot_hash, slots
+from aitnode.steps import run_steps
 from aitnode.proof import EMPTY, ProofError, bit, decode_proof, encode_proof, inner_hash, leaf_hash, verify_proof
 
 __all__ = ["EMPTY", "ProofError", "TreeUpdate", "bit", "decode_proof", "encode_proof", "inner_hash", "key_hash",
@@ -143,7 +144,7 @@ class TreeUpdate:
         return self.root
 
     def run(self, base, updates):
-        return _run_now(self.run_steps(base, updates))
+        return run_steps(self.run_steps(base, updates))
 
     def root_hash(self):
         return EMPTY if self.root is None else self.root[2]
@@ -284,14 +285,6 @@ class TreeJob:
         tree = TreeUpdate(read, self.version)
         tree.run(self.root, self.updates)
         return tree
-
-
-def _run_now(gen):
-    try:
-        while True:
-            next(gen)
-    except StopIteration as stop:
-        return stop.value
 
 
 # -- proofs ----------------------------------------------------------------

@@ -68,43 +68,37 @@ def encode_inner(present, leaves, heap, versions):
     return b"".join((b"\x01", present.to_bytes(2, "big"), leaves.to_bytes(2, "big"), heap[32:], versions))
 
 
+def _fix(heap, present, leaves, n):
+    """Recompute heap index n from its two halves; 1 if that took a hash."""
+    p = present & RANGE[n]
+    o = 32 * (n - 1)
+    if not p:
+        heap[o:o + 32] = EMPTY
+    elif not p & (p - 1) and leaves & p:
+        c = 64 * n - 32 if p & RANGE[2 * n] else 64 * n
+        heap[o:o + 32] = heap[c:c + 32]
+    else:
+        c = 64 * n - 32
+        heap[o:o + 32] = _sha256(b"\x01" + heap[c:c + 64]).digest()
+        return 1
+    return 0
+
+
 def fix_heap(heap, present, leaves, dirty):
     """Recompute heap above the slots in dirty (an iterable of slot
     numbers); returns how many hashes that took.  A part with no child is
     EMPTY, a part whose only child is a leaf is that leaf's hash."""
     n_hashes = 0
-    if len(dirty) == 1:
+    if len(dirty) == 1:  # the common case deep in the tree: one path up
         (i,) = dirty
         n = (16 + i) >> 1
         while n:
-            p = present & RANGE[n]
-            o = 32 * (n - 1)
-            if not p:
-                heap[o:o + 32] = EMPTY
-            elif not p & (p - 1) and leaves & p:
-                c = 64 * n - 32 if p & RANGE[2 * n] else 64 * n
-                heap[o:o + 32] = heap[c:c + 32]
-            else:
-                c = 64 * n - 32
-                heap[o:o + 32] = _sha256(b"\x01" + heap[c:c + 64]).digest()
-                n_hashes += 1
+            n_hashes += _fix(heap, present, leaves, n)
             n >>= 1
         return n_hashes
     nodes = {(16 + i) >> 1 for i in dirty}
     while nodes:
         for n in nodes:
-            p = present & RANGE[n]
-            o = 32 * (n - 1)
-            if not p:
-                heap[o:o + 32] = EMPTY
-            elif not p & (p - 1) and leaves & p:
-                c = 64 * n - 32 if p & RANGE[2 * n] else 64 * n
-                heap[o:o + 32] = heap[c:c + 32]
-            else:
-                c = 64 * n - 32
-                heap[o:o + 32] = _sha256(b"\x01" + heap[c:c + 64]).digest()
-                n_hashes += 1
+            n_hashes += _fix(heap, present, leaves, n)
         nodes = {n >> 1 for n in nodes if n > 1}
     return n_hashes
-
-

@@ -27,7 +27,7 @@ export function unhex(text, nbytes) {
   return out;
 }
 
-function concat(parts) {
+export function concat(parts) {
   let n = 0;
   for (const p of parts) n += p.length;
   const out = new Uint8Array(n);

@@ -14,7 +14,7 @@
 // header whose set hash changes without carrying the set is refused
 // anyway, since the set is then unknown).
 
-import { canonical, hex, unhex, sha256, addressOf, rpc } from "./app.js";
+import { canonical, concat, hex, unhex, sha256, addressOf, rpc } from "./app.js";
 
 export class VerifyError extends Error {
   constructor(message) {
@@ -28,15 +28,7 @@ function fail(message) {
 }
 
 function cat(...parts) {
-  let n = 0;
-  for (const p of parts) n += p.length;
-  const out = new Uint8Array(n);
-  let i = 0;
-  for (const p of parts) {
-    out.set(p, i);
-    i += p.length;
-  }
-  return out;
+  return concat(parts);
 }
 
 function sameBytes(a, b) {
